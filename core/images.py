@@ -1,0 +1,113 @@
+"""Safe image loading in one place.
+
+`load_image` turns a path or bytes into an upright RGB `PIL.Image`, or raises
+`ImageError` naming the file and the reason. It handles EXIF orientation,
+palette / RGBA / LA / CMYK / 16-bit / float modes, animated files (first frame),
+decompression bombs (a pixel limit), truncated or corrupt data, non-images with
+image extensions and zero-byte files.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageError", "load_image", "iter_image_files", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES", "thumbnail"]
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_PIXELS = int(os.environ.get("CLIP_WB_MAX_PIXELS", 100_000_000))  # 100 MP: bigger is almost surely a bomb
+MAX_BYTES = int(os.environ.get("CLIP_WB_MAX_BYTES", 100 * 1024 * 1024))  # 100 MiB per file
+
+# Never let PIL quietly decode half a file: a truncated JPEG must be reported, not embedded.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; `name` says which, `reason` says why."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name, self.reason = name, reason
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / float greyscale: rescale to 8 bits instead of clipping to white
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent -> white, as viewers show it
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `source` (a path or raw bytes) to an upright RGB image, or raise ImageError."""
+    if isinstance(source, (bytes, bytearray)):
+        name, data = name or "<upload>", bytes(source)
+    else:
+        path = Path(source)
+        name = name or path.name
+        try:
+            size = path.stat().st_size
+            if size > MAX_BYTES:
+                raise ImageError(name, f"file is {size / 2**20:.0f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB limit")
+            data = path.read_bytes()
+        except OSError as e:
+            raise ImageError(name, f"cannot read file ({e.strerror or e})") from None
+    return decode_image(data, name, max_pixels)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    if not data:
+        raise ImageError(name, "file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > max_pixels:
+                raise ImageError(name, f"image is {img.width}x{img.height} pixels, over the {max_pixels:,} pixel limit")
+            img.seek(0)  # animated GIF/WebP/APNG: first frame
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(name, "not an image file (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(name, f"image is too large (over the {max_pixels:,} pixel limit)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(name, f"corrupt or truncated image ({e})") from None
+
+
+def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Expand files and folders (recursively, sorted, hidden entries skipped) into image file paths.
+
+    Files given explicitly are yielded whatever their extension, so a wrong-type file gets a
+    clear error later instead of being silently ignored; folders yield only image extensions.
+    """
+    for p in map(Path, paths):
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for f in sorted(files):
+                    if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
+                        yield Path(root) / f
+        else:
+            yield p
+
+
+def thumbnail(img: Image.Image, size: int = 256) -> Image.Image:
+    """A copy no larger than size x size, for galleries."""
+    img = img.copy()
+    img.thumbnail((size, size), Image.Resampling.BICUBIC)
+    return img
