@@ -1,0 +1,149 @@
+"""Zero-shot classification: label sets, prompt templates, cached class embeddings.
+
+    clf = ZeroShotClassifier(encoder)
+    clf.classify(image, parse_labels("cat, dog, 小鸟"), load_templates("single"))
+    # -> [("cat", 0.91), ("dog", 0.06), ("小鸟", 0.03)]
+
+Built-in label sets (assets/zeroshot/classnames_{en,zh}.json): imagenet1k, cifar10,
+cifar100, in English or Chinese. Template specs: "bare" ("{c}"), "single"
+("a photo of a {c}."), "selected7" (OpenAI's 7 forward-selected ImageNet
+templates), "ensemble80" (the CLIP paper's 80), "zh" (80 Chinese ImageNet
+templates), "cifar" (CLIP's 18 CIFAR templates), or any custom string with "{c}".
+A class embedding is the L2-normalised mean of its templates' embeddings.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .settings import ASSETS_DIR
+
+__all__ = ["ZeroShotClassifier", "parse_labels", "load_labelset", "load_templates", "class_matrix",
+           "LABEL_SETS", "TEMPLATE_SPECS", "LabelError", "MAX_LABELS"]
+
+LABEL_SETS = ("imagenet1k", "cifar10", "cifar100")
+TEMPLATE_SPECS = ("bare", "single", "selected7", "ensemble80", "zh", "cifar")
+MAX_LABELS = 2000       # a typed list longer than this is a paste accident, not a label set
+MAX_LABEL_CHARS = 200   # CLIP reads 77 tokens at most; longer labels are surely not class names
+_CACHE_SIZE = 16        # class matrices kept per classifier (ImageNet x 80 templates costs ~80k text encodes)
+_ZS = ASSETS_DIR / "zeroshot"
+
+
+class LabelError(ValueError):
+    """Labels or templates the user gave cannot be used; the message says why."""
+
+
+@lru_cache(maxsize=None)
+def _json(name: str) -> dict:
+    return json.loads((_ZS / name).read_text(encoding="utf-8"))
+
+
+def parse_labels(text: str) -> list[str]:
+    """Split user-typed labels on commas (, or ，), semicolons and newlines; strip blanks.
+
+    Raises LabelError for an empty list, duplicates (case-insensitive), labels that are too
+    long, or too many labels."""
+    labels = [s.strip() for s in re.split(r"[,，;；\n\r]+", text or "") if s.strip()]
+    if not labels:
+        raise LabelError("No labels given: type at least two labels separated by commas, e.g. 'cat, dog, 小鸟'")
+    if len(labels) == 1:
+        # softmax over one class is always 100%: a meaningless answer, so ask for a second label
+        raise LabelError(f"Only one label ({labels[0]!r}) given: zero-shot classification compares labels, "
+                         "so give at least two, e.g. 'cat, dog'")
+    if len(labels) > MAX_LABELS:
+        raise LabelError(f"{len(labels)} labels given; at most {MAX_LABELS} are accepted")
+    seen, dups = set(), []
+    for label in labels:
+        if len(label) > MAX_LABEL_CHARS:
+            raise LabelError(f"Label {label[:40]!r}... is {len(label)} characters; at most {MAX_LABEL_CHARS}")
+        key = label.casefold()
+        if key in seen and label not in dups:
+            dups.append(label)
+        seen.add(key)
+    if dups:
+        raise LabelError(f"Duplicate labels: {', '.join(dups)}; each label must appear once")
+    return labels
+
+
+def load_labelset(spec: str, lang: str = "en") -> list[str]:
+    """A built-in set name (imagenet1k, cifar10, cifar100) in `lang` ("en" | "zh"), or typed labels."""
+    key = (spec or "").strip().lower().replace("-", "")
+    if key in LABEL_SETS:
+        if lang not in ("en", "zh"):
+            raise LabelError(f"Unknown label language {lang!r}; expected en or zh")
+        return list(_json(f"classnames_{lang}.json")[key])
+    return parse_labels(spec)
+
+
+def load_templates(spec: str, lang: str = "en") -> list[str]:
+    """Template spec -> list of strings with "{c}". See the module docstring for the names."""
+    spec = (spec or "single").strip()
+    key = spec.lower()
+    if key == "bare":
+        return ["{c}"]
+    if key == "single":
+        return ["{c}的照片。"] if lang == "zh" else ["a photo of a {c}."]
+    if key == "selected7":
+        return list(_json("templates_en.json")["imagenet1k_selected7"])
+    if key == "ensemble80":
+        return list(_json(f"templates_{'zh' if lang == 'zh' else 'en'}.json")["imagenet1k"])
+    if key == "zh":
+        return list(_json("templates_zh.json")["imagenet1k"])
+    if key == "cifar":
+        return list(_json("templates_en.json")["cifar100"])
+    if "{c}" in spec:
+        return [spec]
+    raise LabelError(f"Unknown templates {spec!r}; use one of {', '.join(TEMPLATE_SPECS)} "
+                     "or a custom template containing {c}, e.g. 'a photo of a {c}.'")
+
+
+@torch.inference_mode()
+def class_matrix(encoder, labels: list[str], templates: list[str]) -> torch.Tensor:
+    """[C, D] L2-normalised class embeddings: mean over templates of the encoded prompts."""
+    prompts = [t.replace("{c}", label) for label in labels for t in templates]
+    feats = encoder.encode_texts(prompts).view(len(labels), len(templates), -1)
+    return F.normalize(feats.mean(dim=1), dim=-1)
+
+
+class ZeroShotClassifier:
+    """Classifies images against label sets; class matrices are cached per (labels, templates)."""
+
+    def __init__(self, encoder, cache_size: int = _CACHE_SIZE):
+        self.encoder = encoder
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def classes(self, labels: list[str], templates: list[str]) -> torch.Tensor:
+        key = (self.encoder.model_id, tuple(labels), tuple(templates))
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        matrix = class_matrix(self.encoder, labels, templates)  # outside the lock: may take seconds
+        with self._lock:
+            self._cache[key] = matrix
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return matrix
+
+    def probabilities(self, image_feats: torch.Tensor, labels: list[str], templates: list[str]) -> torch.Tensor:
+        """image_feats [N, D] (normalised) -> softmax probabilities [N, C]."""
+        if len(labels) < 1:
+            raise LabelError("No labels given")
+        logits = self.encoder.logit_scale * image_feats @ self.classes(labels, templates).T
+        return logits.softmax(dim=-1)
+
+    def classify(self, image: Image.Image, labels: list[str], templates: list[str],
+                 top_k: int = 5) -> list[tuple[str, float]]:
+        """Top-k (label, probability) pairs for one RGB image, best first."""
+        probs = self.probabilities(self.encoder.encode_images([image]), labels, templates)[0]
+        values, idx = probs.topk(min(top_k, len(labels)))
+        return [(labels[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]
