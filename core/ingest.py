@@ -1,0 +1,186 @@
+"""Adding images to a library: read, hash, dedupe, decode, embed and store, in batches.
+
+Decoding and preprocessing run in a thread pool while the encoder works on the previous
+batch. One bad file never stops a batch: it is reported with its reason. Duplicates (same
+bytes) are recognised by hash before any decoding or encoding.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import time
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from PIL import Image
+
+from .images import MAX_BYTES, ImageError, decode_image, thumbnail
+from .library import Library, NewImage, SNAPSHOT_NAME
+
+__all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "safe_display_name",
+           "write_thumbnail"]
+
+_FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "MPO": ".jpg"}
+_WORKERS = min(8, os.cpu_count() or 1)
+THUMB_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Raw bytes with the name the user gave them (display only, never used as a path)."""
+    name: str
+    data: bytes
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)         # ids of newly stored images
+    duplicates: list[str] = field(default_factory=list)    # names of files already present
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return f"added {len(self.added)}, already present {len(self.duplicates)}, unreadable {len(self.errors)}"
+
+
+@dataclass
+class _Prepared:
+    name: str
+    data: bytes
+    sha256: str
+    image: Image.Image | None = None
+    pixels: torch.Tensor | None = None
+    ext: str = ".jpg"
+
+
+def safe_display_name(name: str, limit: int = 120) -> str:
+    """The file name part only, control characters removed, length-limited: for display, never for paths."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    base = "".join(c for c in unicodedata.normalize("NFC", base) if unicodedata.category(c)[0] != "C")
+    return base.strip()[:limit] or "image"
+
+
+def open_library(root: str | os.PathLike, encoder) -> Library:
+    """Open (or create) the library at `root` for this encoder's features."""
+    return Library(root, encoder.model_id, encoder.dim)
+
+
+def peek_model(root: str | os.PathLike) -> tuple[str, int] | None:
+    """(model_id, dim) recorded in an existing library, or None if there is none yet."""
+    path = Path(root) / SNAPSHOT_NAME
+    if not path.exists():
+        return None
+    snap = torch.load(path, map_location="cpu", weights_only=True)
+    return snap["model_id"], int(snap["dim"])
+
+
+def _read(source: str | os.PathLike | Upload) -> tuple[str, bytes]:
+    if isinstance(source, Upload):
+        if len(source.data) > MAX_BYTES:
+            raise ImageError(source.name, f"file is over the {MAX_BYTES / 2**20:.0f} MiB limit")
+        return safe_display_name(source.name), source.data
+    path = Path(source)
+    name = safe_display_name(path.name)
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise ImageError(name, f"file is over the {MAX_BYTES / 2**20:.0f} MiB limit")
+        return name, path.read_bytes()
+    except OSError as e:
+        raise ImageError(name, f"cannot read file ({e.strerror or e})") from None
+
+
+def _prepare(source, library: Library, encoder) -> _Prepared | tuple[str, str]:
+    """Read + hash; decode + preprocess only if new. Returns _Prepared or (name, error reason)."""
+    try:
+        name, data = _read(source)
+        item = _Prepared(name, data, hashlib.sha256(data).hexdigest())
+        if library.contains(item.sha256):
+            return item
+        item.image = decode_image(data, name)
+        item.ext = _FORMAT_EXT.get(Image.open(io.BytesIO(data)).format, ".img")
+        item.pixels = encoder.preprocess(item.image)
+        return item
+    except ImageError as e:
+        return e.name, e.reason
+
+
+def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
+           progress: Callable[[int], None] | None = None,
+           annotate: Callable[[list[Image.Image]], list[dict]] | None = None) -> IngestReport:
+    """Add image files (paths) or `Upload`s. `progress(n)` is called as n more sources are done;
+    `annotate(images)` may return extra metadata per image (e.g. captions)."""
+    if encoder.model_id != library.model_id:
+        raise ValueError(f"encoder {encoder.model_id} does not match library model {library.model_id}")
+    report, start = IngestReport(), time.perf_counter()
+    sources = list(sources)
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        for i in range(0, len(sources), batch_size):
+            prepared = list(pool.map(lambda s: _prepare(s, library, encoder), sources[i:i + batch_size]))
+            _store_batch(library, encoder, prepared, report, annotate)
+            if progress:
+                progress(len(prepared))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _store_batch(library: Library, encoder, prepared: Sequence, report: IngestReport, annotate) -> None:
+    fresh = []
+    for item in prepared:
+        if isinstance(item, tuple):
+            report.errors.append(item)
+        elif item.pixels is None:
+            report.duplicates.append(item.name)
+        else:
+            fresh.append(item)
+    if not fresh:
+        return
+    vectors = encoder.encode_pixels(torch.stack([p.pixels for p in fresh]))
+    extra = annotate([p.image for p in fresh]) if annotate else [{}] * len(fresh)
+    now = time.time()
+    news = [NewImage(p.data, p.sha256, p.ext, v, {"name": p.name, "added": now, "width": p.image.width,
+                                                   "height": p.image.height, "bytes": len(p.data), **x})
+            for p, v, x in zip(fresh, vectors, extra)]
+    for p, added in zip(fresh, library.add(news)):
+        if added:
+            report.added.append(p.sha256[:12])
+            write_thumbnail(library, p.sha256, p.image)
+        else:
+            report.duplicates.append(p.name)
+
+
+def write_thumbnail(library: Library, sha256: str, image: Image.Image) -> Path:
+    """Write (atomically) the gallery thumbnail of a stored image; derived data, safe to lose."""
+    path = library.thumb_path(sha256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    thumbnail(image, THUMB_SIZE).save(tmp, "JPEG", quality=85)
+    os.replace(tmp, path)
+    return path
+
+
+def reindex(root: str | os.PathLike, encoder, batch_size: int = 64,
+            progress: Callable[[int], None] | None = None) -> Library:
+    """Re-encode every stored image with `encoder` and switch the library to its model.
+    The images are the source of truth; only the features are replaced (atomically)."""
+    found = peek_model(root)
+    if found is None:
+        return open_library(root, encoder)
+    library = Library(root, *found)
+    entries = library.entries()
+    feats = []
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        for i in range(0, len(entries), batch_size):
+            chunk = entries[i:i + batch_size]
+            pixels = list(pool.map(lambda e: encoder.preprocess(decode_image(e.path.read_bytes(), e.name)), chunk))
+            feats.append(encoder.encode_pixels(torch.stack(pixels)))
+            if progress:
+                progress(len(chunk))
+    library.replace_all(encoder.model_id, torch.cat(feats) if feats else torch.empty(0, encoder.dim))
+    library.model_id, library.dim = encoder.model_id, encoder.dim
+    return library
