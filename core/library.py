@@ -225,6 +225,24 @@ class Library:
                     "features_bytes": snap + journal, "journal_records": self._journal_records,
                     "generation": self._generation, "path": str(self.root)}
 
+    def verify(self, deep: bool = False) -> dict:
+        """Check that every row has its image file and every image file its row.
+        deep=True also re-hashes every file. Returns lists of problems (empty lists = healthy)."""
+        import hashlib
+        self.refresh()
+        with self._lock:
+            rows = {self.root / f: s for f, s in zip(self._files, self._sha)}
+            n, feats_ok = self._n, bool(torch.isfinite(self._buf[:self._n]).all())
+        missing = sorted(str(p.relative_to(self.root)) for p in rows if not p.is_file())
+        on_disk = {p for p in (self.root / "images").rglob("*") if p.is_file()}
+        orphans = sorted(str(p.relative_to(self.root)) for p in on_disk - rows.keys())
+        corrupt = []
+        if deep:
+            corrupt = sorted(str(p.relative_to(self.root)) for p, s in rows.items()
+                             if p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() != s)
+        return {"rows": n, "missing_files": missing, "orphan_files": orphans, "hash_mismatch": corrupt,
+                "features_finite": feats_ok}
+
     # ------------------------------------------------------------------ writing
 
     def add(self, images: list[NewImage]) -> list[bool]:

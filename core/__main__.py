@@ -1,0 +1,192 @@
+"""Command line: python -m core {index,search,classify,library,caption,translate} ...
+
+    python -m core index assets/samples
+    python -m core search "a cat on a sofa" -k 5
+    python -m core search "beach" --minus people
+    python -m core search --image query.jpg
+    python -m core classify photo.jpg --labels "cat,dog,小鸟" --templates ensemble80
+    python -m core library stats|list|remove ID|compact|verify|reindex
+
+Every command takes --model, --library, --device and --offline.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .encoders import ModelUnavailableError, UnknownModelError
+from .images import ImageError, iter_image_files, load_image
+from .library import LibraryError
+from .search import QueryError, SearchQuery
+from .settings import DEFAULT_MODEL
+from .zeroshot import LabelError, load_labelset, load_templates
+
+_PLUGINS = ("core.caption", "core.translate")   # modules that add their own subcommands via add_commands()
+_EXPECTED = (ModelUnavailableError, UnknownModelError, ImageError, LibraryError, QueryError, LabelError, ValueError)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="clip name (ViT-B/32, RN50, ...), checkpoint file, Hugging Face id or folder, mini or mini:PATH")
+    p.add_argument("--library", default=None, help="library folder (default: ./library or $CLIP_WB_LIBRARY)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--offline", action="store_true", help="never try to download weights")
+    p.add_argument("--no-fallback", action="store_true", help="fail instead of using the bundled mini model")
+
+
+def _workbench(args):
+    from .workbench import build_workbench
+    wb = build_workbench(args.model, args.library, args.device, args.offline, fallback=not args.no_fallback)
+    if wb.notice:
+        print(f"note: {wb.notice}", file=sys.stderr)
+    return wb
+
+
+def cmd_index(args) -> int:
+    from .ingest import ingest
+    wb = _workbench(args)
+    files = list(iter_image_files(args.paths))
+    missing = [p for p in args.paths if not Path(p).exists()]
+    with tqdm(total=len(files), unit="img", desc="indexing", disable=args.quiet) as bar:
+        report = ingest(wb.library, wb.encoder, files, batch_size=args.batch_size, progress=bar.update)
+    print(f"{report.summary()} in {report.seconds:.1f}s; library now holds {len(wb.library)} images")
+    for p in missing:
+        print(f"  not found: {p}")
+    for name, reason in report.errors:
+        print(f"  unreadable: {name}: {reason}")
+    return 1 if missing else 0
+
+
+def _split_terms(values: list[str]) -> list[str]:
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
+def cmd_search(args) -> int:
+    wb = _workbench(args)
+    image = load_image(args.image) if args.image else None
+    q = SearchQuery(text=args.query or "", image=image, minus=_split_terms(args.minus), k=args.k,
+                    text_weight=args.text_weight, image_weight=args.image_weight, threshold=args.threshold)
+    result = wb.searcher.search(q)
+    if result.note:
+        print(f"note: {result.note}")
+    if result.text_used and result.text_used != q.text.strip():
+        print(f"query used: {result.text_used!r}")
+    if not result.hits:
+        print("no results" + (" (the library is empty: add images with `python -m core index PATH`)" if not len(wb.library) else ""))
+    for rank, hit in enumerate(result.hits, 1):
+        print(f"{rank:>3}  {hit.score:.4f}  {hit.path}  ({hit.name}, id {hit.id})")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    wb = _workbench(args)
+    labels = load_labelset(args.labels, args.lang)
+    templates = load_templates(args.templates, args.lang)
+    status = 0
+    for path in args.images:
+        try:
+            top = wb.classifier.classify(load_image(path), labels, templates, top_k=args.top)
+        except ImageError as e:
+            print(f"{path}: error: {e.reason}")
+            status = 1
+            continue
+        print(path)
+        for label, p in top:
+            print(f"  {p * 100:6.2f}%  {label}")
+    return status
+
+
+def cmd_library(args) -> int:
+    from .ingest import reindex
+    if args.action == "reindex":
+        from .encoders import load_encoder
+        from .settings import default_paths, pick_runtime
+        enc = load_encoder(args.model, pick_runtime(args.device), offline=args.offline)
+        root = args.library or default_paths().library
+        lib = reindex(root, enc, progress=tqdm(unit="img", desc="re-encoding").update)
+        print(f"re-encoded {len(lib)} images with {enc.model_id}")
+        return 0
+    wb = _workbench(args)
+    lib = wb.library
+    if args.action == "stats":
+        print(json.dumps(lib.stats(), indent=2, ensure_ascii=False))
+    elif args.action == "list":
+        for e in lib.entries(args.offset, args.limit):
+            print(f"{e.row:>6}  {e.id}  {e.name}  {e.path.relative_to(lib.root)}")
+    elif args.action == "remove":
+        if not args.ids:
+            raise LibraryError("Give the id(s) to remove, as shown by `library list`")
+        n = lib.remove([lib.find(i).sha256 for i in args.ids])
+        print(f"removed {n}; library now holds {len(lib)} images")
+    elif args.action == "compact":
+        lib.compact()
+        print(f"compacted: {len(lib)} images in {lib.root / 'features_library.pth'}")
+    elif args.action == "verify":
+        report = lib.verify(deep=args.deep)
+        print(json.dumps(report, indent=2))
+        return 0 if not (report["missing_files"] or report["orphan_files"] or report["hash_mismatch"]) else 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="CLIP workbench 图文多模态工作台")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="add image files and folders to the library")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="text→image / image→image search")
+    p.add_argument("query", nargs="?", default="")
+    p.add_argument("--image", help="query image (combined with the text when both are given)")
+    p.add_argument("--minus", action="append", default=[], help="negative term(s), comma separated; repeatable")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--text-weight", type=float, default=1.0)
+    p.add_argument("--image-weight", type=float, default=1.0)
+    p.add_argument("--threshold", type=float, default=None, help="minimum cosine score")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("classify", help="zero-shot classification")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--labels", required=True, help='"cat,dog,小鸟" or imagenet1k | cifar10 | cifar100')
+    p.add_argument("--lang", default="en", choices=["en", "zh"], help="language of built-in label sets")
+    p.add_argument("--templates", default="single", help='bare | single | selected7 | ensemble80 | zh | cifar | "a photo of a {c}."')
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("library", help="housekeeping")
+    p.add_argument("action", choices=["stats", "list", "remove", "compact", "verify", "reindex"])
+    p.add_argument("ids", nargs="*", help="ids for remove")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--deep", action="store_true", help="verify: also re-hash every image")
+    p.set_defaults(func=cmd_library)
+
+    for name in _PLUGINS:
+        try:
+            importlib.import_module(name).add_commands(sub)
+        except (ImportError, AttributeError):
+            pass   # optional module not present in this build
+    for p in sub.choices.values():   # every command, plugins' too, takes the common flags
+        _add_common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _EXPECTED as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

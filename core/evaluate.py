@@ -1,0 +1,338 @@
+"""Zero-shot classification and image-text retrieval evaluation for any Encoder.
+
+    python -m core.evaluate zeroshot --data DIR [--layout auto|imagenet|folders] [--ground-truth FILE]
+        [--labels auto|imagenet1k|cifar10|cifar100|"cat, dog"] [--lang en|zh]
+        [--templates bare|single|selected7|ensemble80|zh|cifar|"a photo of a {c}."]
+        [--model NAME] [--device auto|cpu|cuda] [--batch-size N] [--workers N] [--limit N] [--out report.json]
+    python -m core.evaluate retrieval --data FILE_OR_DIR [--format auto|karpathy|flickr8k]
+        [--split test|val|train|all] [--image-root DIR] [--model ...] [...same options]
+
+Images are decoded and preprocessed in a thread pool, ahead of the encoder, so a large set
+runs at the encoder's speed; an unreadable image is skipped, counted and named in the report
+(with its captions, for retrieval). The report (JSON via --out, Markdown on stdout) holds
+top-1 / top-5 / per-class accuracy or Recall@1/5/10 both ways, throughput, and the published
+numbers for the same model (core/reference.py). `--limit N` evaluates N evenly spaced images,
+so a class-folder tree keeps every class.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .datasets import CaptionSet, ClassificationSet, DatasetError, imagenet_wnids, is_wnid
+from .images import ImageError, load_image
+from .metrics import per_class_accuracy, retrieval_recall, topk_accuracy
+from .reference import references_for
+from .zeroshot import LABEL_SETS, class_matrix, load_labelset, load_templates
+
+__all__ = ["EncodedImages", "encode_image_files", "resolve_classes", "evaluate_zeroshot",
+           "evaluate_retrieval", "evenly_spaced", "to_markdown", "main"]
+
+Progress = Callable[[int, int], None]  # (images done, images total)
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+_MAX_NAMED_FAILURES = 100  # the report names this many skipped files; the count is always exact
+
+
+@dataclass
+class EncodedImages:
+    feats: torch.Tensor                 # [M, D] L2-normalised, M = len(kept)
+    kept: list[int]                     # indices into the input paths that were encoded
+    failed: list[tuple[int, str]]       # (index, "name: reason") of images that could not be read
+    wall_s: float                       # decode + preprocess + encode, end to end
+    encode_s: float                     # time inside the encoder alone
+
+
+def _load_pixels(path: Path, preprocess) -> torch.Tensor:
+    return preprocess(load_image(path))
+
+
+def _decoded(paths: Sequence[Path], preprocess, workers: int, lookahead: int) -> Iterator[tuple[int, object]]:
+    """(index, pixels [3, H, W] or ImageError) in input order; at most `lookahead` images in flight."""
+    source = iter(enumerate(paths))
+    pending: deque = deque()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        while True:
+            while len(pending) < lookahead and (item := next(source, None)) is not None:
+                pending.append((item[0], pool.submit(_load_pixels, item[1], preprocess)))
+            if not pending:
+                return
+            index, future = pending.popleft()
+            try:
+                yield index, future.result()
+            except ImageError as e:
+                yield index, e
+
+
+def encode_image_files(encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = DEFAULT_WORKERS,
+                       progress: Progress | None = None) -> EncodedImages:
+    """Encode image files in batches while the next ones decode. Unreadable files are skipped."""
+    start, encode_s = time.perf_counter(), 0.0
+    feats, kept, failed, batch, batch_idx = [], [], [], [], []
+
+    def flush():
+        nonlocal encode_s
+        t0 = time.perf_counter()
+        feats.append(encoder.encode_pixels(torch.stack(batch)))
+        encode_s += time.perf_counter() - t0
+        kept.extend(batch_idx)
+        batch.clear(), batch_idx.clear()
+
+    for done, (index, result) in enumerate(_decoded(paths, encoder.preprocess, workers, 2 * batch_size + workers), 1):
+        if isinstance(result, ImageError):
+            failed.append((index, str(result)))
+        else:
+            batch.append(result), batch_idx.append(index)
+            if len(batch) == batch_size:
+                flush()
+        if progress and (done % batch_size == 0 or done == len(paths)):
+            progress(done, len(paths))
+    if batch:
+        flush()
+    out = torch.cat(feats) if feats else torch.empty(0, getattr(encoder, "dim", 0))
+    return EncodedImages(out, kept, failed, time.perf_counter() - start, encode_s)
+
+
+def evenly_spaced(total: int, limit: int | None) -> list[int]:
+    """`limit` indices spread evenly over range(total) (all of them when limit is None or larger)."""
+    if not limit or limit >= total:
+        return list(range(total))
+    return [i * total // limit for i in range(limit)]
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace("-", " ").casefold().split())
+
+
+def resolve_classes(data: ClassificationSet, labels: str = "auto", lang: str = "en") -> tuple[list[str], list[int], str]:
+    """Class names to score against, and each dataset class's index among them.
+
+    "auto": the classes present (ImageNet names for wnid folders, else the folder names), or all
+    1000 ImageNet classes for the ImageNet-val layout. A label-set name or a typed list: every
+    class of it is a candidate; dataset classes map by wnid, then by name, then by position.
+    Returns (names [C], mapping [len(data.classes)], how the mapping was made)."""
+    wnid_classes = all(is_wnid(c) for c in data.classes)
+    if labels == "auto":
+        if not wnid_classes:
+            return [c.replace("_", " ") for c in data.classes], list(range(len(data.classes))), "folder names"
+        labels = "imagenet1k" if data.layout == "imagenet-val" else None
+        if labels is None:  # a wnid subset (e.g. Imagenette): only its own classes compete
+            index, names = {w: i for i, w in enumerate(imagenet_wnids())}, load_labelset("imagenet1k", lang)
+            return [names[index[w]] for w in data.classes], list(range(len(data.classes))), "wnid -> ImageNet name"
+    names = load_labelset(labels, lang)
+    if wnid_classes and len(names) == 1000:
+        index = {w: i for i, w in enumerate(imagenet_wnids())}
+        return names, [index[w] for w in data.classes], "wnid -> ImageNet index"
+    builtin = labels.strip().lower().replace("-", "") in LABEL_SETS
+    keys = [_norm(n) for n in (load_labelset(labels, "en") if builtin else names)]
+    if all(_norm(c) in keys for c in data.classes):
+        return names, [keys.index(_norm(c)) for c in data.classes], "by name"
+    if len(names) == len(data.classes):
+        return names, list(range(len(names))), "by position (sorted folder order)"
+    raise DatasetError(f"Cannot match the {len(data.classes)} dataset classes ({', '.join(data.classes[:8])}...) "
+                       f"to the {len(names)} labels given; name the labels like the folders, or give exactly "
+                       f"{len(data.classes)} labels in sorted folder order")
+
+
+def _skipped(failed: list[tuple[int, str]]) -> dict:
+    return {"count": len(failed), "files": [msg for _, msg in failed[:_MAX_NAMED_FAILURES]]}
+
+
+def _timing(enc: EncodedImages, text_s: float) -> dict:
+    n = max(1, len(enc.kept))
+    return {"images_per_s": len(enc.kept) / enc.wall_s if enc.wall_s else float("nan"),
+            "s_per_image": enc.wall_s / n, "image_wall_s": enc.wall_s, "image_encode_s": enc.encode_s,
+            "text_s": text_s}
+
+
+def _references(model_id: str, task: str, dataset: str | None) -> list[dict]:
+    return [{"label": r.label(), "setting": r.setting, "source": r.source, "metrics": dict(r.metrics)}
+            for r in references_for(model_id, task, dataset)]
+
+
+def _encode_or_fail(encoder, paths, batch_size, workers, progress) -> EncodedImages:
+    enc = encode_image_files(encoder, paths, batch_size, workers, progress)
+    if not enc.kept:
+        first = enc.failed[0][1] if enc.failed else "no images"
+        raise DatasetError(f"None of the {len(paths)} images could be read (first: {first}); check --data / --image-root")
+    return enc
+
+
+def evaluate_zeroshot(encoder, data: ClassificationSet, labels: str = "auto", lang: str = "en",
+                      templates: str = "ensemble80", batch_size: int = 64, workers: int = DEFAULT_WORKERS,
+                      limit: int | None = None, progress: Progress | None = None) -> dict:
+    """Zero-shot top-1 / top-5 / per-class accuracy of `encoder` on `data`; returns the report dict."""
+    total = len(data.images)
+    data = data.subset(evenly_spaced(total, limit))
+    names, mapping, how = resolve_classes(data, labels, lang)
+    prompts = load_templates(templates, lang)
+    t0 = time.perf_counter()
+    weights = class_matrix(encoder, names, prompts)  # [C, D]
+    text_s = time.perf_counter() - t0
+    enc = _encode_or_fail(encoder, data.images, batch_size, workers, progress)
+    logits = enc.feats @ weights.T  # [M, C]; the logit scale does not change a ranking
+    targets = torch.tensor([mapping[data.labels[i]] for i in enc.kept], dtype=torch.long)
+    per_class = per_class_accuracy(logits, targets)
+    counts = torch.bincount(targets, minlength=len(names))
+    metrics = topk_accuracy(logits, targets, ks=(1, 5))
+    metrics["mean_per_class"] = float(per_class.nanmean())
+    full_imagenet = len(names) == 1000 and (labels == "imagenet1k" or (labels == "auto" and data.layout == "imagenet-val"))
+    return {
+        "task": "zeroshot", "model": encoder.model_id, "runtime": encoder.runtime.describe(),
+        "dataset": {"layout": data.layout, "images_found": total, "images_evaluated": len(enc.kept),
+                    "classes": len(names), "class_mapping": how, "notes": data.notes},
+        "settings": {"labels": labels, "lang": lang, "templates": templates, "n_templates": len(prompts),
+                     "batch_size": batch_size, "workers": workers, "limit": limit},
+        "metrics": metrics,
+        "per_class": [{"index": c, "class": names[c], "n": int(counts[c]), "accuracy": float(per_class[c])}
+                      for c in range(len(names)) if counts[c] > 0],
+        "timing": _timing(enc, text_s),
+        "skipped": _skipped(enc.failed),
+        "reference": _references(encoder.model_id, "zeroshot", "imagenet1k" if full_imagenet else None),
+    }
+
+
+def evaluate_retrieval(encoder, data: CaptionSet, batch_size: int = 64, workers: int = DEFAULT_WORKERS,
+                       limit: int | None = None, progress: Progress | None = None) -> dict:
+    """Recall@1/5/10 text->image and image->text; images that cannot be read leave with their captions."""
+    total = len(data.images)
+    data = data.subset(evenly_spaced(total, limit))
+    enc = _encode_or_fail(encoder, data.images, batch_size, workers, progress)
+    data = data.subset(enc.kept)  # feats row i now belongs to data.images[i]
+    t0 = time.perf_counter()
+    text_feats = encoder.encode_texts(data.captions)
+    text_s = time.perf_counter() - t0
+    metrics = retrieval_recall(enc.feats, text_feats, data.text_to_image, ks=(1, 5, 10))
+    comparable = data.name in ("flickr30k", "coco") and data.split == "test"
+    return {
+        "task": "retrieval", "model": encoder.model_id, "runtime": encoder.runtime.describe(),
+        "dataset": {"name": data.name, "split": data.split, "images_found": total,
+                    "images_evaluated": len(data.images), "captions": len(data.captions)},
+        "settings": {"batch_size": batch_size, "workers": workers, "limit": limit},
+        "metrics": metrics,
+        "timing": _timing(enc, text_s),
+        "skipped": _skipped(enc.failed),
+        "reference": _references(encoder.model_id, "retrieval", data.name if comparable else None),
+    }
+
+
+# ---------------------------------------------------------------- report and CLI
+
+_ROWS = {"zeroshot": [("top1", "top-1 %"), ("top5", "top-5 %"), ("mean_per_class", "mean per-class %")],
+         "retrieval": [(f"{d}_R@{k}", f"{name} R@{k} %") for d, name in (("t2i", "text→image"), ("i2t", "image→text"))
+                       for k in (1, 5, 10)] + [("mean_recall", "mean recall %")]}
+_TIMING_ROWS = [("images_per_s", "images/s"), ("s_per_image", "s/image")]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if abs(value) < 0.1 else f"{value:.1f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def _title(r: dict) -> str:
+    d, s = r["dataset"], r["settings"]
+    if r["task"] == "zeroshot":
+        what = (f"zero-shot, {d['layout']}, {d['images_evaluated']} images, {d['classes']} classes, "
+                f"templates {s['templates']} (x{s['n_templates']}, {s['lang']})")
+    else:
+        what = f"retrieval, {d['name']} {d['split']}, {d['images_evaluated']} images, {d['captions']} captions"
+    return f"### {r['model']}: {what}\n\n{r['runtime']}\n"
+
+
+def to_markdown(report: dict) -> str:
+    """The report as a Markdown table, measured numbers beside each published reference row."""
+    refs = report["reference"]
+    lines = [_title(report), "| metric | measured | " + " | ".join(x["label"] for x in refs) + " |",
+             "|---" * (2 + len(refs)) + "|"]
+    for key, name in _ROWS[report["task"]] + _TIMING_ROWS:
+        measured = report["metrics"].get(key, report["timing"].get(key))
+        lines.append(f"| {name} | {_cell(measured)} | " + " | ".join(_cell(x["metrics"].get(key)) for x in refs) + " |")
+    if not refs:
+        lines.append(f"\nNo published reference for {report['model']} in this setting (see core/reference.py).")
+    if report["task"] == "zeroshot" and report["per_class"]:
+        worst = sorted(report["per_class"], key=lambda c: c["accuracy"])[:5]
+        lines.append("\nLowest per-class top-1: " + ", ".join(f"{c['class']} {c['accuracy']:.0f}% (n={c['n']})" for c in worst))
+    skipped = report["skipped"]
+    if skipped["count"]:
+        lines.append(f"\nSkipped {skipped['count']} unreadable image(s): " + "; ".join(skipped["files"][:10]))
+    return "\n".join(lines) + "\n"
+
+
+def _parser():
+    import argparse
+    from .settings import DEFAULT_MODEL
+    p = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="task", required=True)
+    zs = sub.add_parser("zeroshot", help="zero-shot classification accuracy")
+    rt = sub.add_parser("retrieval", help="image-text retrieval Recall@K")
+    zs.add_argument("--layout", default="auto", choices=("auto", "imagenet", "folders"))
+    zs.add_argument("--ground-truth", type=Path, help="ImageNet ground-truth file (default: looked for beside --data)")
+    zs.add_argument("--labels", default="auto", help="auto, imagenet1k, cifar10, cifar100 or 'cat, dog, ...'")
+    zs.add_argument("--lang", default="en", choices=("en", "zh"))
+    zs.add_argument("--templates", default="ensemble80", help="bare, single, selected7, ensemble80, zh, cifar or '... {c} ...'")
+    rt.add_argument("--format", default="auto", choices=("auto", "karpathy", "flickr8k"))
+    rt.add_argument("--split", default="test", choices=("test", "val", "train", "all"))
+    rt.add_argument("--image-root", type=Path, help="folder the image file names are relative to")
+    for s in (zs, rt):
+        s.add_argument("--data", type=Path, required=True, help="dataset folder (or Karpathy JSON file)")
+        s.add_argument("--model", default=DEFAULT_MODEL, help="model name, checkpoint file or HF id / folder")
+        s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        s.add_argument("--offline", action="store_true", help="never download weights")
+        s.add_argument("--batch-size", type=int, default=64)
+        s.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="image decoding threads")
+        s.add_argument("--limit", type=int, help="evaluate only N evenly spaced images")
+        s.add_argument("--out", type=Path, help="write the JSON report here")
+    return p
+
+
+def _run(args, progress: Progress) -> dict:
+    from .datasets import read_classification, read_retrieval
+    from .encoders import load_encoder
+    from .settings import pick_runtime
+    encoder = load_encoder(args.model, pick_runtime(args.device), offline=args.offline)
+    common = dict(batch_size=args.batch_size, workers=args.workers, limit=args.limit, progress=progress)
+    if args.task == "zeroshot":
+        data = read_classification(args.data, args.layout, args.ground_truth)
+        return evaluate_zeroshot(encoder, data, args.labels, args.lang, args.templates, **common)
+    return evaluate_retrieval(encoder, read_retrieval(args.data, args.format, args.split, args.image_root), **common)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for a usage / data / model problem)."""
+    import json
+    import sys
+    from tqdm import tqdm
+    from .encoders import ModelUnavailableError, UnknownModelError
+    from .zeroshot import LabelError
+    args = _parser().parse_args(argv)
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar or tqdm(total=total, unit="img", file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        report = _run(args, progress)
+    except (DatasetError, LabelError, ModelUnavailableError, UnknownModelError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if bar:
+            bar.close()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(to_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Text→image, image→image and combined search over a library.
+
+    searcher = Searcher(encoder, library, ExactIndex(library, runtime))
+    result = searcher.search(SearchQuery(text="a cat on a sofa", minus=["people"], k=5))
+    result.hits  # [Hit(score=0.31, name="cat.jpg", ...), ...]
+
+A query is a weighted sum of L2-normalised embeddings: each positive text and image
+adds its embedding times its weight, each negative text subtracts its own; the sum is
+normalised again (rclip's combined queries). Scores are cosine similarities.
+
+The index is behind a small interface (`Index.search(queries, k)`), so an ANN index can
+replace `ExactIndex` later without touching callers.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .library import Library
+from .settings import Runtime
+
+__all__ = ["Index", "ExactIndex", "Searcher", "SearchQuery", "SearchResult", "Hit", "QueryError",
+           "MAX_QUERY_CHARS", "MAX_K"]
+
+MAX_QUERY_CHARS = 1000   # longer is a paste accident; CLIP reads at most 77 tokens (the rest is truncated)
+MAX_K = 1000             # results per query
+_TEXT_CACHE = 1024       # query embeddings kept (classrooms repeat the same queries)
+
+
+class QueryError(ValueError):
+    """A query that cannot be run; the message says what to change."""
+
+
+class Index(Protocol):
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries [Q, D] normalised -> (scores [Q, k'], rows [Q, k']) best first, k' = min(k, N)."""
+
+
+class ExactIndex:
+    """Exact cosine top-k on the library's matrix, kept resident on the runtime's device.
+
+    On the CPU it reads the library's own buffer (no copy). On CUDA it keeps an fp16 copy
+    that grows with the library, copying only the new rows after an add.
+    """
+
+    def __init__(self, library: Library, runtime: Runtime):
+        self.library, self.runtime = library, runtime
+        self._lock = threading.Lock()
+        self._dev: torch.Tensor | None = None
+        self._synced = (-1, 0)   # (library epoch, rows copied)
+
+    def _matrix(self) -> torch.Tensor:
+        feats = self.library.features
+        if not self.runtime.is_cuda:
+            return feats
+        with self._lock:
+            epoch, n = self.library.epoch, feats.shape[0]
+            if self._synced[0] != epoch or self._dev is None or n < self._synced[1]:
+                self._dev = torch.empty(max(n * 2, 1024), feats.shape[1], device=self.runtime.device, dtype=self.runtime.dtype)
+                self._synced = (epoch, 0)
+            done = self._synced[1]
+            if n > done:
+                if n > self._dev.shape[0]:
+                    grown = torch.empty(2 * n, feats.shape[1], device=self.runtime.device, dtype=self.runtime.dtype)
+                    grown[:done] = self._dev[:done]
+                    self._dev = grown
+                self._dev[done:n] = feats[done:n].to(self.runtime.device, self.runtime.dtype, non_blocking=True)
+                self._synced = (epoch, n)
+            return self._dev[:n]
+
+    @torch.inference_mode()
+    def search(self, queries, k):
+        matrix = self._matrix()
+        if matrix.shape[0] == 0:
+            return torch.empty(queries.shape[0], 0), torch.empty(queries.shape[0], 0, dtype=torch.long)
+        scores = queries.to(matrix.device, matrix.dtype) @ matrix.T   # [Q, N]
+        values, rows = scores.topk(min(k, matrix.shape[0]), dim=-1)
+        return values.float().cpu(), rows.cpu()
+
+
+@dataclass
+class SearchQuery:
+    text: str = ""                                         # positive text (Chinese or English)
+    image: Image.Image | None = None                       # positive image (image→image)
+    minus: list[str] = field(default_factory=list)         # negative texts, subtracted
+    text_weight: float = 1.0
+    image_weight: float = 1.0
+    minus_weight: float = 1.0
+    k: int = 10
+    threshold: float | None = None                         # drop hits with a lower cosine score
+
+
+@dataclass(frozen=True)
+class Hit:
+    row: int
+    id: str
+    path: Path
+    name: str
+    score: float
+    meta: dict
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    text_used: str = ""        # the text actually sent to the encoder (after translation)
+    note: str | None = None    # e.g. "translated from Chinese" or "translator unavailable"
+
+
+def _check_text(text: str, what: str = "Query") -> str:
+    text = (text or "").strip()
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(f"{what} is {len(text)} characters long; at most {MAX_QUERY_CHARS} are accepted "
+                         "(CLIP reads only the first 77 tokens anyway)")
+    return text
+
+
+class Searcher:
+    """Runs queries against one library with one encoder. `plan(text)` may rewrite a query
+    (e.g. translate Chinese for an English-only encoder) and returns (text_used, note)."""
+
+    def __init__(self, encoder, library: Library, index: Index | None = None,
+                 plan: Callable[[str], tuple[str, str | None]] | None = None):
+        self.encoder, self.library = encoder, library
+        self.index = index or ExactIndex(library, encoder.runtime)
+        self.plan = plan or (lambda text: (text, None))
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def embed_text(self, text: str) -> torch.Tensor:
+        """[D] embedding of one text, from an LRU cache when asked before."""
+        with self._lock:
+            if text in self._cache:
+                self._cache.move_to_end(text)
+                return self._cache[text]
+        vec = self.encoder.encode_texts([text])[0]
+        with self._lock:
+            self._cache[text] = vec
+            if len(self._cache) > _TEXT_CACHE:
+                self._cache.popitem(last=False)
+        return vec
+
+    def query_vector(self, q: SearchQuery) -> tuple[torch.Tensor, str, str | None]:
+        """The combined, normalised query embedding [D], the text used and a note."""
+        text = _check_text(q.text)
+        minus = [m for m in (_check_text(m, "Negative term") for m in q.minus) if m]
+        if not text and q.image is None:
+            raise QueryError("Empty query: type some words (e.g. 'a cat on a sofa' or '一只猫') or give an image")
+        parts, used, note = [], "", None
+        if text:
+            used, note = self.plan(text)
+            parts.append(q.text_weight * self.embed_text(used))
+        if q.image is not None:
+            parts.append(q.image_weight * self.encoder.encode_images([q.image])[0])
+        for m in minus:
+            parts.append(-q.minus_weight * self.embed_text(self.plan(m)[0]))
+        vec = torch.stack(parts).sum(dim=0)
+        if vec.norm() < 1e-6:
+            raise QueryError("The positive and negative terms cancel out; change the weights or the terms")
+        return F.normalize(vec, dim=-1), used, note
+
+    def search(self, q: SearchQuery) -> SearchResult:
+        if not 1 <= q.k <= MAX_K:
+            raise QueryError(f"k must be between 1 and {MAX_K}, got {q.k}")
+        vec, used, note = self.query_vector(q)
+        return SearchResult(self.nearest(vec, q.k, q.threshold), used, note)
+
+    def nearest(self, vec: torch.Tensor, k: int, threshold: float | None = None) -> list[Hit]:
+        """Top-k library entries for a normalised query vector [D]."""
+        self.library.refresh()   # pick up images another process (the CLI, another app) added
+        scores, rows = self.index.search(vec[None], k)
+        hits = []
+        for score, row in zip(scores[0].tolist(), rows[0].tolist()):
+            if threshold is not None and score < threshold:
+                break
+            try:
+                e = self.library.entry(row)
+            except IndexError:   # removed between the search and now
+                continue
+            hits.append(Hit(row, e.id, e.path, e.name, score, e.meta))
+        return hits
+
+    def similar_to(self, entry_id: str, k: int = 10) -> list[Hit]:
+        """Image→image search from an image already in the library (no re-encoding)."""
+        entry = self.library.find(entry_id)
+        return self.nearest(self.library.features[entry.row].clone(), k)

@@ -1,0 +1,79 @@
+"""Build the services once and hand them to the CLI or the app.
+
+    wb = build_workbench(model="ViT-B/32", library_dir="library", device="auto")
+    wb.searcher.search(SearchQuery(text="一只猫"))
+
+Nothing here knows about Gradio; the app and the CLI receive a `Workbench`.
+Heavy optional models (captioner, translator) are created on first use, once.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .encoders import Encoder, load_encoder, load_encoder_with_fallback
+from .ingest import open_library
+from .library import Library
+from .search import ExactIndex, Searcher
+from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
+from .zeroshot import ZeroShotClassifier
+
+__all__ = ["Workbench", "build_workbench"]
+
+
+@dataclass
+class Workbench:
+    runtime: Runtime
+    encoder: Encoder
+    library: Library
+    searcher: Searcher
+    classifier: ZeroShotClassifier
+    notice: str | None = None          # why a fallback model is in use, shown to the user
+    offline: bool = False
+    captioner_name: str = "vit-gpt2"
+    translator_name: str = "nllb"
+    _lazy: dict = field(default_factory=dict)
+    _lazy_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _get(self, key: str, make):
+        with self._lazy_lock:
+            if key not in self._lazy:
+                self._lazy[key] = make()
+            return self._lazy[key]
+
+    @property
+    def translator(self):
+        """The zh↔en translator object (it loads its weights lazily on first translation)."""
+        from .translate import Translator
+        return self._get("translator", lambda: Translator(self.translator_name, self.runtime, offline=self.offline))
+
+    @property
+    def captioner(self):
+        from .caption import Captioner
+        return self._get("captioner", lambda: Captioner(self.captioner_name, self.runtime, offline=self.offline))
+
+    def plan_query(self, text: str) -> tuple[str, str | None]:
+        """Translate a Chinese query for an English-only encoder; (text used, note for the user)."""
+        try:
+            from .lang import prepare_query
+        except ImportError:   # the language module is optional; queries then pass through unchanged
+            return text, None
+        plan = prepare_query(text, self.encoder, self.translator)
+        return plan.text, plan.note
+
+
+def build_workbench(model: str | None = None, library_dir: str | Path | None = None, device: str | None = None,
+                    offline: bool = False, fallback: bool = True, cache: Path | None = None) -> Workbench:
+    """Load the encoder (with the bundled mini model as fallback), open the library, wire the services."""
+    runtime = pick_runtime(device)
+    name = model or DEFAULT_MODEL
+    if fallback:
+        encoder, notice = load_encoder_with_fallback(name, runtime, cache, offline)
+    else:
+        encoder, notice = load_encoder(name, runtime, cache, offline), None
+    library = open_library(library_dir or default_paths().library, encoder)
+    wb = Workbench(runtime, encoder, library, searcher=None, classifier=ZeroShotClassifier(encoder),  # type: ignore[arg-type]
+                   notice=notice, offline=offline)
+    wb.searcher = Searcher(encoder, library, ExactIndex(library, runtime), plan=wb.plan_query)
+    return wb
