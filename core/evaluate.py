@@ -249,11 +249,11 @@ def _title(r: dict) -> str:
 def to_markdown(report: dict) -> str:
     """The report as a Markdown table, measured numbers beside each published reference row."""
     refs = report["reference"]
-    lines = [_title(report), "| metric | measured | " + " | ".join(x["label"] for x in refs) + " |",
-             "|---" * (2 + len(refs)) + "|"]
+    row = lambda cells: "| " + " | ".join(cells) + " |"  # noqa: E731
+    lines = [_title(report), row(["metric", "measured"] + [x["label"] for x in refs]), "|---" * (2 + len(refs)) + "|"]
     for key, name in _ROWS[report["task"]] + _TIMING_ROWS:
         measured = report["metrics"].get(key, report["timing"].get(key))
-        lines.append(f"| {name} | {_cell(measured)} | " + " | ".join(_cell(x["metrics"].get(key)) for x in refs) + " |")
+        lines.append(row([name, _cell(measured)] + [_cell(x["metrics"].get(key)) for x in refs]))
     if not refs:
         lines.append(f"\nNo published reference for {report['model']} in this setting (see core/reference.py).")
     if report["task"] == "zeroshot" and report["per_class"]:

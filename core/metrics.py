@@ -85,7 +85,7 @@ def _i2t_ranks(image_feats, text_feats, t2i, ties) -> torch.Tensor:
 def _recall_at(ranks: torch.Tensor, k: int) -> float:
     if ranks.numel() == 0:
         return float("nan")
-    return 100.0 * float((ranks < k).float().mean())
+    return 100.0 * float((ranks < k).double().mean())
 
 
 def retrieval_recall(image_feats: torch.Tensor, text_feats: torch.Tensor, text_to_image: Sequence[int],
@@ -144,11 +144,11 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor | Sequence[int], ks
 
 def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor | Sequence[int], k: int = 1,
                        ties: str = "optimistic") -> torch.Tensor:
-    """Top-k accuracy per class in percent. logits [N, C], labels [N] -> float [C];
+    """Top-k accuracy per class in percent. logits [N, C], labels [N] -> float64 [C];
     nan for classes with no sample. Its nanmean is the class-balanced ("mean per-class") accuracy."""
     labels = torch.as_tensor(labels, dtype=torch.long, device=logits.device)
-    hits = (_true_class_ranks(logits, labels, ties) < min(k, logits.shape[1])).float()
+    hits = (_true_class_ranks(logits, labels, ties) < min(k, logits.shape[1])).double()
     num_classes = logits.shape[1]
-    correct = torch.zeros(num_classes, device=logits.device).index_add_(0, labels, hits)
-    count = torch.zeros(num_classes, device=logits.device).index_add_(0, labels, torch.ones_like(hits))
+    correct = torch.zeros(num_classes, dtype=torch.float64, device=logits.device).index_add_(0, labels, hits)
+    count = torch.zeros(num_classes, dtype=torch.float64, device=logits.device).index_add_(0, labels, torch.ones_like(hits))
     return (100.0 * correct / count).cpu()  # 0/0 -> nan for absent classes
