@@ -23,8 +23,8 @@ from PIL import Image
 from .images import MAX_BYTES, ImageError, decode_image, thumbnail
 from .library import Library, NewImage, SNAPSHOT_NAME
 
-__all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "safe_display_name",
-           "write_thumbnail"]
+__all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "repair",
+           "safe_display_name", "write_thumbnail"]
 
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "MPO": ".jpg"}
 _WORKERS = min(8, os.cpu_count() or 1)
@@ -184,3 +184,15 @@ def reindex(root: str | os.PathLike, encoder, batch_size: int = 64,
     library.replace_all(encoder.model_id, torch.cat(feats) if feats else torch.empty(0, encoder.dim))
     library.model_id, library.dim = encoder.model_id, encoder.dim
     return library
+
+
+def repair(library: Library, encoder) -> dict:
+    """Make rows and files agree again after damage done outside the program (files deleted by
+    hand, a journal record lost to disk corruption): rows whose image file is gone are removed,
+    and image files that lost their row are re-added (re-encoded), never deleted."""
+    report = library.verify()
+    missing = [e.sha256 for e in library.entries() if not e.path.is_file()]
+    removed = library.remove(missing) if missing else 0
+    orphans = [library.root / rel for rel in report["orphan_files"]]
+    readded = ingest(library, encoder, orphans) if orphans else IngestReport()
+    return {"rows_removed": removed, "images_readded": len(readded.added), "unreadable": readded.errors}

@@ -74,7 +74,7 @@ class ModelMismatchError(LibraryError):
     """The library's features were made by another model; they must never be mixed."""
 
 
-@dataclass
+@dataclass(eq=False)
 class NewImage:
     """An image ready to store: its bytes, hash, format extension, embedding and metadata."""
     data: bytes
@@ -261,7 +261,8 @@ class Library:
             if fresh:
                 self._commit_adds(fresh)
             self._maybe_compact_locked()
-            return [img in fresh for img in images]
+            added = {id(img) for img in fresh}
+            return [id(img) in added for img in images]
 
     def remove(self, sha256s: list[str]) -> int:
         """Remove images (their rows and files). Returns how many were present."""

@@ -1,0 +1,259 @@
+"""Chinese <-> English translation: NLLB-200 (the user's source system) or Marian, loaded lazily.
+
+    tr = Translator("nllb", runtime)              # nothing is loaded yet
+    tr.translate(["会飞的猫"], to="en")            # -> ["The Cat Who Flies"]
+    tr.translate("a cat", to="en")                # -> ["a cat"]: already English, no model run
+
+The source language is detected per text (core.lang.source_language); a text already
+in the target language, or with nothing to translate (empty, digits, Japanese, Korean),
+is returned unchanged. Translations are remembered in an LRU cache, so a repeated query
+costs nothing. A name is a registry name (`TRANSLATORS`), a local save_pretrained()
+directory, or a hub id; loading follows core.caption.load_pretrained (cache, HF_ENDPOINT,
+HF_HUB_OFFLINE, ModelUnavailableError naming the model and how to supply it).
+
+Local directories: an NLLB / M2M100 directory translates both ways. A Marian model
+translates one way, read from its tokenizer_config.json (target_lang) or its name
+("...zh-en"); a folder holding `opus-mt-zh-en/` and `opus-mt-en-zh/` gives both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import torch
+
+from .caption import LazyLoad, is_hub_id, load_pretrained
+from .encoders import ModelUnavailableError, UnknownModelError
+from .lang import source_language
+from .settings import Runtime, pick_runtime
+
+__all__ = ["Translator", "TranslateSettings", "TRANSLATORS", "DEFAULT_TRANSLATOR", "NLLB_CODES", "add_commands"]
+
+# name -> (loader kind, {target language: hub id}). NLLB is one model for both directions.
+TRANSLATORS: dict[str, tuple[str, dict[str, str]]] = {
+    "nllb": ("nllb", {"en": "facebook/nllb-200-distilled-600M", "zh": "facebook/nllb-200-distilled-600M"}),
+    "marian": ("marian", {"en": "Helsinki-NLP/opus-mt-zh-en", "zh": "Helsinki-NLP/opus-mt-en-zh"}),  # ~300 MB each
+}
+DEFAULT_TRANSLATOR = "nllb"
+NLLB_CODES = {"en": "eng_Latn", "zh": "zho_Hans"}  # FLORES-200 codes; NLLB forces the target's as first token
+_LANGS = ("en", "zh")
+
+
+@dataclass(frozen=True)
+class TranslateSettings:
+    num_beams: int = 4           # beam search width (1 = greedy, fastest)
+    max_new_tokens: int = 128    # output cap; queries and captions are one short sentence
+    max_input_tokens: int = 256  # longer inputs are truncated (NLLB was trained on <= 512)
+    batch_size: int = 16         # texts per generate() call
+    cache_size: int = 4096       # translations remembered (LRU); 0 disables the cache
+
+
+class _LRU:
+    """A thread-safe least-recently-used map of (target, text) -> translation."""
+
+    def __init__(self, size: int):
+        self.size, self._data, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key) -> str | None:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        return None
+
+    def put(self, key, value: str) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class _Parts(NamedTuple):
+    kind: str  # "nllb" | "marian"
+    model: torch.nn.Module
+    tokenizer: Any
+
+
+def _marian_target(path: Path) -> str | None:
+    """"en" / "zh" for a Marian directory, from tokenizer_config.json or the folder name."""
+    try:
+        cfg = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        target = str(cfg.get("target_lang") or "")[:2].lower()
+    except (OSError, ValueError):
+        target = ""
+    if target in _LANGS:
+        return target
+    m = re.search(r"(en|zh)[-_](en|zh)$", path.name.lower())
+    return m.group(2) if m and m.group(1) != m.group(2) else None
+
+
+def _resolve_dir(path: Path) -> tuple[str, dict[str, str]]:
+    """A local directory -> (kind, {target: directory})."""
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            kind = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except ValueError:
+            raise ModelUnavailableError(f"{config} is not valid JSON; save the translator again with save_pretrained()") from None
+        if kind in ("m2m_100", "nllb-moe"):
+            return "nllb", {lang: str(path) for lang in _LANGS}
+        if kind == "marian":
+            target = _marian_target(path)
+            if target is None:
+                raise UnknownModelError(f"Cannot tell the direction of the Marian model in {path}: name the folder "
+                                        "...zh-en or ...en-zh, or set target_lang in its tokenizer_config.json")
+            return "marian", {target: str(path)}
+        raise UnknownModelError(f"{path} holds a {kind!r} model; translators are NLLB/M2M100 or Marian")
+    found = {}
+    for sub in sorted(p for p in path.iterdir() if (p / "config.json").is_file()):
+        try:
+            kind, sources = _resolve_dir(sub)
+        except UnknownModelError:
+            continue  # another kind of model stored alongside: not ours to use
+        if kind == "marian":
+            found.update(sources)
+    if not found:
+        raise UnknownModelError(f"{path} holds no translator: expected a save_pretrained() directory, or "
+                                "Marian folders such as opus-mt-zh-en/ and opus-mt-en-zh/ inside it")
+    return "marian", found
+
+
+def _resolve(name: str) -> tuple[str, dict[str, str]]:
+    if name in TRANSLATORS:
+        return TRANSLATORS[name]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _resolve_dir(path)
+    if is_hub_id(name):
+        if re.search(r"nllb|m2m100", name.lower()):
+            return "nllb", {lang: name for lang in _LANGS}
+        m = re.search(r"(en|zh)-(en|zh)$", name.lower())
+        if m and m.group(1) != m.group(2):
+            return "marian", {m.group(2): name}
+    raise UnknownModelError(f"Translator {name!r} not found; available translators = {sorted(TRANSLATORS)}, or a "
+                            "local save_pretrained() directory, or a hub id of an NLLB or opus-mt-zh-en/en-zh model")
+
+
+class Translator:
+    """zh <-> en translation of short texts. Thread-safe; each model loads on first use."""
+
+    def __init__(self, model: str = DEFAULT_TRANSLATOR, runtime: Runtime | None = None,
+                 settings: TranslateSettings = TranslateSettings(), cache: Path | None = None, offline: bool = False):
+        self.name = str(model).strip()
+        self.kind, self._sources = _resolve(self.name)
+        self.runtime = runtime or pick_runtime()
+        self.settings, self._cache_dir, self._offline = settings, cache, offline
+        self._lazy = {src: LazyLoad(lambda src=src: self._load(src)) for src in set(self._sources.values())}
+        self._memo = _LRU(settings.cache_size)
+        self._run_lock = threading.Lock()  # NLLB's tokenizer holds src_lang as state; one generate() at a time
+
+    def _load(self, source: str) -> _Parts:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+        model, tok = load_pretrained(f"translator {self.name!r} ({source})", source, [AutoModelForSeq2SeqLM.from_pretrained,
+                                     AutoTokenizer.from_pretrained], self._cache_dir, self._offline)
+        if self.kind == "nllb":
+            missing = [c for c in NLLB_CODES.values() if c not in tok.get_vocab()]
+            if missing:
+                raise UnknownModelError(f"The tokenizer of {source} lacks the NLLB language codes {missing}; "
+                                        "is it an NLLB-200 model?")
+        model.to(self.runtime.device, self.runtime.dtype).eval()
+        return _Parts(self.kind, model, tok)
+
+    def _parts(self, to: str) -> _Parts:
+        if to not in self._sources:
+            raise ModelUnavailableError(f"Translator {self.name} has no model for translating to {to!r}; "
+                                        f"it has {sorted(self._sources)}. Add the missing opus-mt model folder.")
+        return self._lazy[self._sources[to]].get()
+
+    def load(self, to: str = "en") -> None:
+        """Load the model for one direction now (e.g. at app start); raises ModelUnavailableError."""
+        self._parts(to)
+
+    def can_translate_to(self, to: str) -> bool:
+        return to in self._sources
+
+    def translate(self, texts: Sequence[str] | str, to: str) -> list[str]:
+        """N texts -> N texts in `to` ("en" | "zh"), in order. Texts needing no translation come
+        back unchanged without any model run; repeated texts come from the LRU cache."""
+        if to not in _LANGS:
+            raise ValueError(f"Cannot translate to {to!r}; choose one of {list(_LANGS)}")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = list(texts)
+        todo: dict[str, list[int]] = {}  # distinct text -> positions, so duplicates run once
+        for i, text in enumerate(texts):
+            src = source_language(text)
+            if src is None or src == to:
+                continue
+            hit = self._memo.get((to, text))
+            if hit is not None:
+                out[i] = hit
+            else:
+                todo.setdefault(text, []).append(i)
+        if todo:
+            for text, result in zip(todo, self._run(list(todo), to)):
+                self._memo.put((to, text), result)
+                for i in todo[text]:
+                    out[i] = result
+        return out
+
+    def _run(self, texts: list[str], to: str) -> list[str]:
+        """Translate in batches of similar length (less padding), returning the input order."""
+        parts, step = self._parts(to), self.settings.batch_size
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        results: dict[int, str] = {}
+        for k in range(0, len(order), step):
+            idx = order[k:k + step]
+            for i, text in zip(idx, self._generate(parts, [texts[i].strip() for i in idx], to)):
+                results[i] = text
+        return [results[i] for i in range(len(texts))]
+
+    def _generate(self, parts: _Parts, texts: list[str], to: str) -> list[str]:
+        s, tok, extra = self.settings, parts.tokenizer, {}
+        with self._run_lock, torch.inference_mode():
+            if parts.kind == "nllb":
+                tok.src_lang = NLLB_CODES["zh" if to == "en" else "en"]  # prefixes the source language code
+                extra["forced_bos_token_id"] = tok.convert_tokens_to_ids(NLLB_CODES[to])
+            batch = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=s.max_input_tokens)
+            batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
+            ids = parts.model.generate(**batch, num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, **extra)
+        return [t.strip() for t in tok.batch_decode(ids.cpu(), skip_special_tokens=True)]
+
+    def __repr__(self) -> str:
+        return f"Translator({self.name!r}, {self.kind}, to={sorted(self._sources)}, {self.runtime.describe()})"
+
+
+# ---------------------------------------------------------------- command line (UI layer: prints)
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """`python -m core translate TEXT... --to zh|en [--translator nllb|marian|PATH]`"""
+    p = subparsers.add_parser("translate", help="translate between Chinese and English")
+    p.add_argument("texts", nargs="+", help="texts to translate (quote each one)")
+    p.add_argument("--to", required=True, choices=_LANGS, help="target language")
+    p.add_argument("--translator", default=DEFAULT_TRANSLATOR,
+                   help=f"{' | '.join(TRANSLATORS)} | a save_pretrained() directory (default {DEFAULT_TRANSLATOR})")
+    p.set_defaults(func=_cmd_translate)
+
+
+def _cmd_translate(args: argparse.Namespace) -> int:
+    try:
+        translator = Translator(args.translator, pick_runtime(getattr(args, "device", None)),
+                                offline=getattr(args, "offline", False))
+        for text in translator.translate(args.texts, to=args.to):
+            print(text)
+    except (UnknownModelError, ModelUnavailableError, ValueError) as e:  # ValueError: a bad --device
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
