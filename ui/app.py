@@ -1,0 +1,125 @@
+"""The Gradio Blocks app over a Workbench: four tabs, a language switch, a queue for a classroom.
+
+    demo = build_app(build_workbench(...), lang="zh")
+    demo.launch(**launch_options(wb))
+
+All model work happens in core/ through `ui.callbacks.Callbacks`; this module only lays
+out components and wires events. Every public event has a stable `api_name`
+(docs/API.md shows gradio_client calls).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+
+from core.settings import ASSETS_DIR
+from core.workbench import Workbench
+
+from .callbacks import Callbacks
+from .i18n import DEFAULT_LANG, pick_lang, t
+from .tabs import Localizer, caption_tab, classify_tab, library_tab, search_tab
+
+__all__ = ["build_app", "build_error_app", "launch_options", "QueueConfig"]
+
+TITLE = "CLIP Workbench · 图文多模态工作台"
+CSS = """
+#notice {background: #fff4e5; border-left: 4px solid #f59e0b; padding: 6px 12px; border-radius: 6px}
+#broken {background: #fdecea; border-left: 4px solid #dc2626; padding: 6px 12px; border-radius: 6px}
+footer {display: none !important}
+"""
+_DETECT_LANG_JS = "(current) => navigator.language || navigator.userLanguage || 'en'"
+
+
+class QueueConfig:
+    """How many requests of each kind run at once. Model calls share the CPU/GPU, so running
+    more of them at once only makes each slower; a class of 40 waits in a visible queue."""
+    heavy_cpu = 2         # model inference at once on a CPU (torch already uses every core)
+    heavy_gpu = 4         # ... on a GPU (small batches overlap well)
+    max_size = 200        # waiting requests before new ones are refused ("queue full")
+
+
+def build_app(wb: Workbench, lang: str | None = None) -> gr.Blocks:
+    """The app for one Workbench. `lang` ("zh" | "en") fixes the start language; None follows the browser."""
+    start = pick_lang(lang) if lang else DEFAULT_LANG
+    cb, loc = Callbacks(wb), Localizer(start)
+    heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
+    with gr.Blocks(title=TITLE) as demo:
+        lang_state = gr.State(start)
+        radio = _header(loc, start, subtitle=lambda l: t("app.subtitle", l, model=wb.encoder.model_id,
+                                                          device=wb.runtime.describe()))
+        if wb.notice:
+            loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=wb.notice), elem_id="notice")
+        with loc(gr.Tab, label="tab.classify"):
+            classify_tab(cb, loc, lang_state, samples=_samples())
+        with loc(gr.Tab, label="tab.search"):
+            search_tab(cb, loc, lang_state)
+        with loc(gr.Tab, label="tab.caption"):
+            caption_tab(cb, loc, lang_state)
+        with loc(gr.Tab, label="tab.library") as lib_tab:
+            refresh = library_tab(cb, loc, lang_state)
+        lib_tab.select(**refresh)
+        _language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[refresh])
+        demo.load(**refresh)
+    return demo.queue(default_concurrency_limit=heavy, max_size=QueueConfig.max_size)
+
+
+def build_error_app(problem: Exception, lang: str | None = None, model: str = "MODEL") -> gr.Blocks:
+    """A one-page app that explains why the model or library could not be opened, and the fix."""
+    from core.encoders import ModelUnavailableError
+    from core.library import ModelMismatchError
+    start = pick_lang(lang) if lang else DEFAULT_LANG
+    loc = Localizer(start)
+
+    def body(l: str) -> str:
+        if isinstance(problem, ModelMismatchError):
+            fix = t("fix.mismatch", l, model=model)
+        elif isinstance(problem, ModelUnavailableError):
+            fix = t("fix.model", l)
+        else:
+            fix = t("fix.other", l)
+        return t("app.broken_title", l) + "\n\n" + t("app.broken_body", l, problem=problem, fix=fix)
+
+    with gr.Blocks(title=TITLE) as demo:
+        lang_state = gr.State(start)
+        radio = gr.Radio([("中文", "zh"), ("English", "en")], value=start, label=t("app.lang", start))
+        loc(gr.Markdown, value=body, elem_id="broken")
+        _language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[])
+    return demo.queue()
+
+
+def launch_options(wb: Workbench | None = None) -> dict:
+    """Keyword arguments for demo.launch(): only the library and assets folders are served."""
+    allowed = [str(ASSETS_DIR)] + ([str(Path(wb.library.root).resolve())] if wb is not None else [])
+    return {"allowed_paths": allowed, "css": CSS, "theme": gr.themes.Soft()}
+
+
+def _header(loc: "Localizer", start: str, subtitle: Callable[[str], str]) -> gr.Radio:
+    with gr.Row(equal_height=True):
+        loc(gr.Markdown, value="app.title")
+        radio = gr.Radio([("中文", "zh"), ("English", "en")], value=start, label=t("app.lang", start),
+                         scale=0, min_width=220, elem_id="lang")
+    loc(gr.Markdown, value=subtitle)
+    return radio
+
+
+def _language_events(demo: gr.Blocks, radio: gr.Radio, lang_state: gr.State, loc: "Localizer",
+                     follow_browser: bool, then: list[dict]) -> None:
+    """The radio relabels every registered component; on load it follows the browser's locale."""
+    def relabel(value: str):
+        lang = pick_lang(value)
+        return [lang, *loc.updates(lang)]
+
+    event = radio.change(relabel, [radio], [lang_state, *loc.components], api_visibility="private",
+                         concurrency_limit=None, show_progress="hidden")
+    for extra in then:
+        event = event.then(**extra)
+    if follow_browser:
+        demo.load(pick_lang, [radio], [radio], js=_DETECT_LANG_JS, api_visibility="private",
+                  concurrency_limit=None, show_progress="hidden")
+
+
+def _samples() -> list[list[str]]:
+    folder = ASSETS_DIR / "samples"
+    return [[str(p)] for p in sorted(folder.glob("*.jpg"))][:12]

@@ -1,0 +1,199 @@
+"""Gradio callbacks: check inputs, call core, turn domain errors into gr.Error. No model logic.
+
+`Callbacks(wb)` receives the Workbench built once at start; every method is one event.
+The last input of each is the UI language (a gr.State, so API clients need not pass it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from core.encoders import ModelUnavailableError, UnknownModelError
+from core.images import load_image
+from core.ingest import IngestReport, Upload, ingest
+from core.search import SearchQuery, SearchResult
+from core.workbench import Workbench
+from core.zeroshot import load_labelset, load_templates
+
+from .errors import fail, user_errors
+from .i18n import t
+from .library_view import hit_thumb, read_page, thumb_for
+
+__all__ = ["Callbacks", "CUSTOM", "UPLOAD_CHUNK"]
+
+CUSTOM = "custom"     # dropdown value: the labels / template typed by the user
+UPLOAD_CHUNK = 64     # files read into memory per ingest call (bounded memory for big uploads)
+_MB = 2 ** 20
+
+
+def _split_terms(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").replace("，", ",").split(",") if s.strip()]
+
+
+def _upload(path: str) -> Upload:
+    """The uploaded file's bytes; its name (Gradio keeps the user's) is for display only."""
+    return Upload(Path(path).name, Path(path).read_bytes())
+
+
+class Callbacks:
+    def __init__(self, wb: Workbench):
+        self.wb = wb
+
+    # ------------------------------------------------------------ zero-shot
+
+    def classify(self, image: str | None, labelset: str, labels: str, templates: str, custom_template: str,
+                 add: bool, lang: str):
+        """-> ({label: probability} top 5, status markdown)"""
+        if not image:
+            raise fail("err.no_image", lang)
+        with user_errors(lang):
+            names = load_labelset(labels if labelset == CUSTOM else labelset, lang)
+            tpl = load_templates(custom_template if templates == CUSTOM else templates, lang)
+            top = self.wb.classifier.classify(load_image(image, Path(image).name), names, tpl, top_k=5)
+            status = t("zs.added", lang, summary=self._summary(self._ingest([image]), lang)) if add else ""
+        return {label: p for label, p in top}, status
+
+    # ------------------------------------------------------------ search
+
+    def search(self, text: str, image: str | None, minus: str, k: float, threshold: float, lang: str):
+        """-> (gallery items, hit ids, info markdown)"""
+        if not (text or "").strip() and not image:
+            raise fail("err.empty_query", lang)
+        with user_errors(lang):
+            query = SearchQuery(text=text or "", image=load_image(image, Path(image).name) if image else None,
+                                minus=_split_terms(minus), k=int(k), threshold=float(threshold) or None)
+            result = self.wb.searcher.search(query)
+        info = self._search_info(result, query.text, lang)
+        return self._gallery(result.hits), [h.id for h in result.hits], info
+
+    def search_similar(self, image_id: str, k: float, lang: str):
+        """Image→image from a library image id -> (gallery items, hit ids, info markdown)"""
+        if not (image_id or "").strip():
+            raise fail("lib.no_selection", lang)
+        with user_errors(lang):
+            entry = self.wb.library.find(image_id)
+            hits = self.wb.searcher.similar_to(entry.id, int(k))
+        info = t("search.similar_to", lang, name=entry.name, id=entry.id, n=len(hits))
+        return self._gallery(hits), [h.id for h in hits], info
+
+    @staticmethod
+    def pick(ids: list[str], evt: gr.SelectData) -> str:
+        """Gallery click -> the id of the clicked image."""
+        return ids[evt.index] if ids and 0 <= evt.index < len(ids) else ""
+
+    def _gallery(self, hits) -> list[tuple[str, str]]:
+        return [(hit_thumb(self.wb.library, h), f"{h.score:.3f} · {h.name}") for h in hits]
+
+    def _search_info(self, result: SearchResult, asked: str, lang: str) -> str:
+        lines = []
+        if result.text_used and result.text_used != asked.strip():
+            lines.append(t("search.used", lang, text=result.text_used))
+        if result.note:
+            lines.append(t("search.note", lang, note=result.note))
+        if not result.hits:
+            lines.append(t("search.empty_lib" if not len(self.wb.library) else "search.none", lang))
+        else:
+            lines.append(t("search.count", lang, n=len(result.hits)))
+        return "\n\n".join(lines)
+
+    # ------------------------------------------------------------ captions
+
+    def caption(self, image: str | None, lang: str):
+        """-> (English caption, Chinese caption, status markdown); a missing model is explained, not raised."""
+        if not image:
+            raise fail("err.no_image", lang)
+        with user_errors(lang):
+            picture = load_image(image, Path(image).name)
+        try:
+            from core.caption import Captioner  # noqa: F401  (another module; may be absent in this build)
+            meta = _caption_meta(self.wb, picture)
+        except ImportError as e:
+            return "", "", t("cap.missing_module", lang, module=e.name or "core.caption")
+        except (ModelUnavailableError, UnknownModelError) as e:
+            return "", "", t("cap.unavailable", lang, detail=str(e))
+        zh_error = meta.get("caption_zh_error")
+        return meta["caption_en"], meta.get("caption_zh") or "", t("cap.no_zh", lang, detail=zh_error) if zh_error else t("cap.done", lang)
+
+    # ------------------------------------------------------------ library
+
+    def add_to_library(self, files: list[str] | None, lang: str, progress=gr.Progress()):
+        """Many uploaded files -> summary markdown (added / already present / unreadable with reasons)."""
+        if not files:
+            raise fail("lib.no_files", lang)
+        report = self._ingest(files, progress=progress, desc=t("lib.progress", lang))
+        if report.errors:
+            gr.Warning(t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
+                         errors=len(report.errors), n=len(self.wb.library)))
+        return self._summary(report, lang)
+
+    def library_page(self, page: float | None, lang: str):
+        """-> (gallery items, ids on the page, page info markdown, page number)"""
+        with user_errors(lang):
+            pg = read_page(self.wb.library, page)
+        items = [(thumb_for(self.wb.library, e), f"{e.name} · {e.id}") for e in pg.entries]
+        return items, [e.id for e in pg.entries], t("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total), pg.page
+
+    def library_stats(self, lang: str) -> str:
+        s = self.wb.library.stats()
+        return t("lib.stats", lang, n=s["images"], model=s["model_id"], dim=s["dim"], path=s["path"],
+                 images_mb=s["image_bytes"] / _MB, feats_mb=s["features_bytes"] / _MB)
+
+    def remove_image(self, image_id: str, lang: str) -> str:
+        if not (image_id or "").strip():
+            raise fail("lib.no_selection", lang)
+        with user_errors(lang):
+            entry = self.wb.library.find(image_id)
+            self.wb.library.remove([entry.sha256])
+        return t("lib.removed", lang, name=entry.name, id=entry.id, n=len(self.wb.library))
+
+    def verify_library(self, lang: str) -> str:
+        with user_errors(lang):
+            r = self.wb.library.verify()
+        if r["missing_files"] or r["orphan_files"] or not r["features_finite"]:
+            return t("lib.verify_bad", lang, missing=r["missing_files"], orphans=r["orphan_files"], finite=r["features_finite"])
+        return t("lib.verify_ok", lang, rows=r["rows"])
+
+    def compact_library(self, lang: str) -> str:
+        with user_errors(lang):
+            self.wb.library.compact()
+        return t("lib.compacted", lang, n=len(self.wb.library))
+
+    # ------------------------------------------------------------ helpers
+
+    def _ingest(self, files: list[str], progress=None, desc: str = "") -> IngestReport:
+        """Ingest uploaded files in chunks (bounded memory), reporting progress per image."""
+        total, done, report = len(files), 0, IngestReport()
+        for i in range(0, total, UPLOAD_CHUNK):
+            part = ingest(self.wb.library, self.wb.encoder, [_upload(f) for f in files[i:i + UPLOAD_CHUNK]])
+            report.added += part.added
+            report.duplicates += part.duplicates
+            report.errors += part.errors
+            done += min(UPLOAD_CHUNK, total - i)
+            if progress is not None:
+                progress((done, total), desc=desc, unit="images")
+        return report
+
+    def _summary(self, report: IngestReport, lang: str) -> str:
+        head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
+                 errors=len(report.errors), n=len(self.wb.library))
+        items = [t("lib.dup_item", lang, name=n) for n in report.duplicates]
+        items += [t("lib.error_item", lang, name=n, reason=r) for n, r in report.errors]
+        return "\n".join([head, ""] + [f"- {i}" for i in items])
+
+
+def _caption_meta(wb: Workbench, image) -> dict:
+    """{"caption_en", "caption_zh", optional "caption_zh_error"} via core.lang when present."""
+    try:
+        from core.lang import caption_metadata
+    except ImportError:   # no translation layer in this build: English only, said plainly
+        return {"caption_en": wb.captioner.caption([image])[0], "caption_zh": "",
+                "caption_zh_error": "the core.lang / core.translate modules are not part of this build"}
+    try:
+        translator = wb.translator
+    except ImportError:
+        translator = None
+    meta = caption_metadata([image], wb.captioner, translator)[0]
+    if translator is None and not meta.get("caption_zh"):
+        meta.setdefault("caption_zh_error", "the core.translate module is not part of this build")
+    return meta

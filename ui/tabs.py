@@ -1,0 +1,174 @@
+"""The four tabs' layouts and event wiring, and the Localizer that relabels them.
+
+Each tab function lays out components (registering every visible string with the
+Localizer) and wires its events to `Callbacks` methods with stable api_names.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import gradio as gr
+
+from core.search import MAX_K
+
+from .callbacks import CUSTOM, Callbacks
+from .i18n import choices, t
+
+__all__ = ["Localizer", "classify_tab", "search_tab", "caption_tab", "library_tab"]
+
+LABEL_SETS = {CUSTOM: "zs.set.custom", "imagenet1k": "zs.set.imagenet1k", "cifar10": "zs.set.cifar10",
+              "cifar100": "zs.set.cifar100"}
+TEMPLATES = {"single": "zs.tpl.single", "selected7": "zs.tpl.selected7", "ensemble80": "zs.tpl.ensemble80",
+             "zh": "zs.tpl.zh", CUSTOM: "zs.tpl.custom"}
+SEARCH_K = (1, min(100, MAX_K), 12)       # slider min, max, default
+CHEAP = 16                                # concurrent runs of cheap events (paging, stats): no model involved
+_PRIVATE = {"api_visibility": "private"}
+
+
+class Localizer:
+    """Creates components with strings in the start language and remembers which property
+    holds which string, so a language switch can update them all in one event.
+
+    A property's spec is an i18n key, a callable lang -> text, or {value: key} for choices."""
+
+    def __init__(self, lang: str):
+        self.lang = lang
+        self._items: list[tuple[gr.components.Component, dict]] = []
+
+    def __call__(self, cls, **kwargs):
+        specs = {k: v for k, v in kwargs.items() if k in ("label", "value", "placeholder", "info", "choices")
+                 and (callable(v) or isinstance(v, dict) or (isinstance(v, str) and _is_key(v)))}
+        kwargs.update({k: self._text(v, self.lang) for k, v in specs.items()})
+        component = cls(**kwargs)
+        self._items.append((component, specs))
+        return component
+
+    @property
+    def components(self) -> list:
+        return [c for c, _ in self._items]
+
+    def updates(self, lang: str) -> list[dict]:
+        return [gr.update(**{k: self._text(v, lang) for k, v in specs.items()}) for _, specs in self._items]
+
+    @staticmethod
+    def _text(spec, lang: str):
+        if isinstance(spec, dict):
+            return choices(spec, lang)
+        return spec(lang) if callable(spec) else t(spec, lang)
+
+
+def _is_key(text: str) -> bool:
+    from .i18n import _S
+    return text in _S
+
+
+# ---------------------------------------------------------------- tabs
+
+def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[list[str]]) -> None:
+    with gr.Row():
+        with gr.Column():
+            image = loc(gr.Image, label="zs.image", type="filepath", sources=["upload", "clipboard"], height=320)
+            if samples:
+                examples = gr.Examples(samples, [image], label=t("zs.examples", loc.lang), examples_per_page=12)
+                loc._items.append((examples.dataset, {"label": "zs.examples"}))
+        with gr.Column():
+            labelset = loc(gr.Dropdown, label="zs.labelset", choices=LABEL_SETS, value=CUSTOM)
+            labels = loc(gr.Textbox, label="zs.labels", placeholder="zs.labels_ph", lines=3,
+                         value="cat, dog, bird, car, 猫, 汽车")
+            templates = loc(gr.Dropdown, label="zs.templates", choices=TEMPLATES, value="single")
+            custom = loc(gr.Textbox, label="zs.custom_tpl", value="a photo of a {c}.")
+            add = loc(gr.Checkbox, label="zs.add", value=False)
+            button = loc(gr.Button, value="zs.button", variant="primary")
+            result = loc(gr.Label, label="zs.result", num_top_classes=5)
+            status = gr.Markdown()
+    button.click(cb.classify, [image, labelset, labels, templates, custom, add, lang], [result, status],
+                 api_name="classify")
+
+
+def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
+    ids = gr.State([])
+    with gr.Row():
+        with gr.Column(scale=1):
+            text = loc(gr.Textbox, label="search.text", placeholder="search.text_ph")
+            image = loc(gr.Image, label="search.image", type="filepath", sources=["upload", "clipboard"], height=200)
+            minus = loc(gr.Textbox, label="search.minus", placeholder="search.minus_ph")
+            k = loc(gr.Slider, label="search.k", minimum=SEARCH_K[0], maximum=SEARCH_K[1], value=SEARCH_K[2], step=1)
+            threshold = loc(gr.Slider, label="search.threshold", minimum=0.0, maximum=1.0, value=0.0, step=0.01)
+            button = loc(gr.Button, value="search.button", variant="primary")
+        with gr.Column(scale=2):
+            info = gr.Markdown(elem_id="search-info")
+            gallery = loc(gr.Gallery, label="search.results", columns=4, height=560, object_fit="contain",
+                          elem_id="search-gallery")
+            with gr.Row():
+                selected = loc(gr.Textbox, label="search.selected", scale=2)
+                similar = loc(gr.Button, value="search.similar", scale=1)
+    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, lang], outputs=[gallery, ids, info])
+    button.click(**run, api_name="search")
+    text.submit(**run, **_PRIVATE)
+    near = dict(fn=cb.search_similar, inputs=[selected, k, lang], outputs=[gallery, ids, info])
+    similar.click(**near, api_name="search_similar")
+    gallery.select(cb.pick, [ids], [selected], **_PRIVATE, concurrency_limit=CHEAP).then(**near, **_PRIVATE)
+
+
+def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
+    with gr.Row():
+        with gr.Column():
+            image = loc(gr.Image, label="cap.image", type="filepath", sources=["upload", "clipboard"], height=320)
+            button = loc(gr.Button, value="cap.button", variant="primary")
+        with gr.Column():
+            en = loc(gr.Textbox, label="cap.en", interactive=False)
+            zh = loc(gr.Textbox, label="cap.zh", interactive=False)
+            status = gr.Markdown(elem_id="caption-status")
+    button.click(cb.caption, [image, lang], [en, zh, status], api_name="caption", concurrency_limit=1)
+
+
+def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
+    """Lays out the library tab; returns the event kwargs that refresh gallery, page info and stats."""
+    ids = gr.State([])
+    with gr.Row():
+        with gr.Column(scale=2):
+            files = loc(gr.File, label="lib.upload", file_count="multiple", type="filepath", height=140,
+                        elem_id="lib-upload")
+            add = loc(gr.Button, value="lib.add", variant="primary")
+            summary = gr.Markdown(elem_id="lib-summary")
+        with gr.Column(scale=3):
+            stats = gr.Markdown(elem_id="lib-stats")
+            with gr.Row():
+                stats_btn = loc(gr.Button, value="lib.stats_button", size="sm")
+                verify = loc(gr.Button, value="lib.verify", size="sm")
+                compact = loc(gr.Button, value="lib.compact", size="sm")
+            report = gr.Markdown(elem_id="lib-report")
+    gallery = loc(gr.Gallery, label="lib.gallery", columns=8, height=620, object_fit="cover", elem_id="lib-gallery")
+    with gr.Row(equal_height=True):
+        prev = loc(gr.Button, value="lib.prev", size="sm")
+        page = loc(gr.Number, label="lib.page", value=1, precision=0, minimum=1, scale=0, min_width=100)
+        nxt = loc(gr.Button, value="lib.next", size="sm")
+        info = gr.Markdown(elem_id="lib-page-info")
+    with gr.Row():
+        selected = loc(gr.Textbox, label="lib.selected", scale=2)
+        remove = loc(gr.Button, value="lib.remove", variant="stop", scale=1)
+
+    def refresh_all(page_no, lang_value):
+        return (*cb.library_page(page_no, lang_value), cb.library_stats(lang_value))
+
+    refresh = dict(fn=refresh_all, inputs=[page, lang], outputs=[gallery, ids, info, page, stats],
+                   concurrency_limit=CHEAP, show_progress="hidden", **_PRIVATE)
+    cheap = dict(concurrency_limit=CHEAP)
+    add.click(cb.add_to_library, [files, lang], [summary], api_name="add_to_library").then(
+        lambda: (1, None), None, [page, files], **_PRIVATE).then(**refresh)
+    gallery.select(cb.pick, [ids], [selected], **_PRIVATE, **cheap)
+    remove.click(cb.remove_image, [selected, lang], [report], api_name="remove_image", **cheap).then(**refresh)
+    _pager(cb, prev, nxt, page, lang, [gallery, ids, info, page], step=lambda p, d: max(1, int(p or 1) + d))
+    stats_btn.click(cb.library_stats, [lang], [stats], api_name="library_stats", **cheap)
+    verify.click(cb.verify_library, [lang], [report], api_name="verify_library", **cheap)
+    compact.click(cb.compact_library, [lang], [report], api_name="compact_library", concurrency_limit=1)
+    return refresh
+
+
+def _pager(cb: Callbacks, prev: gr.Button, nxt: gr.Button, page: gr.Number, lang: gr.State, outputs: list,
+           step: Callable[[float, int], int]) -> None:
+    """Previous / next / typed page number -> one library page (api_name "library_page")."""
+    show = dict(fn=cb.library_page, inputs=[page, lang], outputs=outputs, concurrency_limit=CHEAP)
+    page.submit(**show, api_name="library_page")
+    prev.click(lambda p: step(p, -1), [page], [page], **_PRIVATE).then(**show, **_PRIVATE)
+    nxt.click(lambda p: step(p, +1), [page], [page], **_PRIVATE).then(**show, **_PRIVATE)
