@@ -34,8 +34,9 @@ _DPI = 110
 
 
 def _style() -> None:
-    plt.rcParams["font.family"] = _FONTS
-    warnings.filterwarnings("ignore", message=".*(Glyph|findfont).*")  # missing CJK font: boxes, not errors
+    from matplotlib import font_manager
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    plt.rcParams["font.family"] = [f for f in _FONTS if f in installed] or ["DejaVu Sans"]
 
 
 def plot_curves(log: Sequence[dict], out: Path) -> Path:
@@ -100,8 +101,10 @@ def plot_tsne(image_feats: torch.Tensor, text_feats: torch.Tensor, out: Path, la
 def _save(fig, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=_DPI)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")  # no CJK font here: boxes, not errors
+        fig.tight_layout()
+        fig.savefig(out, dpi=_DPI)
     plt.close(fig)
     return out
 

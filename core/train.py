@@ -261,7 +261,7 @@ def _train_epoch(model, tokenizer, train: PairSet, cfg, epoch, opt, sched, scale
         scaler.step(opt)
         scaler.update()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     return sum(losses) / max(1, len(losses))
 
@@ -319,7 +319,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         loss = _train_epoch(model, tokenizer, data["train"], cfg, epoch, opt, sched, scaler, runtime, progress)
         metrics = evaluate_pairs(_training_encoder(model, tokenizer, runtime), data["val"])
         row = {"epoch": epoch + 1, "train_loss": round(loss, 5), "lr": opt.param_groups[0]["lr"],
-               "temperature": round(float(1 / model.logit_scale.exp()), 5),
+               "temperature": round(1 / model.logit_scale.exp().item(), 5),
                "seconds": round(time.perf_counter() - t0, 1), **{f"val_{k}": round(v, 3) for k, v in metrics.items()}}
         best = all(row["val_mean_recall"] > r["val_mean_recall"] for r in log)
         log.append(row)
