@@ -1,0 +1,176 @@
+"""The app's API through gradio_client: every api_name, errors, and concurrent uploads.
+
+The app runs in this process (tests/ui_server.py) with a tiny CLIP and a tmp library;
+the library is also checked on disk, by reopening it as another process would.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from core.library import Library
+from core.settings import ASSETS_DIR
+from ui_server import serve
+
+EXPECTED_APIS = {"/classify", "/search", "/search_similar", "/caption", "/add_to_library", "/remove_image",
+                 "/library_page", "/library_stats", "/verify_library", "/compact_library"}
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.queueing")
+CAT = ASSETS_DIR / "samples" / "cat_chelsea.jpg"
+
+
+@pytest.fixture(scope="module")
+def app(tiny_clip_path, tmp_path_factory):
+    with serve(tiny_clip_path, tmp_path_factory.mktemp("ui_api") / "library", lang="en") as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+def make_images(folder: Path, n: int, seed: int) -> list[Path]:
+    """n distinct small PNG files named img_<seed>_<i>.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        j = seed * 100 + i
+        p = folder / f"img_{seed}_{i}.png"
+        Image.new("RGB", (24 + i % 5, 20), ((j * 37) % 256, (j * 91) % 256, (j * 53) % 256)).save(p)
+        paths.append(p)
+    return paths
+
+
+def on_disk(app) -> Library:
+    """The library reopened from disk, as the CLI or a restarted app would see it."""
+    lib = app.wb.library
+    return Library(lib.root, lib.model_id, lib.dim)
+
+
+def test_every_event_has_its_api_name(client):
+    assert EXPECTED_APIS <= set(client.view_api(return_format="dict")["named_endpoints"])
+
+
+def test_add_then_search_finds_it_first(app, client, tmp_path):
+    summary = client.predict([handle_file(CAT)], api_name="/add_to_library")
+    assert "unreadable 0" in summary
+    hits, info = client.predict("", handle_file(CAT), "", 3, 0, api_name="/search")
+    assert hits[0]["caption"].endswith("· cat_chelsea.jpg")
+    assert float(hits[0]["caption"].split(" · ")[0]) > 0.99   # the same image: cosine 1
+    assert "found" in info
+
+
+def test_duplicate_upload_is_stored_once(app, client):
+    client.predict([handle_file(CAT)], api_name="/add_to_library")
+    n = len(app.wb.library)
+    summary = client.predict([handle_file(CAT)], api_name="/add_to_library")
+    assert "Added 0, already present 1" in summary and "already present: cat_chelsea.jpg" in summary
+    assert len(on_disk(app)) == n
+
+
+def test_classify_returns_probabilities(client):
+    out, status = client.predict(handle_file(CAT), "custom", "cat, dog, 小鸟", "single", "", False,
+                                 api_name="/classify")
+    probs = {c["label"]: c["confidence"] for c in out["confidences"]}
+    assert set(probs) == {"cat", "dog", "小鸟"} and sum(probs.values()) == pytest.approx(1, abs=1e-4)
+    out, _ = client.predict(handle_file(CAT), "cifar10", "", "custom", "a blurry photo of a {c}.", False,
+                            api_name="/classify")
+    assert len(out["confidences"]) == 5
+
+
+def test_classify_can_add_to_library(app, client, tmp_path):
+    image = make_images(tmp_path, 1, seed=7)[0]
+    _, status = client.predict(handle_file(image), "custom", "cat, dog", "single", "", True, api_name="/classify")
+    assert "Added 1" in status
+    assert any(e.name == image.name for e in on_disk(app).entries())
+
+
+def test_domain_errors_are_readable(client, tmp_path):
+    with pytest.raises(AppError, match="Invalid labels: Only one label"):
+        client.predict(handle_file(CAT), "custom", "cat", "single", "", False, api_name="/classify")
+    with pytest.raises(AppError, match="Empty query"):
+        client.predict("", None, "", 5, 0, api_name="/search")
+    with pytest.raises(AppError, match="Library error: 'zz' is not an image id"):
+        client.predict("zz", 5, api_name="/search_similar")
+
+
+def test_corrupt_upload_reports_and_keeps_library(app, client, tmp_path):
+    good = make_images(tmp_path, 1, seed=8)[0]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    before = len(on_disk(app))
+    summary = client.predict([handle_file(bad), handle_file(good)], api_name="/add_to_library")
+    assert "Added 1" in summary and "unreadable 1" in summary and "unreadable: broken.jpg:" in summary
+    lib = on_disk(app)
+    assert len(lib) == before + 1
+    report = lib.verify(deep=True)
+    assert not (report["missing_files"] or report["orphan_files"] or report["hash_mismatch"])
+
+
+def test_search_similar_page_stats_remove(app, client, tmp_path):
+    client.predict([handle_file(p) for p in make_images(tmp_path, 3, seed=9)], api_name="/add_to_library")
+    items, page_info, page = client.predict(1, api_name="/library_page")
+    assert page == 1 and f"{len(app.wb.library)} images" in page_info
+    name, image_id = items[0]["caption"].split(" · ")
+    hits, info = client.predict(image_id, 3, api_name="/search_similar")
+    assert hits[0]["caption"].endswith(name) and name in info
+    assert f"**Images:** {len(app.wb.library)}" in client.predict(api_name="/library_stats")
+    n = len(app.wb.library)
+    assert "Deleted" in client.predict(image_id, api_name="/remove_image")
+    assert len(on_disk(app)) == n - 1
+    with pytest.raises(AppError, match="No image with id"):
+        client.predict(image_id, api_name="/remove_image")
+
+
+def test_library_page_is_clamped(client):
+    _, info, page = client.predict(10_000, api_name="/library_page")
+    assert info.startswith(f"Page {page} of {page}")
+
+
+def test_verify_and_compact(app, client):
+    assert "healthy" in client.predict(api_name="/verify_library")
+    assert "Compacted" in client.predict(api_name="/compact_library")
+    assert on_disk(app).stats()["journal_records"] == 0
+
+
+def test_caption_explains_missing_model(client):
+    en, zh, status = client.predict(handle_file(CAT), api_name="/caption")
+    assert en == "" and zh == ""
+    assert ("--captioner" in status and "HF_ENDPOINT" in status) or "module" in status
+
+
+def test_concurrent_clients_each_image_stored_once(app, tmp_path):
+    """Four students upload at once, with overlapping files: every image present exactly once."""
+    shared = make_images(tmp_path / "shared", 3, seed=50)
+    batches = [make_images(tmp_path / f"s{i}", 4, seed=60 + i) + shared for i in range(4)]
+    before = {e.sha256 for e in on_disk(app).entries()}
+
+    def upload(paths):
+        return Client(app.url, verbose=False).predict([handle_file(p) for p in paths], api_name="/add_to_library")
+
+    with ThreadPoolExecutor(4) as pool:
+        summaries = list(pool.map(upload, batches))
+    assert all("unreadable 0" in s for s in summaries)
+    lib = on_disk(app)
+    shas = [e.sha256 for e in lib.entries()]
+    assert len(shas) == len(set(shas))                   # nothing stored twice
+    assert len(set(shas) - before) == 4 * 4 + 3          # nothing lost
+    names = {e.name for e in lib.entries()}
+    assert all(p.name in names for batch in batches for p in batch)
+    assert not lib.verify()["missing_files"]
+
+
+def test_gallery_serves_only_library_and_assets(app, client):
+    import httpx
+    client.predict([handle_file(CAT)], api_name="/add_to_library")
+    r = httpx.get(f"{app.url}gradio_api/file=/etc/passwd")
+    assert r.status_code in (403, 404)
+    thumb = next(iter(app.wb.library.entries()))
+    r = httpx.get(f"{app.url}gradio_api/file={app.wb.library.thumb_path(thumb.sha256)}")
+    assert r.status_code == 200
+

@@ -1,0 +1,50 @@
+"""Launch the Gradio app on a free localhost port, in this process, for UI tests.
+
+    with serve(tiny_clip_path, tmp_path / "lib") as app:
+        Client(app.url).predict(..., api_name="/search")
+        app.wb.library   # the same Library object the app uses
+
+The app is built exactly as demo.py builds it (build_workbench -> build_app -> launch with
+launch_options), with a tiny real CLIP on the CPU, offline, and no fallback model.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # no phoning home from tests (no network here)
+
+import gradio as gr  # noqa: E402
+
+from core.workbench import Workbench, build_workbench  # noqa: E402
+from ui import build_app, launch_options  # noqa: E402
+
+
+@dataclass
+class Served:
+    url: str            # http://127.0.0.1:PORT/
+    wb: Workbench
+    demo: gr.Blocks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(model_path: Path, library_dir: Path, lang: str | None = None) -> Iterator[Served]:
+    """The app on 127.0.0.1 in a background thread; closed on exit."""
+    wb = build_workbench(str(model_path), library_dir, device="cpu", offline=True, fallback=False)
+    demo = build_app(wb, lang=lang)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                **launch_options(wb))
+    try:
+        yield Served(demo.local_url, wb, demo)
+    finally:
+        demo.close()
