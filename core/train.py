@@ -275,10 +275,10 @@ def _write_log(run: Path, log: list[dict]) -> None:
         writer.writerows(log)
 
 
-def _setup(cfg: TrainConfig, data: dict[str, PairSet], resume: dict | None):
-    """-> (model, tokenizer) fresh or from a resumed checkpoint"""
-    if resume is not None:
-        model, tokenizer, _ = load_checkpoint(Path(cfg.resume_path))
+def _setup(cfg: TrainConfig, data: dict[str, PairSet], resume: str | None):
+    """-> (model, tokenizer) fresh or from the checkpoint being resumed"""
+    if resume:
+        model, tokenizer, _ = load_checkpoint(Path(resume))
         return model, tokenizer
     tokenizer = Tokenizer.build(data["train"].vocab_texts(), min_count=data["train"].min_count)
     model = MiniCLIP(MiniConfig(image_size=cfg.image_size, text_encoder=cfg.text_encoder, vocab_size=len(tokenizer)))
@@ -290,10 +290,11 @@ def _setup(cfg: TrainConfig, data: dict[str, PairSet], resume: dict | None):
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
     """Run (or continue) training; returns the run folder. Raises ValueError on bad input."""
     ckpt = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
+    if ckpt is not None and "optimizer" not in ckpt:
+        raise ValueError(f"{resume} holds no optimiser state; resume from the run's last.pt, not best.pt or an export")
     if ckpt is not None:  # the run's own settings win, except how long to train and where to run
         saved = {k: v for k, v in ckpt["train_config"].items() if k not in ("epochs", "device", "plots")}
         cfg = TrainConfig(**{**asdict(cfg), **saved})
-        cfg.resume_path = resume  # type: ignore[attr-defined]
     runtime = pick_runtime(cfg.device)
     torch.manual_seed(cfg.seed)
     run = Path(cfg.out)
@@ -302,7 +303,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     data = load_pairsets(cfg.data, cfg.image_size, cfg.seed, (cfg.shapes_train, cfg.shapes_val, cfg.shapes_test))
     if len(data["train"]) < cfg.batch_size:
         raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {len(data['train'])} training images; lower it")
-    model, tokenizer = _setup(cfg, data, ckpt)
+    model, tokenizer = _setup(cfg, data, resume)
     model.to(runtime.device)  # trained in float32; autocast picks fp16 per op on CUDA
     opt = _optimizer(model, cfg)
     total = cfg.epochs * (len(data["train"]) // cfg.batch_size)
