@@ -206,6 +206,14 @@ def test_encode_image_files_skips_and_names_unreadable(encoder, tmp_path):
     assert seen[-1] == (7, 7)
 
 
+def test_worker_processes_give_the_same_result_as_threads(encoder, tmp_path):
+    paths = [img(tmp_path / f"{i}.jpg", i) for i in range(5)] + [corrupt(tmp_path / "bad.jpg")]
+    threads = encode_image_files(encoder, paths, batch_size=2, workers=2, decode="threads")
+    procs = encode_image_files(encoder, paths, batch_size=2, workers=2, decode="processes")
+    assert procs.kept == threads.kept == [0, 1, 2, 3, 4] and procs.failed == threads.failed
+    torch.testing.assert_close(procs.feats, threads.feats)
+
+
 def test_zeroshot_end_to_end_matches_direct_computation(encoder, tmp_path):
     for c, name in enumerate(["red thing", "green thing", "blue thing"]):
         for j in range(3):
@@ -262,7 +270,7 @@ def test_markdown_shows_matching_reference_rows():
               "skipped": {"count": 1, "files": ["x.jpg: corrupt"]},
               "reference": [{"label": r.label(), "metrics": r.metrics} for r in refs]}
     md = to_markdown(report)
-    assert "| top-1 % | 62.0 | 63.3 | 55.7 |" in md and "| s/image | 0.0200 | – | 0.200 |" in md
+    assert "| top-1 % | 62.0 | 63.3 | 55.7 |" in md and "| s/image | 0.0200 | – | 0.2000 |" in md
     assert "Skipped 1 unreadable image(s): x.jpg: corrupt" in md
 
 
