@@ -49,7 +49,8 @@ _LANGS = ("en", "zh")
 @dataclass(frozen=True)
 class TranslateSettings:
     num_beams: int = 4           # beam search width (1 = greedy, fastest)
-    max_new_tokens: int = 128    # output cap; queries and captions are one short sentence
+    max_new_tokens: int = 128    # hard output cap; queries and captions are one short sentence
+    length_ratio: float = 3.0    # and at most 3 x the longest input + 10 tokens: stops runaway repetition loops
     max_input_tokens: int = 256  # longer inputs are truncated (NLLB was trained on <= 512)
     batch_size: int = 16         # texts per generate() call
     cache_size: int = 4096       # translations remembered (LRU); 0 disables the cache
@@ -228,7 +229,8 @@ class Translator:
                 extra["forced_bos_token_id"] = tok.convert_tokens_to_ids(NLLB_CODES[to])
             batch = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=s.max_input_tokens)
             batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
-            ids = parts.model.generate(**batch, num_beams=s.num_beams, max_new_tokens=s.max_new_tokens, **extra)
+            cap = min(s.max_new_tokens, int(s.length_ratio * batch["input_ids"].shape[1]) + 10)
+            ids = parts.model.generate(**batch, num_beams=s.num_beams, max_new_tokens=cap, **extra)
         return [t.strip() for t in tok.batch_decode(ids.cpu(), skip_special_tokens=True)]
 
     def __repr__(self) -> str:

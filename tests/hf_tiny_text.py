@@ -113,9 +113,11 @@ def _spm_model(prefix: Path, lines: list[str]) -> Path:
     return prefix.with_suffix(".model")
 
 
-def make_tiny_marian_dir(path: Path, source: str = "zh", target: str = "en", seed: int = 0) -> Path:
+def make_tiny_marian_dir(path: Path, source: str = "zh", target: str = "en", seed: int = 0,
+                         latin_only: bool = False) -> Path:
     """A MarianMTModel with MarianTokenizer (source.spm, target.spm, shared vocab.json with
-    </s>=0, <unk>=1 and <pad> last, as Helsinki-NLP's opus-mt checkpoints)."""
+    </s>=0, <unk>=1 and <pad> last, as Helsinki-NLP's opus-mt checkpoints).
+    latin_only: bias the output towards Latin-letter pieces, so "translations" contain no CJK."""
     import sentencepiece as spm
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
     torch.manual_seed(seed)
@@ -138,7 +140,13 @@ def make_tiny_marian_dir(path: Path, source: str = "zh", target: str = "en", see
                        decoder_attention_heads=_TINY["heads"], encoder_ffn_dim=_TINY["ffn"],
                        decoder_ffn_dim=_TINY["ffn"], max_position_embeddings=64, pad_token_id=vocab["<pad>"],
                        eos_token_id=0, decoder_start_token_id=vocab["<pad>"], forced_eos_token_id=0)
-    MarianMTModel(cfg).save_pretrained(path)
+    model = MarianMTModel(cfg)
+    if latin_only:
+        latin = [i for piece, i in vocab.items() if piece.strip("\u2581").isascii() and piece.strip("\u2581").isalpha()]
+        with torch.no_grad():
+            model.final_logits_bias[:, 1:] = -1e4  # </s> (id 0) stays allowed
+            model.final_logits_bias[:, latin] = 0.0
+    model.save_pretrained(path)
     tok.save_pretrained(path)
     shutil.rmtree(work, ignore_errors=True)
     return path
