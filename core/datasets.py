@@ -130,7 +130,11 @@ def _gt_devkit(path: Path, index: dict[str, int]) -> dict[str, int]:
     if meta is None:
         raise DatasetError(f"{path} holds devkit ILSVRC2012_IDs, which need the devkit's meta.mat beside it to map "
                            "to class indices; put meta.mat there, or use LOC_val_solution.csv or a val.txt instead")
-    import scipy.io
+    try:
+        import scipy.io
+    except ImportError:
+        raise DatasetError(f"Reading the devkit's {meta} needs scipy (pip install scipy); or use "
+                           "LOC_val_solution.csv or a val.txt instead") from None
     synsets = scipy.io.loadmat(str(meta), squeeze_me=True)["synsets"]
     id_to_wnid = {int(s[0]): str(s[1]) for s in synsets if int(s[4]) == 0}  # leaves = the 1000 classes
     ids = [int(x) for x in path.read_text(encoding="ascii").split()]
@@ -149,7 +153,7 @@ def read_imagenet_val(root: Path, ground_truth: Path | None = None) -> Classific
     reader = (_gt_kaggle if gt.suffix == ".csv" else
               _gt_devkit if gt.name == "ILSVRC2012_validation_ground_truth.txt" else _gt_val_txt)
     truth = reader(gt, index)
-    files = [p for p in iter_image_files([root]) if p.parent == root]
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     images, labels = [], []
     for p in files:
         if p.stem in truth:
@@ -231,7 +235,7 @@ def read_karpathy(path: Path, split: str = "test", image_root: Path | None = Non
     captions, t2i = [], []
     for i, e in enumerate(chosen):
         for s in e.get("sentences", []):
-            captions.append(s["raw"].strip())
+            captions.append((s.get("raw") or " ".join(s.get("tokens", []))).strip())
             t2i.append(i)
     name = str(doc.get("dataset") or path.stem.replace("dataset_", ""))
     return CaptionSet([base / r for r in rel], captions, t2i, name, split)
@@ -241,7 +245,10 @@ def _flickr8k_captions(root: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if (root / "captions.txt").is_file():
         with open(root / "captions.txt", newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
+            reader = csv.DictReader(f)
+            if not {"image", "caption"} <= set(reader.fieldnames or ()):
+                raise DatasetError(f"{root / 'captions.txt'} must start with the header line 'image,caption'")
+            for row in reader:
                 out.setdefault(row["image"].strip(), []).append(row["caption"].strip())
     elif (root / "Flickr8k.token.txt").is_file():
         for line in (root / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines():

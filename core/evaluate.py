@@ -212,7 +212,8 @@ def evaluate_zeroshot(encoder, data: ClassificationSet, labels: str = "auto", la
     counts = torch.bincount(targets, minlength=len(names))
     metrics = topk_accuracy(logits, targets, ks=(1, 5))
     metrics["mean_per_class"] = float(per_class.nanmean())
-    full_imagenet = len(names) == 1000 and (labels == "imagenet1k" or (labels == "auto" and data.layout == "imagenet-val"))
+    # published numbers are for all 1000 classes of the English label set
+    full_imagenet = how == "wnid -> ImageNet index" and len(data.classes) == 1000 and lang == "en"
     return {
         "task": "zeroshot", "model": encoder.model_id, "runtime": encoder.runtime.describe(),
         "dataset": {"layout": data.layout, "images_found": total, "images_evaluated": len(enc.kept),
@@ -323,11 +324,10 @@ def _parser():
     return p
 
 
-def _run(args, progress: Progress) -> dict:
+def _run(args, runtime, progress: Progress) -> dict:
     from .datasets import read_classification, read_retrieval
     from .encoders import load_encoder
-    from .settings import pick_runtime
-    encoder = load_encoder(args.model, pick_runtime(args.device), offline=args.offline)
+    encoder = load_encoder(args.model, runtime, offline=args.offline)
     common = dict(batch_size=args.batch_size, workers=args.workers, limit=args.limit, progress=progress,
                   decode=args.decode)
     if args.task == "zeroshot":
@@ -342,8 +342,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
     from tqdm import tqdm
     from .encoders import ModelUnavailableError, UnknownModelError
+    from .settings import pick_runtime
     from .zeroshot import LabelError
     args = _parser().parse_args(argv)
+    try:
+        runtime = pick_runtime(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     bar = None
 
     def progress(done: int, total: int) -> None:
@@ -352,8 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.update(done - bar.n)
 
     try:
-        report = _run(args, progress)
-    except (DatasetError, LabelError, ModelUnavailableError, UnknownModelError, ValueError) as e:
+        report = _run(args, runtime, progress)
+    except (DatasetError, LabelError, ModelUnavailableError, UnknownModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -235,16 +235,23 @@ def test_zeroshot_end_to_end_matches_direct_computation(encoder, tmp_path):
     json.dumps(report)  # the report is plain JSON
 
 
-def test_zeroshot_imagenet_layout_with_limit(encoder, tmp_path):
+def test_zeroshot_imagenet_layout_with_limit_and_references(encoder, tmp_path, monkeypatch):
     wnids, labels = make_imagenet_val(tmp_path)
     (tmp_path / "val.txt").write_text("".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG {y}\n" for i, y in enumerate(labels)))
-    report = evaluate_zeroshot(encoder, read_classification(tmp_path), templates="bare", limit=3)
+    monkeypatch.setattr(encoder, "model_id", "ViT-B/32")  # as if it were OpenAI's: the published rows apply
+    data = read_classification(tmp_path)
+    report = evaluate_zeroshot(encoder, data, templates="bare", limit=3)
     assert report["dataset"]["classes"] == 1000 and report["dataset"]["images_evaluated"] == 3
     assert {c["index"] for c in report["per_class"]} <= {labels[i] for i in evenly_spaced(6, 3)}
     assert 0 <= report["metrics"]["top1"] <= report["metrics"]["top5"] <= 100
+    assert {r["metrics"]["top1"] for r in report["reference"]} == {63.3, 55.7}
+    assert "| top-1 % |" in to_markdown(report) and "63.3" in to_markdown(report)
+    # Chinese labels and prompts are another setting: no published row is comparable
+    assert evaluate_zeroshot(encoder, data, lang="zh", templates="bare", limit=2)["reference"] == []
 
 
-def test_retrieval_end_to_end_drops_unreadable_image_with_its_captions(encoder, tmp_path):
+def test_retrieval_end_to_end_drops_unreadable_image_with_its_captions(encoder, tmp_path, monkeypatch):
+    monkeypatch.setattr(encoder, "model_id", "ViT-B/32")
     make_karpathy(tmp_path, with_corrupt=True)
     data = read_retrieval(tmp_path / "dataset_coco.json")
     report = evaluate_retrieval(encoder, data, batch_size=3, workers=2)
@@ -256,6 +263,7 @@ def test_retrieval_end_to_end_drops_unreadable_image_with_its_captions(encoder, 
     for key, value in expected.items():
         assert report["metrics"][key] == pytest.approx(value)
     assert report["metrics"]["t2i_R@5"] == 100  # only 4 candidate images
+    assert [r["metrics"]["t2i_R@1"] for r in report["reference"]] == [30.4]  # COCO 5k, open_clip
 
 
 def test_markdown_shows_matching_reference_rows():
@@ -287,3 +295,5 @@ def test_cli_writes_json_and_prints_markdown(encoder, tmp_path, capsys):
     assert "| text→image R@1 % |" in capsys.readouterr().out
     rc = main(["zeroshot", "--data", str(tmp_path / "nowhere"), "--model", str(model), "--device", "cpu"])
     assert rc == 2 and "not a directory" in capsys.readouterr().err
+    rc = main(["zeroshot", "--data", str(tmp_path / "data"), "--model", str(model), "--device", "tpu"])
+    assert rc == 2 and "Unknown device" in capsys.readouterr().err
