@@ -188,9 +188,13 @@ def test_flickr8k_kaggle_csv_and_original_token_file(tmp_path):
 # ---------------------------------------------------------------- harness with a tiny real CLIP
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    path = make_tiny_clip_file(tmp_path_factory.mktemp("model") / "tiny_clip.pt")
-    return load_encoder(str(path), pick_runtime("cpu"))
+def tiny_clip(tmp_path_factory):
+    return make_tiny_clip_file(tmp_path_factory.mktemp("model") / "tiny_clip.pt")
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip):
+    return load_encoder(str(tiny_clip), pick_runtime("cpu"))
 
 
 def test_encode_image_files_skips_and_names_unreadable(encoder, tmp_path):
@@ -282,10 +286,9 @@ def test_markdown_shows_matching_reference_rows():
     assert "Skipped 1 unreadable image(s): x.jpg: corrupt" in md
 
 
-def test_cli_writes_json_and_prints_markdown(encoder, tmp_path, capsys):
+def test_cli_writes_json_and_prints_markdown(tiny_clip, tmp_path, capsys):
     make_karpathy(tmp_path / "data")
-    model = tmp_path / "m.pt"
-    make_tiny_clip_file(model)
+    model = tiny_clip
     out = tmp_path / "out" / "report.json"
     rc = main(["retrieval", "--data", str(tmp_path / "data"), "--model", str(model), "--device", "cpu",
                "--batch-size", "2", "--out", str(out)])
