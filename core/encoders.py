@@ -101,7 +101,10 @@ class ClipEncoder(Encoder):
 
     def __init__(self, model: torch.nn.Module, model_id: str, runtime: Runtime):
         import clip
-        self.model = model.to(runtime.device, runtime.dtype).eval()
+        model = model.to(runtime.device).float()
+        if runtime.dtype == torch.float16:
+            clip.model.convert_weights(model)   # CLIP's own fp16 recipe: LayerNorm stays fp32 (it casts its input)
+        self.model = model.eval()
         self.model_id, self.runtime = model_id, runtime
         self.dim = int(model.text_projection.shape[1])
         self.logit_scale = float(model.logit_scale.detach().exp())
@@ -282,7 +285,7 @@ def load_encoder(name: str, runtime: Runtime, cache: Path | None = None, offline
         return _load_hf(str(path), runtime, cache, offline)
     if name.startswith("hf:"):
         return _load_hf(name[3:], runtime, cache, offline)
-    if name.count("/") == 1 and not name.startswith((".", "/")) and not name.endswith((".pt", ".pth")):
+    if name.count("/") == 1 and not name.startswith(("ViT-", "RN")) and not name.startswith((".", "/")) and not name.endswith((".pt", ".pth")):
         return _load_hf(name, runtime, cache, offline)
     raise UnknownModelError(f"Model {name} not found; available models = {available_models()}, "
                             "or a local checkpoint file, or a Hugging Face id / save_pretrained directory")

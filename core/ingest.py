@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from PIL import Image
 
-from .images import MAX_BYTES, ImageError, decode_image, thumbnail
+from .images import MAX_BYTES, ImageError, decode_image, iter_image_files, thumbnail
 from .library import Library, NewImage, SNAPSHOT_NAME
 
 __all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "repair",
@@ -113,12 +113,12 @@ def _prepare(source, library: Library, encoder) -> _Prepared | tuple[str, str]:
 def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
            progress: Callable[[int], None] | None = None,
            annotate: Callable[[list[Image.Image]], list[dict]] | None = None) -> IngestReport:
-    """Add image files (paths) or `Upload`s. `progress(n)` is called as n more sources are done;
-    `annotate(images)` may return extra metadata per image (e.g. captions)."""
+    """Add image files, folders (recursively) or `Upload`s. `progress(n)` is called as n more
+    files are done; `annotate(images)` may return extra metadata per image (e.g. captions)."""
     if encoder.model_id != library.model_id:
         raise ValueError(f"encoder {encoder.model_id} does not match library model {library.model_id}")
     report, start = IngestReport(), time.perf_counter()
-    sources = list(sources)
+    sources = [s for s in sources if isinstance(s, Upload)] + list(iter_image_files(s for s in sources if not isinstance(s, Upload)))
     with ThreadPoolExecutor(_WORKERS) as pool:
         for i in range(0, len(sources), batch_size):
             prepared = list(pool.map(lambda s: _prepare(s, library, encoder), sources[i:i + batch_size]))

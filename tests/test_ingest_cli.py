@@ -1,0 +1,136 @@
+"""Adding images the way users do (folders, uploads, the CLI), bad input, repair and reindex."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.ingest import Upload, ingest, open_library, peek_model, reindex, repair, safe_display_name
+from core.encoders import load_encoder
+from core.images import load_image
+from core.settings import PROJECT_ROOT, pick_runtime
+from core_fixtures import SAMPLES, distinct_pngs, png_bytes
+from tiny_models import make_tiny_clip_file
+
+
+def test_uploads_with_hostile_names_are_stored_under_their_hash(tmp_path, encoder):
+    lib = open_library(tmp_path / "lib", encoder)
+    report = ingest(lib, encoder, [Upload("../../etc/passwd.png", png_bytes((9, 9, 9))),
+                                   Upload("C:\\evil\\..\\x\x00.png", png_bytes((8, 8, 8)))])
+    assert len(report.added) == 2
+    for e in lib.entries():
+        assert e.path.resolve().is_relative_to((tmp_path / "lib" / "images").resolve())
+        assert e.sha256 in e.path.name and "/" not in e.name and "\x00" not in e.name
+    assert not (tmp_path / "etc").exists()
+    assert safe_display_name("../../a/b\\c.png") == "c.png" and safe_display_name("") == "image"
+
+
+def test_bad_files_are_reported_and_the_rest_is_added(tmp_path, encoder):
+    lib = open_library(tmp_path / "lib", encoder)
+    ingest(lib, encoder, [SAMPLES / "coffee.jpg"])
+    before = lib.features.clone()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    truncated = tmp_path / "half.jpg"
+    truncated.write_bytes((SAMPLES / "clock.jpg").read_bytes()[:3000])
+    report = ingest(lib, encoder, [tmp_path / "empty.jpg", tmp_path / "text.png", truncated,
+                                   SAMPLES / "rocket.jpg", tmp_path / "missing.jpg"])
+    reasons = dict(report.errors)
+    assert set(reasons) == {"empty.jpg", "text.png", "half.jpg", "missing.jpg"}
+    assert "empty" in reasons["empty.jpg"] and "not an image" in reasons["text.png"]
+    assert len(report.added) == 1 and len(lib) == 2
+    assert (lib.features[0] == before[0]).all()            # nothing already stored was touched
+
+
+def test_rerunning_a_folder_adds_and_encodes_nothing(tmp_path, encoder, monkeypatch):
+    lib = open_library(tmp_path / "lib", encoder)
+    ingest(lib, encoder, [SAMPLES])
+    monkeypatch.setattr(encoder, "encode_pixels", lambda *_: pytest.fail("re-encoded a known image"))
+    report = ingest(lib, encoder, sorted(SAMPLES.glob("*.jpg")))
+    assert report.added == [] and len(report.duplicates) == 14
+
+
+def test_repair_readds_orphans_and_drops_rows_without_files(tmp_path, encoder):
+    lib = open_library(tmp_path / "lib", encoder)
+    ingest(lib, encoder, [Upload(f"{i}.png", d) for i, d in enumerate(distinct_pngs(4))])
+    lost = lib.entry(0)
+    lost.path.unlink()                                      # deleted by hand
+    orphan = lib.root / "images" / "zz" / ("a" * 64 + ".png")
+    orphan.parent.mkdir()
+    orphan.write_bytes(distinct_pngs(1, seed=7)[0])          # an image that lost its row
+    result = repair(lib, encoder)
+    assert result["rows_removed"] == 1 and result["images_readded"] == 1
+    report = lib.verify()
+    assert report["missing_files"] == [] and len(lib) == 4
+
+
+def test_reindex_switches_model_and_keeps_images(tmp_path, encoder):
+    lib = open_library(tmp_path / "lib", encoder)
+    ingest(lib, encoder, [SAMPLES / "coffee.jpg", SAMPLES / "cat_chelsea.jpg"])
+    other = load_encoder(str(make_tiny_clip_file(tmp_path / "other.pt", seed=1)), pick_runtime("cpu"))
+    new = reindex(tmp_path / "lib", other)
+    assert peek_model(tmp_path / "lib") == (other.model_id, other.dim) and len(new) == 2
+    reopened = open_library(tmp_path / "lib", other)
+    expected = other.encode_images([load_image(e.path) for e in reopened.entries()])
+    assert reopened.features.allclose(expected, atol=1e-5)
+
+
+def run_cli(*args, env_extra=None, cwd=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True,
+                          cwd=cwd or PROJECT_ROOT, env=env, timeout=300)
+
+
+def test_cli_index_search_classify_library(tmp_path, tiny_clip_path):
+    common = ["--model", str(tiny_clip_path), "--library", str(tmp_path / "lib")]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    out = run_cli("index", str(SAMPLES), str(bad), *common, "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert "added 14, already present 0, unreadable 1" in out.stdout and "bad.jpg: not an image" in out.stdout
+    again = run_cli("index", str(SAMPLES), *common, "--quiet")
+    assert "added 0, already present 14" in again.stdout
+
+    found = run_cli("search", "a cat on a sofa", "-k", "5", *common)
+    assert found.returncode == 0 and len([l for l in found.stdout.splitlines() if l.strip()[:1].isdigit()]) == 5
+    by_image = run_cli("search", "--image", str(SAMPLES / "coffee.jpg"), "-k", "1", *common)
+    assert "coffee.jpg" in by_image.stdout and "1.0000" in by_image.stdout
+    assert run_cli("search", "beach", "--minus", "people", "-k", "2", *common).returncode == 0
+
+    cls = run_cli("classify", str(SAMPLES / "cat_chelsea.jpg"), "--labels", "cat,dog,小鸟", *common)
+    assert cls.returncode == 0 and cls.stdout.count("%") == 3 and "小鸟" in cls.stdout
+    zh = run_cli("classify", str(SAMPLES / "cat_chelsea.jpg"), "--labels", "imagenet1k", "--lang", "zh",
+                 "--templates", "single", *common)
+    assert zh.stdout.count("%") == 5
+
+    stats = json.loads(run_cli("library", "stats", *common).stdout)
+    assert stats["images"] == 14 and stats["model_id"].startswith("clip-file:tiny_clip")
+    first_id = run_cli("library", "list", "--limit", "1", *common).stdout.split()[1]
+    assert "removed 1" in run_cli("library", "remove", first_id, *common).stdout
+    assert run_cli("library", "compact", *common).returncode == 0
+    verify = run_cli("library", "verify", "--deep", *common)
+    assert verify.returncode == 0 and json.loads(verify.stdout)["rows"] == 13
+
+
+@pytest.mark.parametrize("args,message", [
+    (["search", "   "], "Empty query"),
+    (["classify", "SAMPLE", "--labels", "cat"], "at least two"),
+    (["classify", "SAMPLE", "--labels", "cat,dog", "--templates", "oops"], "Unknown templates"),
+    (["library", "remove", "zzz"], "not an image id"),
+])
+def test_cli_bad_input_is_one_clear_line(tmp_path, tiny_clip_path, args, message):
+    args = [str(SAMPLES / "cat_chelsea.jpg") if a == "SAMPLE" else a for a in args]
+    out = run_cli(*args, "--model", str(tiny_clip_path), "--library", str(tmp_path / "lib"))
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_model_mismatch_is_explained(tmp_path, tiny_clip_path):
+    lib = str(tmp_path / "lib")
+    run_cli("index", str(SAMPLES / "coffee.jpg"), "--model", str(tiny_clip_path), "--library", lib, "--quiet")
+    other = make_tiny_clip_file(tmp_path / "other.pt", seed=3)
+    out = run_cli("search", "cat", "--model", str(other), "--library", lib)
+    assert out.returncode == 2 and "never mixed" in out.stderr and "reindex" in out.stderr

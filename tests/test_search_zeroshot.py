@@ -1,0 +1,170 @@
+"""Search and zero-shot classification with a tiny CLIP through the real loaders, on the sample photos."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.images import iter_image_files, load_image
+from core.ingest import Upload, ingest, open_library
+from core.search import MAX_QUERY_CHARS, ExactIndex, QueryError, Searcher, SearchQuery
+from core.zeroshot import (LabelError, ZeroShotClassifier, load_labelset, load_templates, parse_labels)
+from core_fixtures import SAMPLES, png_bytes
+
+
+@pytest.fixture()
+def library(tmp_path, encoder):
+    lib = open_library(tmp_path / "lib", encoder)
+    report = ingest(lib, encoder, list(iter_image_files([SAMPLES])))
+    assert len(report.added) == 14 and not report.errors
+    return lib
+
+
+@pytest.fixture()
+def searcher(encoder, library):
+    return Searcher(encoder, library, ExactIndex(library, encoder.runtime))
+
+
+def brute_force(library, vec):
+    """The right answer, computed independently in numpy: rows by descending cosine score."""
+    m = library.features.numpy().astype(np.float64)
+    scores = m @ vec.numpy().astype(np.float64)
+    return list(np.argsort(-scores, kind="stable")), scores
+
+
+def test_image_query_finds_itself_first(searcher):
+    img = load_image(SAMPLES / "cat_chelsea.jpg")
+    hits = searcher.search(SearchQuery(image=img, k=3)).hits
+    assert hits[0].name == "cat_chelsea.jpg" and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_similar_to_a_library_image(searcher, library):
+    entry = next(e for e in library.entries() if e.name == "rocket.jpg")
+    hits = searcher.similar_to(entry.id, k=14)
+    assert hits[0].id == entry.id and len(hits) == 14
+
+
+def test_text_ranking_matches_brute_force(searcher, library, encoder):
+    result = searcher.search(SearchQuery(text="a cat on a sofa", k=14))
+    order, scores = brute_force(library, encoder.encode_texts(["a cat on a sofa"])[0])
+    assert [h.row for h in result.hits] == order
+    assert [h.score for h in result.hits] == pytest.approx([scores[i] for i in order], abs=1e-5)
+
+
+def test_combined_and_negative_queries_are_weighted_sums(searcher, library, encoder):
+    img = load_image(SAMPLES / "coffee.jpg")
+    q = SearchQuery(text="beach", image=img, minus=["people", "crowd"], text_weight=0.7, image_weight=1.3, k=14)
+    t, p, c = encoder.encode_texts(["beach", "people", "crowd"])
+    expected = F.normalize(0.7 * t + 1.3 * encoder.encode_images([img])[0] - p - c, dim=-1)
+    vec, used, _ = searcher.query_vector(q)
+    assert torch.allclose(vec, expected, atol=1e-5) and used == "beach"
+    assert [h.row for h in searcher.search(q).hits] == brute_force(library, expected)[0]
+
+
+def test_threshold_and_k(searcher):
+    hits = searcher.search(SearchQuery(text="a clock", k=14)).hits
+    cut = hits[4].score
+    kept = searcher.search(SearchQuery(text="a clock", k=14, threshold=cut)).hits
+    assert len(kept) == 5 and all(h.score >= cut for h in kept)
+    assert len(searcher.search(SearchQuery(text="a clock", k=3)).hits) == 3
+
+
+@pytest.mark.parametrize("query,match", [
+    (SearchQuery(text="   "), "Empty query"),
+    (SearchQuery(text="x" * (MAX_QUERY_CHARS + 1)), "at most"),
+    (SearchQuery(text="cat", k=0), "k must be"),
+    (SearchQuery(text="cat", minus=["cat"]), "cancel out"),
+])
+def test_bad_queries_are_clear_errors(searcher, query, match):
+    with pytest.raises(QueryError, match=match):
+        searcher.search(query)
+
+
+def test_long_query_is_truncated_to_the_context_not_rejected(searcher):
+    assert searcher.search(SearchQuery(text="a very long description " * 30, k=2)).hits
+
+
+def test_query_embeddings_are_cached(searcher, encoder, monkeypatch):
+    calls = []
+    original = encoder.encode_texts
+    monkeypatch.setattr(encoder, "encode_texts", lambda texts: calls.append(list(texts)) or original(texts))
+    for _ in range(3):
+        searcher.search(SearchQuery(text="a red rocket", k=1))
+    assert calls == [["a red rocket"]]
+
+
+def test_empty_library_returns_no_hits(tmp_path, encoder):
+    lib = open_library(tmp_path / "empty", encoder)
+    assert Searcher(encoder, lib).search(SearchQuery(text="cat")).hits == []
+
+
+def test_search_sees_images_added_by_another_handle(searcher, library, encoder):
+    other = open_library(library.root, encoder)     # e.g. the CLI while the app runs
+    ingest(other, encoder, [Upload("new.png", png_bytes((1, 2, 3)))])
+    assert len(searcher.search(SearchQuery(text="cat", k=100)).hits) == 15
+
+
+# ------------------------------------------------------------------ zero-shot
+
+def test_classify_probabilities_are_the_softmax_of_scaled_cosines(encoder):
+    clf = ZeroShotClassifier(encoder)
+    img = load_image(SAMPLES / "cat_chelsea.jpg")
+    labels, templates = ["cat", "dog", "小鸟"], load_templates("selected7")
+    top = clf.classify(img, labels, templates)
+    prompts = encoder.encode_texts([t.replace("{c}", l) for l in labels for t in templates]).view(3, 7, -1)
+    classes = F.normalize(prompts.mean(1), dim=-1)
+    expected = (encoder.logit_scale * encoder.encode_images([img]) @ classes.T).softmax(-1)[0]
+    assert sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5)
+    assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+    assert dict(top) == pytest.approx({l: float(expected[i]) for i, l in enumerate(labels)}, abs=1e-5)
+
+
+def test_classify_known_answer_with_labels_made_from_the_image(encoder):
+    # Templates "{c}" with the right label identical to the prompt whose embedding we plant:
+    # a classifier whose class matrix contains the image's own embedding must pick that class.
+    clf = ZeroShotClassifier(encoder)
+    img = load_image(SAMPLES / "rocket.jpg")
+    key = (encoder.model_id, ("rocket", "cat", "coffee"), ("{c}",))
+    planted = torch.cat([encoder.encode_images([img]), encoder.encode_texts(["cat", "coffee"])])
+    clf._cache[key] = planted
+    assert clf.classify(img, ["rocket", "cat", "coffee"], ["{c}"])[0][0] == "rocket"
+
+
+def test_class_matrices_are_cached_per_labels_and_templates(encoder, monkeypatch):
+    clf = ZeroShotClassifier(encoder)
+    calls = []
+    original = encoder.encode_texts
+    monkeypatch.setattr(encoder, "encode_texts", lambda texts: calls.append(len(texts)) or original(texts))
+    img_feats = torch.randn(2, encoder.dim)
+    for _ in range(3):
+        clf.probabilities(img_feats, ["a", "b"], ["a photo of a {c}."])
+    clf.probabilities(img_feats, ["a", "c"], ["a photo of a {c}."])
+    assert calls == [2, 2]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("cat, dog,小鸟", ["cat", "dog", "小鸟"]),
+    ("猫，狗；鸟\nfish", ["猫", "狗", "鸟", "fish"]),
+    (" a photo , , b ", ["a photo", "b"]),
+])
+def test_parse_labels(text, expected):
+    assert parse_labels(text) == expected
+
+
+@pytest.mark.parametrize("text,match", [("", "No labels"), (" , \n", "No labels"), ("cat", "at least two"),
+                                        ("cat, Cat, dog", "Duplicate labels: Cat"), ("a," + "b" * 300, "characters")])
+def test_bad_labels(text, match):
+    with pytest.raises(LabelError, match=match):
+        parse_labels(text)
+
+
+def test_builtin_sets_and_templates():
+    assert len(load_labelset("imagenet1k")) == 1000 and load_labelset("imagenet1k", "zh")[0] == "丁鲷"
+    assert len(load_labelset("CIFAR-10", "zh")) == 10 and len(load_labelset("cifar100")) == 100
+    assert len(load_templates("ensemble80")) == 80 and len(load_templates("selected7")) == 7
+    assert load_templates("single", "zh") == ["{c}的照片。"] and load_templates("bare") == ["{c}"]
+    assert load_templates("a drawing of a {c}") == ["a drawing of a {c}"]
+    with pytest.raises(LabelError, match="contain"):
+        load_templates("no placeholder here")
