@@ -29,7 +29,8 @@ CSS = """
 #broken {background: #fdecea; border-left: 4px solid #dc2626; padding: 6px 12px; border-radius: 6px}
 footer {display: none !important}
 """
-_DETECT_LANG_JS = "(current) => navigator.language || navigator.userLanguage || 'en'"
+# Browser locale -> "zh" | "en" (the radio only accepts its own choices)
+_DETECT_LANG_JS = "(current) => ((navigator.language || 'en').toLowerCase().startsWith('zh') ? 'zh' : 'en')"
 
 
 class QueueConfig:
@@ -116,8 +117,8 @@ def _language_events(demo: gr.Blocks, radio: gr.Radio, lang_state: gr.State, loc
     for extra in then:
         event = event.then(**extra)
     if follow_browser:
-        demo.load(pick_lang, [radio], [radio], js=_DETECT_LANG_JS, api_visibility="private",
-                  concurrency_limit=None, show_progress="hidden")
+        # js only (no server round trip): the radio is set as the page mounts, before anyone can click it
+        demo.load(None, [radio], [radio], js=_DETECT_LANG_JS, api_visibility="private", show_progress="hidden")
 
 
 def _samples() -> list[list[str]]:

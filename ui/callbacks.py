@@ -5,6 +5,7 @@ The last input of each is the UI language (a gr.State, so API clients need not p
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import gradio as gr
@@ -122,9 +123,8 @@ class Callbacks:
         if not files:
             raise fail("lib.no_files", lang)
         report = self._ingest(files, progress=progress, desc=t("lib.progress", lang))
-        if report.errors:
-            gr.Warning(t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
-                         errors=len(report.errors), n=len(self.wb.library)))
+        if report.errors:   # a toast too: the summary may be scrolled out of view on a projector
+            gr.Warning(self._toast(report, lang), title=t("warn.title", lang))
         return self._summary(report, lang)
 
     def library_page(self, page: float | None, lang: str):
@@ -180,6 +180,13 @@ class Callbacks:
         items = [t("lib.dup_item", lang, name=n) for n in report.duplicates]
         items += [t("lib.error_item", lang, name=n, reason=r) for n, r in report.errors]
         return "\n".join([head, ""] + [f"- {i}" for i in items])
+
+    def _toast(self, report: IngestReport, lang: str, shown: int = 5) -> str:
+        """The summary line and the first unreadable files, HTML-escaped (toasts render HTML)."""
+        head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
+                 errors=len(report.errors), n=len(self.wb.library))
+        lines = [t("lib.error_item", lang, name=n, reason=r) for n, r in report.errors[:shown]]
+        return "<br>".join(html.escape(x) for x in [head, *lines] + (["…"] if len(report.errors) > shown else []))
 
 
 def _caption_meta(wb: Workbench, image) -> dict:

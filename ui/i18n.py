@@ -138,6 +138,7 @@ _S: dict[str, tuple[str, str]] = {
 
     # errors (gr.Error); {detail} is the core's English message
     "err.title": ("出错了", "Error"),
+    "warn.title": ("注意", "Warning"),
     "err.image": ("无法读取图片 {name}：{reason}", "Cannot read image {name}: {reason}"),
     "err.no_image": ("请先上传或选择一张图片。", "Upload or pick an image first."),
     "err.query": ("查询无效：{detail}", "Invalid query: {detail}"),

@@ -67,22 +67,26 @@ def _is_key(text: str) -> bool:
 def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[list[str]]) -> None:
     with gr.Row():
         with gr.Column():
-            image = loc(gr.Image, label="zs.image", type="filepath", sources=["upload", "clipboard"], height=320)
+            image = loc(gr.Image, label="zs.image", type="filepath", sources=["upload", "clipboard"], height=320,
+                        elem_id="zs-image")
             if samples:
                 examples = gr.Examples(samples, [image], label=t("zs.examples", loc.lang), examples_per_page=12)
                 loc._items.append((examples.dataset, {"label": "zs.examples"}))
         with gr.Column():
             labelset = loc(gr.Dropdown, label="zs.labelset", choices=LABEL_SETS, value=CUSTOM)
             labels = loc(gr.Textbox, label="zs.labels", placeholder="zs.labels_ph", lines=3,
-                         value="cat, dog, bird, car, 猫, 汽车")
+                         value="cat, dog, bird, car, 猫, 汽车", elem_id="zs-labels")
             templates = loc(gr.Dropdown, label="zs.templates", choices=TEMPLATES, value="single")
-            custom = loc(gr.Textbox, label="zs.custom_tpl", value="a photo of a {c}.")
+            custom = loc(gr.Textbox, label="zs.custom_tpl", value="a photo of a {c}.", visible=False)
             add = loc(gr.Checkbox, label="zs.add", value=False)
             button = loc(gr.Button, value="zs.button", variant="primary")
-            result = loc(gr.Label, label="zs.result", num_top_classes=5)
-            status = gr.Markdown()
+            result = loc(gr.Label, label="zs.result", num_top_classes=5, elem_id="zs-result")
+            status = gr.Markdown(elem_id="zs-status")
     button.click(cb.classify, [image, labelset, labels, templates, custom, add, lang], [result, status],
                  api_name="classify")
+    # typed labels / a custom template only matter when chosen: show their boxes only then
+    labelset.change(_shown_if_custom, [labelset], [labels], **_PRIVATE, concurrency_limit=None, show_progress="hidden")
+    templates.change(_shown_if_custom, [templates], [custom], **_PRIVATE, concurrency_limit=None, show_progress="hidden")
 
 
 def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
@@ -90,14 +94,15 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             text = loc(gr.Textbox, label="search.text", placeholder="search.text_ph")
-            image = loc(gr.Image, label="search.image", type="filepath", sources=["upload", "clipboard"], height=200)
+            image = loc(gr.Image, label="search.image", type="filepath", sources=["upload", "clipboard"], height=200,
+                        elem_id="search-image")
             minus = loc(gr.Textbox, label="search.minus", placeholder="search.minus_ph")
             k = loc(gr.Slider, label="search.k", minimum=SEARCH_K[0], maximum=SEARCH_K[1], value=SEARCH_K[2], step=1)
             threshold = loc(gr.Slider, label="search.threshold", minimum=0.0, maximum=1.0, value=0.0, step=0.01)
             button = loc(gr.Button, value="search.button", variant="primary")
         with gr.Column(scale=2):
             info = gr.Markdown(elem_id="search-info")
-            gallery = loc(gr.Gallery, label="search.results", columns=4, height=560, object_fit="contain",
+            gallery = loc(gr.Gallery, label="search.results", columns=4, height=560, object_fit="contain", fit_columns=False,
                           elem_id="search-gallery")
             with gr.Row():
                 selected = loc(gr.Textbox, label="search.selected", scale=2)
@@ -113,7 +118,8 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
 def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
     with gr.Row():
         with gr.Column():
-            image = loc(gr.Image, label="cap.image", type="filepath", sources=["upload", "clipboard"], height=320)
+            image = loc(gr.Image, label="cap.image", type="filepath", sources=["upload", "clipboard"], height=320,
+                        elem_id="cap-image")
             button = loc(gr.Button, value="cap.button", variant="primary")
         with gr.Column():
             en = loc(gr.Textbox, label="cap.en", interactive=False)
@@ -138,11 +144,13 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
                 verify = loc(gr.Button, value="lib.verify", size="sm")
                 compact = loc(gr.Button, value="lib.compact", size="sm")
             report = gr.Markdown(elem_id="lib-report")
-    gallery = loc(gr.Gallery, label="lib.gallery", columns=8, height=620, object_fit="cover", elem_id="lib-gallery")
-    with gr.Row(equal_height=True):
-        prev = loc(gr.Button, value="lib.prev", size="sm")
-        page = loc(gr.Number, label="lib.page", value=1, precision=0, minimum=1, scale=0, min_width=100)
-        nxt = loc(gr.Button, value="lib.next", size="sm")
+    gallery = loc(gr.Gallery, label="lib.gallery", columns=8, height=620, object_fit="cover", fit_columns=False,
+                  elem_id="lib-gallery")
+    with gr.Row(variant="compact"):
+        prev = loc(gr.Button, value="lib.prev", size="sm", scale=0, min_width=120)
+        page = loc(gr.Number, label="lib.page", value=1, precision=0, minimum=1, scale=0, min_width=100,
+                   show_label=False, container=False)
+        nxt = loc(gr.Button, value="lib.next", size="sm", scale=0, min_width=120)
         info = gr.Markdown(elem_id="lib-page-info")
     with gr.Row():
         selected = loc(gr.Textbox, label="lib.selected", scale=2)
@@ -163,6 +171,10 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
     verify.click(cb.verify_library, [lang], [report], api_name="verify_library", **cheap)
     compact.click(cb.compact_library, [lang], [report], api_name="compact_library", concurrency_limit=1)
     return refresh
+
+
+def _shown_if_custom(choice: str):
+    return gr.update(visible=choice == CUSTOM)
 
 
 def _pager(cb: Callbacks, prev: gr.Button, nxt: gr.Button, page: gr.Number, lang: gr.State, outputs: list,
