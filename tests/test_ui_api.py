@@ -174,3 +174,73 @@ def test_gallery_serves_only_library_and_assets(app, client):
     r = httpx.get(f"{app.url}gradio_api/file={app.wb.library.thumb_path(thumb.sha256)}")
     assert r.status_code == 200
 
+
+
+# ---------------------------------------------------------------- start-up problems are explained, not raised
+
+def _markdown_texts(blocks) -> list[str]:
+    import gradio as gr
+    return [b.value for b in blocks.blocks.values() if isinstance(b, gr.Markdown) and isinstance(b.value, str)]
+
+
+def test_library_of_another_model_starts_and_explains(tiny_clip_path, tmp_path):
+    import demo
+    from core.workbench import build_workbench
+    from tiny_models import make_tiny_clip_file
+    other = make_tiny_clip_file(tmp_path / "other_clip.pt", seed=1)
+    build_workbench(str(other), tmp_path / "lib", device="cpu", offline=True, fallback=False)
+    args = demo.parse_args(["--model", str(tiny_clip_path), "--library", str(tmp_path / "lib"),
+                            "--device", "cpu", "--offline", "--lang", "en"])
+    blocks, options = demo.build(args)
+    text = "\n".join(_markdown_texts(blocks))
+    assert "What is wrong" in text and "other_clip" in text
+    assert f"python -m core library reindex --model {tiny_clip_path}" in text
+    assert options["allowed_paths"] == [str(ASSETS_DIR)]
+
+
+def test_unknown_model_starts_and_explains(tmp_path):
+    import demo
+    blocks, _ = demo.build(demo.parse_args(["--model", str(tmp_path / "nope.pt"), "--library", str(tmp_path / "lib"),
+                                            "--device", "cpu", "--offline", "--lang", "zh"]))
+    text = "\n".join(_markdown_texts(blocks))
+    assert "出了什么问题" in text and "nope.pt" in text
+
+
+def test_fallback_notice_is_shown_in_a_banner(app):
+    from ui import build_app
+    app.wb.notice = "Could not download ViT-B/32. Using the bundled offline mini model instead."
+    try:
+        blocks = build_app(app.wb, lang="en")
+    finally:
+        app.wb.notice = None
+    banner = [b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "notice"]
+    assert banner and "bundled offline mini model" in banner[0].value
+
+
+def test_share_without_auth_warns(caplog, monkeypatch, tmp_path):
+    import demo
+    launched = {}
+    monkeypatch.setattr(demo, "build", lambda args: (type("B", (), {"launch": lambda self, **kw: launched.update(kw)})(), {}))
+    demo.main(["--share"])
+    assert "--share without --auth" in caplog.text and launched["share"] is True and launched["auth"] is None
+    demo.main(["--share", "--auth", "teacher:secret"])
+    assert launched["auth"] == ("teacher", "secret")
+
+
+def test_docs_api_snippets_run(app, client, tmp_path, monkeypatch, capsys):
+    """The gradio_client snippets in docs/API.md run as written against a live app."""
+    import re
+    import shutil
+    from core.settings import PROJECT_ROOT
+    client.predict([handle_file(CAT)], api_name="/add_to_library")   # the id used in the docs
+    monkeypatch.chdir(tmp_path)
+    for name in ("photo.jpg", "a.jpg", "query.jpg"):
+        shutil.copy(CAT if name != "a.jpg" else ASSETS_DIR / "samples" / "rocket.jpg", name)
+    make_images(tmp_path, 1, seed=90)[0].rename("b.png")
+    Path("not-an-image.jpg").write_text("hello")
+    doc = (PROJECT_ROOT / "docs" / "API.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    code = "\n".join(blocks).replace('"http://127.0.0.1:7860/"', repr(app.url))
+    exec(compile(code, "docs/API.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "unreadable: not-an-image.jpg" in out and "Deleted" in out
