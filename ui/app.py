@@ -14,6 +14,7 @@ from typing import Callable
 
 import gradio as gr
 
+from core.images import MAX_BYTES
 from core.settings import ASSETS_DIR
 from core.workbench import Workbench
 
@@ -30,6 +31,7 @@ CSS = """
 footer {display: none !important}
 """
 # Browser locale -> "zh" | "en" (the radio only accepts its own choices)
+CACHE_LIFETIME = (3600, 86400)   # every hour, delete served copies and uploads older than a day
 _DETECT_LANG_JS = "(current) => ((navigator.language || 'en').toLowerCase().startsWith('zh') ? 'zh' : 'en')"
 
 
@@ -46,7 +48,7 @@ def build_app(wb: Workbench, lang: str | None = None) -> gr.Blocks:
     start = pick_lang(lang) if lang else DEFAULT_LANG
     cb, loc = Callbacks(wb), Localizer(start)
     heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         lang_state = gr.State(start)
         radio = _header(loc, start, subtitle=lambda l: t("app.subtitle", l, model=wb.encoder.model_id,
                                                           device=wb.runtime.describe()))
@@ -93,7 +95,8 @@ def build_error_app(problem: Exception, lang: str | None = None, model: str = "M
 def launch_options(wb: Workbench | None = None) -> dict:
     """Keyword arguments for demo.launch(): only the library and assets folders are served."""
     allowed = [str(ASSETS_DIR)] + ([str(Path(wb.library.root).resolve())] if wb is not None else [])
-    return {"allowed_paths": allowed, "css": CSS, "theme": gr.themes.Soft()}
+    return {"allowed_paths": allowed, "css": CSS, "theme": gr.themes.Soft(),
+            "max_file_size": MAX_BYTES}   # refuse oversized uploads before they are read (core's own limit)
 
 
 def _header(loc: "Localizer", start: str, subtitle: Callable[[str], str]) -> gr.Radio:
