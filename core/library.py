@@ -313,7 +313,9 @@ class Library:
         self._generation, self._created = int(snap["generation"]), float(snap["created"])
         self._files, self._sha, self._meta = list(snap["files"]), list(snap["sha256"]), list(snap["meta"])
         self._n = len(self._files)
-        self._buf = snap["features"].float().reshape(self._n, self.dim).clone()
+        # headroom so the adds after an open append in place instead of copying the matrix at once
+        self._buf = torch.empty(self._n + max(64, self._n // 4), self.dim)
+        self._buf[:self._n] = snap["features"].float().reshape(self._n, self.dim)
         self._row_of = {s: i for i, s in enumerate(self._sha)}
         self.epoch += 1
         self._journal_records = 0
