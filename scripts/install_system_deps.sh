@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the tests need: python3-venv (for `python3 -m venv`) and Chromium (browser tests).
-# Installs only what is missing; uses sudo when not root.
+# Debian packages this project needs from the system, installed only when missing (sudo when not root):
+#   python3-venv  for `python3 -m venv` (Debian's python3 ships without it)
+#   chromium      for the browser tests (skipped with --app: the app itself needs no browser)
 set -euo pipefail
 need=()
-python3 -m venv --help >/dev/null 2>&1 && python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
-[ -x /usr/bin/chromium ] || need+=(chromium)
+python3 -c "import ensurepip, venv" 2>/dev/null || need+=(python3-venv)
+if [ "${1:-}" != "--app" ] && [ ! -x /usr/bin/chromium ]; then need+=(chromium); fi
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing Debian packages: ${need[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
