@@ -52,8 +52,14 @@ def cmd_index(args) -> int:
     wb = _workbench(args)
     files = list(iter_image_files(args.paths))
     missing = [p for p in args.paths if not Path(p).exists()]
+    annotate = None
+    wb.captioner_name, wb.translator_name = args.captioner, args.translator
+    if args.caption:
+        from .lang import caption_metadata
+        annotate = lambda images: caption_metadata(images, wb.captioner, wb.translator)  # noqa: E731
     with tqdm(total=len(files), unit="img", desc="indexing", disable=args.quiet) as bar:
-        report = ingest(wb.library, wb.encoder, files, batch_size=args.batch_size, progress=bar.update)
+        report = ingest(wb.library, wb.encoder, files, batch_size=args.batch_size, progress=bar.update,
+                        annotate=annotate)
     print(f"{report.summary()} in {report.seconds:.1f}s; library now holds {len(wb.library)} images")
     for p in missing:
         print(f"  not found: {p}")
@@ -144,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--caption", action="store_true",
+                   help="also caption each new image (English + Chinese) and keep the captions in the library")
+    p.add_argument("--captioner", default="vit-gpt2", help="with --caption: vit-gpt2 | blip | a save_pretrained() folder")
+    p.add_argument("--translator", default="nllb", help="with --caption: nllb | marian | a save_pretrained() folder")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="text→image / image→image search")

@@ -6,13 +6,16 @@
 
 A query is a weighted sum of L2-normalised embeddings: each positive text and image
 adds its embedding times its weight, each negative text subtracts its own; the sum is
-normalised again (rclip's combined queries). Scores are cosine similarities.
+normalised again (rclip's combined queries). Scores are cosine similarities; when images
+carry stored captions (core.lang.caption_metadata at ingest), a text query's best embedding
+candidates are re-ranked with a small bonus for captions containing the query's words.
 
 The index is behind a small interface (`Index.search(queries, k)`), so an ANN index can
 replace `ExactIndex` later without touching callers.
 """
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,6 +34,8 @@ __all__ = ["Index", "ExactIndex", "Searcher", "SearchQuery", "SearchResult", "Hi
 
 MAX_QUERY_CHARS = 1000   # longer is a paste accident; CLIP reads at most 77 tokens (the rest is truncated)
 MAX_K = 1000             # results per query
+CAPTION_WEIGHT = 0.1     # score bonus for a stored caption that contains the query's words (cosines span ~0.1-0.4)
+_RERANK_POOL = 200       # embedding candidates re-scored with captions
 _TEXT_CACHE = 1024       # query embeddings kept (classrooms repeat the same queries)
 
 
@@ -95,6 +100,7 @@ class SearchQuery:
     minus_weight: float = 1.0
     k: int = 10
     threshold: float | None = None                         # drop hits with a lower cosine score
+    use_captions: bool = True                              # also match the text against stored captions
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,18 @@ def _check_text(text: str, what: str = "Query") -> str:
         raise QueryError(f"{what} is {len(text)} characters long; at most {MAX_QUERY_CHARS} are accepted "
                          "(CLIP reads only the first 77 tokens anyway)")
     return text
+
+
+def _caption_terms(text: str) -> list[str]:
+    """Lower-case English words (3+ letters) and Chinese characters of a query, for caption matching."""
+    text = (text or "").lower()
+    return re.findall(r"[a-z]{3,}", text) + re.findall(r"[\u4e00-\u9fff]", text)
+
+
+def _caption_match(meta: dict, terms: list[str]) -> float:
+    """Fraction of the query's terms found in the image's stored captions (0 without captions)."""
+    caption = f"{meta.get('caption_en') or ''} {meta.get('caption_zh') or ''}".lower()
+    return sum(t in caption for t in terms) / len(terms) if caption.strip() else 0.0
 
 
 class Searcher:
@@ -170,7 +188,18 @@ class Searcher:
         if not 1 <= q.k <= MAX_K:
             raise QueryError(f"k must be between 1 and {MAX_K}, got {q.k}")
         vec, used, note = self.query_vector(q)
-        return SearchResult(self.nearest(vec, q.k, q.threshold), used, note)
+        words = _caption_terms(q.text) if q.use_captions and not q.minus else []
+        if not words or not self._has_captions():
+            return SearchResult(self.nearest(vec, q.k, q.threshold), used, note)
+        pool = self.nearest(vec, max(q.k, _RERANK_POOL))
+        scored = sorted(((h.score + CAPTION_WEIGHT * _caption_match(h.meta, words), h) for h in pool),
+                        key=lambda t: -t[0])
+        hits = [Hit(h.row, h.id, h.path, h.name, s, h.meta) for s, h in scored
+                if q.threshold is None or s >= q.threshold][:q.k]
+        return SearchResult(hits, used, note)
+
+    def _has_captions(self) -> bool:
+        return any("caption_en" in e.meta for e in self.library.entries(0, 50))
 
     def nearest(self, vec: torch.Tensor, k: int, threshold: float | None = None) -> list[Hit]:
         """Top-k library entries for a normalised query vector [D]."""

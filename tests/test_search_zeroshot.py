@@ -168,3 +168,20 @@ def test_builtin_sets_and_templates():
     assert load_templates("a drawing of a {c}") == ["a drawing of a {c}"]
     with pytest.raises(LabelError, match="contain"):
         load_templates("no placeholder here")
+
+
+def test_stored_captions_rerank_text_queries(tmp_path, encoder):
+    captions = [("a cup of coffee on a table", "桌子上的一杯咖啡"), ("a rocket launching into the sky", "火箭升空")]
+    lib = open_library(tmp_path / "lib", encoder)
+    # stands in for core.lang.caption_metadata (same output shape), called once for the batch of two
+    ingest(lib, encoder, [SAMPLES / "coffee.jpg", SAMPLES / "rocket.jpg"],
+           annotate=lambda images: [{"caption_en": en, "caption_zh": zh} for en, zh in captions[:len(images)]])
+    searcher = Searcher(encoder, lib)
+
+    def scores(text, **kw):
+        return {h.name: h.score for h in searcher.search(SearchQuery(text=text, k=2, **kw)).hits}
+    plain, boosted = scores("rocket launch", use_captions=False), scores("rocket launch")
+    assert boosted["rocket.jpg"] == pytest.approx(plain["rocket.jpg"] + 0.1, abs=1e-5)   # both words in its caption
+    assert boosted["coffee.jpg"] == pytest.approx(plain["coffee.jpg"], abs=1e-5)         # no word in its caption
+    plain, boosted = scores("咖啡", use_captions=False), scores("咖啡")
+    assert boosted["coffee.jpg"] == pytest.approx(plain["coffee.jpg"] + 0.1, abs=1e-5)   # Chinese caption matches
