@@ -244,3 +244,44 @@ def test_docs_api_snippets_run(app, client, tmp_path, monkeypatch, capsys):
     exec(compile(code, "docs/API.md", "exec"), {})
     out = capsys.readouterr().out
     assert "unreadable: not-an-image.jpg" in out and "Deleted" in out
+
+
+class _FakeTranslator:
+    """Stands in for NLLB (no weights in tests): a fixed zh->en dictionary."""
+    def translate(self, texts, to="en"):
+        return [{"一只猫": "a cat"}.get(t, t) for t in texts]
+
+
+def test_chinese_query_shows_the_english_query_used(app, client):
+    client.predict([handle_file(CAT)], api_name="/add_to_library")
+    lazy = app.wb._lazy   # the Workbench's lazily built services; inject the translator it would load
+    saved = lazy.get("translator")
+    lazy["translator"] = _FakeTranslator()
+    try:
+        _, info = client.predict("一只猫", None, "", 3, 0, api_name="/search")
+    finally:
+        lazy.pop("translator")
+        if saved is not None:
+            lazy["translator"] = saved
+    assert "English query" in info and "'a cat'" in info
+
+
+def test_chinese_query_without_translator_says_so(client):
+    _, info = client.predict("一只猫", None, "", 3, 0, api_name="/search")
+    assert "untranslated" in info
+
+
+def test_library_pages_of_48_newest_first_and_thumbnails_rebuilt(app, client, tmp_path):
+    files = make_images(tmp_path, 50, seed=30)
+    client.predict([handle_file(p) for p in files], api_name="/add_to_library")
+    n = len(app.wb.library)
+    items, info, page = client.predict(1, api_name="/library_page")
+    assert len(items) == 48 and items[0]["caption"].startswith("img_30_49.png")   # newest first
+    last_page = -(-n // 48)
+    items, info, page = client.predict(last_page, api_name="/library_page")
+    assert page == last_page and len(items) == n - 48 * (last_page - 1)
+    newest = app.wb.library.entry(n - 1)
+    thumb = app.wb.library.thumb_path(newest.sha256)
+    thumb.unlink()
+    client.predict(1, api_name="/library_page")
+    assert thumb.is_file()   # a missing thumbnail is made again from the stored image

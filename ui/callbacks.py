@@ -88,10 +88,10 @@ class Callbacks:
 
     def _search_info(self, result: SearchResult, asked: str, lang: str) -> str:
         lines = []
-        if result.text_used and result.text_used != asked.strip():
-            lines.append(t("search.used", lang, text=result.text_used))
-        if result.note:
+        if result.note:   # core's note is bilingual already, e.g. "英文查询 (English query): 'a cat'"
             lines.append(t("search.note", lang, note=result.note))
+        elif result.text_used and result.text_used != asked.strip():
+            lines.append(t("search.used", lang, text=result.text_used))
         if not result.hits:
             lines.append(t("search.empty_lib" if not len(self.wb.library) else "search.none", lang))
         else:
