@@ -227,11 +227,17 @@ class Translator:
             if parts.kind == "nllb":
                 tok.src_lang = NLLB_CODES["zh" if to == "en" else "en"]  # prefixes the source language code
                 extra["forced_bos_token_id"] = tok.convert_tokens_to_ids(NLLB_CODES[to])
-            batch = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=s.max_input_tokens)
+            batch = tok(texts, return_tensors="pt", padding=True, truncation=True,
+                        max_length=min(s.max_input_tokens, tok.model_max_length))
             batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
-            cap = min(s.max_new_tokens, int(s.length_ratio * batch["input_ids"].shape[1]) + 10)
-            ids = parts.model.generate(**batch, num_beams=s.num_beams, max_new_tokens=cap, **extra)
+            ids = parts.model.generate(**batch, num_beams=s.num_beams, max_new_tokens=self._output_cap(parts, batch),
+                                       **extra)
         return [t.strip() for t in tok.batch_decode(ids.cpu(), skip_special_tokens=True)]
+
+    def _output_cap(self, parts: _Parts, batch: dict) -> int:
+        """max_new_tokens for this batch: the settings' caps, and never past the decoder's positions."""
+        s, positions = self.settings, getattr(parts.model.config, "max_position_embeddings", None) or 10**6
+        return max(1, min(s.max_new_tokens, int(s.length_ratio * batch["input_ids"].shape[1]) + 10, positions - 2))
 
     def __repr__(self) -> str:
         return f"Translator({self.name!r}, {self.kind}, to={sorted(self._sources)}, {self.runtime.describe()})"
