@@ -157,3 +157,15 @@ def test_corrupt_upload_is_reported_and_library_intact(page, app, tmp_path):
     report = lib.verify(deep=True)
     assert not (report["missing_files"] or report["orphan_files"] or report["hash_mismatch"])
     assert not any(p.name.startswith("broken") for p in (lib.root / "images").rglob("*"))
+
+
+def test_select_and_delete_in_library(page, app, tmp_path):
+    doomed = tmp_path / "doomed.png"
+    Image.new("RGB", (30, 30), (200, 0, 200)).save(doomed)
+    upload_to_library(page, [doomed])
+    gallery = page.locator("#lib-gallery")
+    gallery.get_by_text("doomed.png").first.wait_for()
+    gallery.locator("img").first.click()                       # newest first: the one just added
+    page.get_by_role("button", name="Delete selected image").click()
+    page.locator("#lib-report").get_by_text("Deleted doomed.png").wait_for()
+    assert not any(e.name == "doomed.png" for e in on_disk(app).entries())

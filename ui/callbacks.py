@@ -24,7 +24,7 @@ from .library_view import hit_thumb, read_page, thumb_for
 __all__ = ["Callbacks", "CUSTOM", "UPLOAD_CHUNK"]
 
 CUSTOM = "custom"     # dropdown value: the labels / template typed by the user
-UPLOAD_CHUNK = 64     # files read into memory per ingest call (bounded memory for big uploads)
+UPLOAD_CHUNK = 32     # files read into memory per ingest call (bounded memory; progress every 32 images)
 _MB = 2 ** 20
 
 
@@ -165,7 +165,8 @@ class Callbacks:
         """Ingest uploaded files in chunks (bounded memory), reporting progress per image."""
         total, done, report = len(files), 0, IngestReport()
         for i in range(0, total, UPLOAD_CHUNK):
-            part = ingest(self.wb.library, self.wb.encoder, [_upload(f) for f in files[i:i + UPLOAD_CHUNK]])
+            part = ingest(self.wb.library, self.wb.encoder, [_upload(f) for f in files[i:i + UPLOAD_CHUNK]],
+                          batch_size=UPLOAD_CHUNK)
             report.added += part.added
             report.duplicates += part.duplicates
             report.errors += part.errors

@@ -10,7 +10,7 @@ the English detail (file names, limits, commands to run) is kept verbatim.
 """
 from __future__ import annotations
 
-__all__ = ["LANGS", "DEFAULT_LANG", "t", "pick_lang", "choices"]
+__all__ = ["LANGS", "DEFAULT_LANG", "t", "has_key", "pick_lang", "choices"]
 
 LANGS = ("zh", "en")
 DEFAULT_LANG = "en"
@@ -155,6 +155,10 @@ def t(key: str, lang: str, **fields) -> str:
     zh, en = _S[key]
     text = zh if lang == "zh" else en
     return text.format(**fields) if fields else text
+
+
+def has_key(text: str) -> bool:
+    return text in _S
 
 
 def pick_lang(value: str | None) -> str:

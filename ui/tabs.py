@@ -12,7 +12,7 @@ import gradio as gr
 from core.search import MAX_K
 
 from .callbacks import CUSTOM, Callbacks
-from .i18n import choices, t
+from .i18n import choices, has_key, t
 
 __all__ = ["Localizer", "classify_tab", "search_tab", "caption_tab", "library_tab"]
 
@@ -22,6 +22,8 @@ TEMPLATES = {"single": "zs.tpl.single", "selected7": "zs.tpl.selected7", "ensemb
              "zh": "zs.tpl.zh", CUSTOM: "zs.tpl.custom"}
 SEARCH_K = (1, min(100, MAX_K), 12)       # slider min, max, default
 CHEAP = 16                                # concurrent runs of cheap events (paging, stats): no model involved
+MODEL = {"concurrency_id": "model"}       # classify + search share one queue (limit: the app's default)
+INGEST = {"concurrency_id": "ingest"}     # uploads queue apart, so a long upload never stalls the class's searches
 _PRIVATE = {"api_visibility": "private"}
 
 
@@ -37,9 +39,12 @@ class Localizer:
 
     def __call__(self, cls, **kwargs):
         specs = {k: v for k, v in kwargs.items() if k in ("label", "value", "placeholder", "info", "choices")
-                 and (callable(v) or isinstance(v, dict) or (isinstance(v, str) and _is_key(v)))}
+                 and (callable(v) or isinstance(v, dict) or (isinstance(v, str) and has_key(v)))}
         kwargs.update({k: self._text(v, self.lang) for k, v in specs.items()})
-        component = cls(**kwargs)
+        return self.register(cls(**kwargs), **specs)
+
+    def register(self, component, **specs):
+        """Relabel an existing component on language switches (specs as for __call__)."""
         self._items.append((component, specs))
         return component
 
@@ -57,11 +62,6 @@ class Localizer:
         return spec(lang) if callable(spec) else t(spec, lang)
 
 
-def _is_key(text: str) -> bool:
-    from .i18n import _S
-    return text in _S
-
-
 # ---------------------------------------------------------------- tabs
 
 def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[list[str]]) -> None:
@@ -71,7 +71,7 @@ def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[li
                         elem_id="zs-image")
             if samples:
                 examples = gr.Examples(samples, [image], label=t("zs.examples", loc.lang), examples_per_page=12)
-                loc._items.append((examples.dataset, {"label": "zs.examples"}))
+                loc.register(examples.dataset, label="zs.examples")
         with gr.Column():
             labelset = loc(gr.Dropdown, label="zs.labelset", choices=LABEL_SETS, value=CUSTOM)
             labels = loc(gr.Textbox, label="zs.labels", placeholder="zs.labels_ph", lines=3,
@@ -83,7 +83,7 @@ def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[li
             result = loc(gr.Label, label="zs.result", num_top_classes=5, elem_id="zs-result")
             status = gr.Markdown(elem_id="zs-status")
     button.click(cb.classify, [image, labelset, labels, templates, custom, add, lang], [result, status],
-                 api_name="classify")
+                 api_name="classify", **MODEL)
     # typed labels / a custom template only matter when chosen: show their boxes only then
     labelset.change(_shown_if_custom, [labelset], [labels], **_PRIVATE, concurrency_limit=None, show_progress="hidden")
     templates.change(_shown_if_custom, [templates], [custom], **_PRIVATE, concurrency_limit=None, show_progress="hidden")
@@ -107,10 +107,10 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
             with gr.Row():
                 selected = loc(gr.Textbox, label="search.selected", scale=2)
                 similar = loc(gr.Button, value="search.similar", scale=1)
-    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, lang], outputs=[gallery, ids, info])
+    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, lang], outputs=[gallery, ids, info], **MODEL)
     button.click(**run, api_name="search")
     text.submit(**run, **_PRIVATE)
-    near = dict(fn=cb.search_similar, inputs=[selected, k, lang], outputs=[gallery, ids, info])
+    near = dict(fn=cb.search_similar, inputs=[selected, k, lang], outputs=[gallery, ids, info], concurrency_limit=CHEAP)
     similar.click(**near, api_name="search_similar")
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, concurrency_limit=CHEAP).then(**near, **_PRIVATE)
 
@@ -162,7 +162,7 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
     refresh = dict(fn=refresh_all, inputs=[page, lang], outputs=[gallery, ids, info, page, stats],
                    concurrency_limit=CHEAP, show_progress="hidden", **_PRIVATE)
     cheap = dict(concurrency_limit=CHEAP)
-    add.click(cb.add_to_library, [files, lang], [summary], api_name="add_to_library").then(
+    add.click(cb.add_to_library, [files, lang], [summary], api_name="add_to_library", **INGEST).then(
         lambda: (1, None), None, [page, files], **_PRIVATE).then(**refresh)
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, **cheap)
     remove.click(cb.remove_image, [selected, lang], [report], api_name="remove_image", **cheap).then(**refresh)
