@@ -148,13 +148,14 @@ class Captioner:
 
     def __init__(self, model: str = DEFAULT_CAPTIONER, runtime: Runtime | None = None,
                  settings: CaptionSettings = CaptionSettings(), cache: Path | None = None, offline: bool = False):
-        name = str(model).strip()
+        name, path = str(model).strip(), Path(str(model).strip()).expanduser()
+        self.kind: str | None = None  # None: read from config.json at load time
         if name in CAPTIONERS:
-            self.kind, self.source = CAPTIONERS[name]
-            self.model_id = name
-        elif Path(name).expanduser().is_dir() or is_hub_id(name):
-            self.kind, self.source = None, str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
-            self.model_id = f"hf-local:{Path(name).name}" if Path(self.source).is_dir() else f"hf:{name}"
+            (self.kind, self.source), self.model_id = CAPTIONERS[name], name
+        elif path.is_dir():
+            self.source, self.model_id = str(path), f"hf-local:{path.name}"
+        elif is_hub_id(name):
+            self.source, self.model_id = name, f"hf:{name}"
         else:
             raise UnknownModelError(f"Captioner {name!r} not found; available captioners = {sorted(CAPTIONERS)}, "
                                     "or a local save_pretrained() directory, or a Hugging Face id ORG/NAME")
