@@ -285,3 +285,26 @@ def test_library_pages_of_48_newest_first_and_thumbnails_rebuilt(app, client, tm
     thumb.unlink()
     client.predict(1, api_name="/library_page")
     assert thumb.is_file()   # a missing thumbnail is made again from the stored image
+
+
+class _FakeCaptioner:
+    """Stands in for ViT-GPT2 (no weights in tests)."""
+    def caption(self, images):
+        return ["a cat sitting on a couch" for _ in images]
+
+
+class _FakeZhTranslator:
+    def translate(self, texts, to="zh"):
+        return ["一只坐在沙发上的猫" for _ in texts]
+
+
+def test_caption_in_english_and_chinese(app, client):
+    lazy = app.wb._lazy   # inject the lazily built captioner/translator the Workbench would load
+    saved = dict(lazy)
+    lazy.update(captioner=_FakeCaptioner(), translator=_FakeZhTranslator())
+    try:
+        en, zh, status = client.predict(handle_file(CAT), api_name="/caption")
+    finally:
+        lazy.clear()
+        lazy.update(saved)
+    assert (en, zh, status) == ("a cat sitting on a couch", "一只坐在沙发上的猫", "Done.")
