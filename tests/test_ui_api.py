@@ -168,8 +168,10 @@ def test_concurrent_clients_each_image_stored_once(app, tmp_path):
 def test_gallery_serves_only_library_and_assets(app, client):
     import httpx
     client.predict([handle_file(CAT)], api_name="/add_to_library")
-    r = httpx.get(f"{app.url}gradio_api/file=/etc/passwd")
-    assert r.status_code in (403, 404)
+    from core.settings import PROJECT_ROOT
+    for secret in ("/etc/passwd", PROJECT_ROOT / "demo.py", PROJECT_ROOT / "core" / "settings.py"):
+        assert httpx.get(f"{app.url}gradio_api/file={secret}").status_code in (403, 404), secret
+    assert httpx.get(f"{app.url}gradio_api/file={CAT}").status_code == 200
     thumb = next(iter(app.wb.library.entries()))
     r = httpx.get(f"{app.url}gradio_api/file={app.wb.library.thumb_path(thumb.sha256)}")
     assert r.status_code == 200

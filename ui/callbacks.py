@@ -107,14 +107,14 @@ class Callbacks:
         with user_errors(lang):
             picture = load_image(image, Path(image).name)
         try:
-            from core.caption import Captioner  # noqa: F401  (another module; may be absent in this build)
             meta = _caption_meta(self.wb, picture)
-        except ImportError as e:
+        except ImportError as e:   # core.caption is another module; a build may lack it
             return "", "", t("cap.missing_module", lang, module=e.name or "core.caption")
         except (ModelUnavailableError, UnknownModelError) as e:
             return "", "", t("cap.unavailable", lang, detail=str(e))
         zh_error = meta.get("caption_zh_error")
-        return meta["caption_en"], meta.get("caption_zh") or "", t("cap.no_zh", lang, detail=zh_error) if zh_error else t("cap.done", lang)
+        status = t("cap.no_zh", lang, detail=zh_error) if zh_error else t("cap.done", lang)
+        return meta["caption_en"], meta.get("caption_zh") or "", status
 
     # ------------------------------------------------------------ library
 
@@ -132,7 +132,8 @@ class Callbacks:
         with user_errors(lang):
             pg = read_page(self.wb.library, page)
         items = [(thumb_for(self.wb.library, e), f"{e.name} · {e.id}") for e in pg.entries]
-        return items, [e.id for e in pg.entries], t("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total), pg.page
+        info = t("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total)
+        return items, [e.id for e in pg.entries], info, pg.page
 
     def library_stats(self, lang: str) -> str:
         s = self.wb.library.stats()
@@ -151,7 +152,8 @@ class Callbacks:
         with user_errors(lang):
             r = self.wb.library.verify()
         if r["missing_files"] or r["orphan_files"] or not r["features_finite"]:
-            return t("lib.verify_bad", lang, missing=r["missing_files"], orphans=r["orphan_files"], finite=r["features_finite"])
+            return t("lib.verify_bad", lang, missing=r["missing_files"], orphans=r["orphan_files"],
+                     finite=r["features_finite"])
         return t("lib.verify_ok", lang, rows=r["rows"])
 
     def compact_library(self, lang: str) -> str:

@@ -85,8 +85,9 @@ def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[li
     button.click(cb.classify, [image, labelset, labels, templates, custom, add, lang], [result, status],
                  api_name="classify", **MODEL)
     # typed labels / a custom template only matter when chosen: show their boxes only then
-    labelset.change(_shown_if_custom, [labelset], [labels], **_PRIVATE, concurrency_limit=None, show_progress="hidden")
-    templates.change(_shown_if_custom, [templates], [custom], **_PRIVATE, concurrency_limit=None, show_progress="hidden")
+    quick = dict(concurrency_limit=None, show_progress="hidden", **_PRIVATE)
+    labelset.change(_shown_if_custom, [labelset], [labels], **quick)
+    templates.change(_shown_if_custom, [templates], [custom], **quick)
 
 
 def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
@@ -102,15 +103,17 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
             button = loc(gr.Button, value="search.button", variant="primary")
         with gr.Column(scale=2):
             info = gr.Markdown(elem_id="search-info")
-            gallery = loc(gr.Gallery, label="search.results", columns=4, height=560, object_fit="contain", fit_columns=False,
-                          elem_id="search-gallery")
+            gallery = loc(gr.Gallery, label="search.results", columns=4, height=560, object_fit="contain",
+                          fit_columns=False, elem_id="search-gallery")
             with gr.Row():
                 selected = loc(gr.Textbox, label="search.selected", scale=2)
                 similar = loc(gr.Button, value="search.similar", scale=1)
-    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, lang], outputs=[gallery, ids, info], **MODEL)
+    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, lang], outputs=[gallery, ids, info],
+               **MODEL)
     button.click(**run, api_name="search")
     text.submit(**run, **_PRIVATE)
-    near = dict(fn=cb.search_similar, inputs=[selected, k, lang], outputs=[gallery, ids, info], concurrency_limit=CHEAP)
+    near = dict(fn=cb.search_similar, inputs=[selected, k, lang], outputs=[gallery, ids, info],
+                concurrency_limit=CHEAP)
     similar.click(**near, api_name="search_similar")
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, concurrency_limit=CHEAP).then(**near, **_PRIVATE)
 
