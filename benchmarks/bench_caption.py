@@ -31,12 +31,14 @@ from core.images import ImageError, iter_image_files, load_image  # noqa: E402
 from core.settings import ASSETS_DIR, PROJECT_ROOT, pick_runtime  # noqa: E402
 from core.translate import TranslateSettings, Translator  # noqa: E402
 
-QUERIES_ZH = ["会飞的猫", "海滩上的一只狗", "两个人骑自行车", "白色背景上的红色圆形", "雪山下的小木屋", "一碗热气腾腾的面条",
-              "夜晚城市的街道", "穿宇航服的人", "桌子上的苹果", "在草地上奔跑的马", "一座古老的石桥", "下雨天的红伞"]
+QUERIES_ZH = ["会飞的猫", "海滩上的一只狗", "两个人骑自行车", "白色背景上的红色圆形", "雪山下的小木屋",
+              "一碗热气腾腾的面条", "夜晚城市的街道", "穿宇航服的人", "桌子上的苹果", "在草地上奔跑的马",
+              "一座古老的石桥", "下雨天的红伞"]
 CAPTIONS_EN = ["a cat sitting on a couch", "a dog running on the beach", "two people riding bikes down a street",
-               "a red circle on a white background", "a small cabin below a snowy mountain", "a bowl of hot noodles",
-               "a city street at night", "a person in a space suit", "an apple on a wooden table",
-               "a horse running on the grass", "an old stone bridge over a river", "a red umbrella in the rain"]
+               "a red circle on a white background", "a small cabin below a snowy mountain",
+               "a bowl of hot noodles", "a city street at night", "a person in a space suit",
+               "an apple on a wooden table", "a horse running on the grass", "an old stone bridge over a river",
+               "a red umbrella in the rain"]
 
 
 def _images(n: int) -> list[Image.Image]:

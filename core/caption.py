@@ -49,7 +49,9 @@ class CaptionSettings:
 
 def hub_kwargs(source: str, cache: Path | None, offline: bool) -> dict[str, Any]:
     """from_pretrained keyword arguments: project cache for hub ids, no network when offline."""
-    kwargs: dict[str, Any] = {} if Path(source).is_dir() else {"cache_dir": str(Path(cache or default_paths().cache) / "hf")}
+    kwargs: dict[str, Any] = {}
+    if not Path(source).is_dir():
+        kwargs["cache_dir"] = str(Path(cache or default_paths().cache) / "hf")
     if offline or os.environ.get("HF_HUB_OFFLINE") == "1":
         kwargs["local_files_only"] = True
     return kwargs
@@ -124,8 +126,9 @@ class _Parts(NamedTuple):
 
 def _load_vit_gpt2(what: str, source: str, cache: Path | None, offline: bool) -> _Parts:
     from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
-    model, proc, tok = load_pretrained(what, source, [VisionEncoderDecoderModel.from_pretrained,
-                                       ViTImageProcessor.from_pretrained, AutoTokenizer.from_pretrained], cache, offline)
+    loaders = [VisionEncoderDecoderModel.from_pretrained, ViTImageProcessor.from_pretrained,
+               AutoTokenizer.from_pretrained]
+    model, proc, tok = load_pretrained(what, source, loaders, cache, offline)
     # GPT-2 has no pad token; nlpconnect's config pads with <|endoftext|>, as beam search needs one
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else tok.eos_token_id
     return _Parts(model, lambda ims: proc(images=ims, return_tensors="pt")["pixel_values"],

@@ -108,7 +108,8 @@ def _resolve_dir(path: Path) -> tuple[str, dict[str, str]]:
         try:
             kind = json.loads(config.read_text(encoding="utf-8")).get("model_type")
         except ValueError:
-            raise ModelUnavailableError(f"{config} is not valid JSON; save the translator again with save_pretrained()") from None
+            raise ModelUnavailableError(f"{config} is not valid JSON; save the translator again "
+                                        "with save_pretrained()") from None
         if kind in ("m2m_100", "nllb-moe"):
             return "nllb", {lang: str(path) for lang in _LANGS}
         if kind == "marian":
@@ -163,8 +164,9 @@ class Translator:
 
     def _load(self, source: str) -> _Parts:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-        model, tok = load_pretrained(f"translator {self.name!r} ({source})", source, [AutoModelForSeq2SeqLM.from_pretrained,
-                                     AutoTokenizer.from_pretrained], self._cache_dir, self._offline)
+        model, tok = load_pretrained(f"translator {self.name!r} ({source})", source,
+                                     [AutoModelForSeq2SeqLM.from_pretrained, AutoTokenizer.from_pretrained],
+                                     self._cache_dir, self._offline)
         if self.kind == "nllb":
             missing = [c for c in NLLB_CODES.values() if c not in tok.get_vocab()]
             if missing:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 CORPUS = ["a photo of a cat", "a dog on the beach", "two people riding bikes", "a red circle on white",
-          "the cat who flies", "一只猫", "海滩上的一只狗", "两个人骑自行车", "白色背景上的红色圆形", "会飞的猫"]
+          "the cat who flies", "一只猫", "海滩上的一只狗", "两个人骑自行车", "白色背景上的红色圆形",
+          "会飞的猫"]
 IMAGE_SIZE = 32  # pixels; with 16-pixel patches the vision towers see 4 patches
 _TINY = dict(hidden=32, ffn=64, layers=2, heads=2)
 
