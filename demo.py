@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                     "images. Add --auth user:password.")
     demo, options = build(args)
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, auth=auth, **options)
+    from ui.i18n import AUTH_MESSAGE
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, auth=auth,
+                auth_message=AUTH_MESSAGE if auth else None, **options)
     return 0
 
 

@@ -10,10 +10,12 @@ the English detail (file names, limits, commands to run) is kept verbatim.
 """
 from __future__ import annotations
 
-__all__ = ["LANGS", "DEFAULT_LANG", "t", "has_key", "pick_lang", "choices"]
+__all__ = ["LANGS", "DEFAULT_LANG", "AUTH_MESSAGE", "t", "has_key", "pick_lang", "choices"]
 
 LANGS = ("zh", "en")
 DEFAULT_LANG = "en"
+# The login page comes before any language choice, so it speaks both.
+AUTH_MESSAGE = "请输入老师提供的用户名和密码。<br>Enter the user name and password your teacher gave you."
 
 # key -> (中文, English)
 _S: dict[str, tuple[str, str]] = {
