@@ -52,14 +52,11 @@ def build(args: argparse.Namespace):
     """(Blocks, launch options): the full app, or an explanation page if the model/library failed."""
     from ui import build_app, build_error_app, launch_options
     try:
-        wb = build_workbench(args.model, args.library, args.device, args.offline)
+        wb = build_workbench(args.model, args.library, args.device, args.offline,
+                             captioner=args.captioner, translator=args.translator)
     except STARTUP_ERRORS as e:
         log.error("cannot start the workbench: %s", e)
         return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None)
-    if args.captioner:
-        wb.captioner_name = args.captioner
-    if args.translator:
-        wb.translator_name = args.translator
     if wb.notice:
         log.warning("%s", wb.notice)
     return build_app(wb, lang=args.lang), launch_options(wb)

@@ -91,17 +91,16 @@ def cmd_search(args) -> int:
 
 def cmd_classify(args) -> int:
     wb = _workbench(args)
-    labels = load_labelset(args.labels, args.lang)
-    templates = load_templates(args.templates, args.lang)
+    load_labelset(args.labels, args.lang), load_templates(args.templates, args.lang)   # bad input fails before any image
     status = 0
     for path in args.images:
         try:
-            top = wb.classifier.classify(load_image(path), labels, templates, top_k=args.top)
+            top, note = wb.zero_shot(load_image(path), args.labels, args.templates, args.lang, top_k=args.top)
         except ImageError as e:
             print(f"{path}: error: {e.reason}")
             status = 1
             continue
-        print(path)
+        print(path + (f"  ({note})" if note else ""))
         for label, p in top:
             print(f"  {p * 100:6.2f}%  {label}")
     return status

@@ -106,7 +106,8 @@ class SearchQuery:
 @dataclass(frozen=True)
 class Hit:
     row: int
-    id: str
+    id: str                    # short id (first 12 hex digits of sha256), as `library list` shows
+    sha256: str
     path: Path
     name: str
     score: float
@@ -194,7 +195,7 @@ class Searcher:
         pool = self.nearest(vec, max(q.k, _RERANK_POOL))
         scored = sorted(((h.score + CAPTION_WEIGHT * _caption_match(h.meta, words), h) for h in pool),
                         key=lambda t: -t[0])
-        hits = [Hit(h.row, h.id, h.path, h.name, s, h.meta) for s, h in scored
+        hits = [Hit(h.row, h.id, h.sha256, h.path, h.name, s, h.meta) for s, h in scored
                 if q.threshold is None or s >= q.threshold][:q.k]
         return SearchResult(hits, used, note)
 
@@ -213,7 +214,7 @@ class Searcher:
                 e = self.library.entry(row)
             except IndexError:   # removed between the search and now
                 continue
-            hits.append(Hit(row, e.id, e.path, e.name, score, e.meta))
+            hits.append(Hit(row, e.id, e.sha256, e.path, e.name, score, e.meta))
         return hits
 
     def similar_to(self, entry_id: str, k: int = 10) -> list[Hit]:

@@ -17,7 +17,7 @@ from .ingest import open_library
 from .library import Library
 from .search import ExactIndex, Searcher
 from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
-from .zeroshot import ZeroShotClassifier
+from .zeroshot import ZeroShotClassifier, plan_prompts
 
 __all__ = ["Workbench", "build_workbench"]
 
@@ -53,6 +53,29 @@ class Workbench:
         from .caption import Captioner
         return self._get("captioner", lambda: Captioner(self.captioner_name, self.runtime, offline=self.offline))
 
+    def provide(self, captioner=None, translator=None) -> None:
+        """Use these captioner / translator objects instead of building them (tests, custom models)."""
+        with self._lazy_lock:
+            if captioner is not None:
+                self._lazy["captioner"] = captioner
+            if translator is not None:
+                self._lazy["translator"] = translator
+
+    def zero_shot(self, image, label_spec: str, template_spec: str, lang: str = "en",
+                  top_k: int = 5) -> tuple[list[tuple[str, float]], str | None]:
+        """Classify one image; Chinese labels are planned for the encoder (see plan_prompts).
+        Returns (top-k (label, probability) in the user's language, note or None)."""
+        from .encoders import ModelUnavailableError
+
+        def translate(texts):
+            try:
+                return self.translator.translate(texts, to="en")
+            except ModelUnavailableError:
+                return None
+        plan = plan_prompts(self.encoder, label_spec, template_spec, lang, translate)
+        top = self.classifier.classify(image, plan.labels, plan.templates, top_k, prompt_labels=plan.prompt_labels)
+        return top, plan.note
+
     def plan_query(self, text: str) -> tuple[str, str | None]:
         """Translate a Chinese query for an English-only encoder; (text used, note for the user)."""
         try:
@@ -64,7 +87,8 @@ class Workbench:
 
 
 def build_workbench(model: str | None = None, library_dir: str | Path | None = None, device: str | None = None,
-                    offline: bool = False, fallback: bool = True, cache: Path | None = None) -> Workbench:
+                    offline: bool = False, fallback: bool = True, cache: Path | None = None,
+                    captioner: str | None = None, translator: str | None = None) -> Workbench:
     """Load the encoder (with the bundled mini model as fallback), open the library, wire the services."""
     runtime = pick_runtime(device)
     name = model or DEFAULT_MODEL
@@ -75,5 +99,7 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
     library = open_library(library_dir or default_paths().library, encoder)
     wb = Workbench(runtime, encoder, library, searcher=None, classifier=ZeroShotClassifier(encoder),  # type: ignore[arg-type]
                    notice=notice, offline=offline)
+    wb.captioner_name = captioner or wb.captioner_name
+    wb.translator_name = translator or wb.translator_name
     wb.searcher = Searcher(encoder, library, ExactIndex(library, runtime), plan=wb.plan_query)
     return wb

@@ -17,7 +17,9 @@ import json
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +27,8 @@ from PIL import Image
 
 from .settings import ASSETS_DIR
 
-__all__ = ["ZeroShotClassifier", "parse_labels", "load_labelset", "load_templates", "class_matrix",
-           "LABEL_SETS", "TEMPLATE_SPECS", "LabelError", "MAX_LABELS"]
+__all__ = ["ZeroShotClassifier", "PromptPlan", "plan_prompts", "parse_labels", "load_labelset", "load_templates",
+           "class_matrix", "LABEL_SETS", "TEMPLATE_SPECS", "LabelError", "MAX_LABELS"]
 
 LABEL_SETS = ("imagenet1k", "cifar10", "cifar100")
 TEMPLATE_SPECS = ("bare", "single", "selected7", "ensemble80", "zh", "cifar")
@@ -104,6 +106,42 @@ def load_templates(spec: str, lang: str = "en") -> list[str]:
                      "or a custom template containing {c}, e.g. 'a photo of a {c}.'")
 
 
+@dataclass(frozen=True)
+class PromptPlan:
+    """Labels shown to the user, and what the text encoder reads for them."""
+    labels: list[str]          # displayed, in the user's language
+    prompt_labels: list[str]   # inserted into the templates (English for an English-only encoder)
+    templates: list[str]
+    note: str | None = None    # e.g. which translation was used, or why none was
+
+
+def _has_cjk(text: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in text)
+
+
+def plan_prompts(encoder, label_spec: str, template_spec: str, lang: str = "en",
+                 translate: Callable[[list[str]], list[str] | None] | None = None) -> PromptPlan:
+    """Resolve labels and templates for `encoder`. A Chinese-capable encoder reads them as they are.
+    An English-only one (OpenAI CLIP reads little Chinese) gets the English names of a built-in set
+    shown in Chinese, English templates, and typed Chinese labels translated by `translate` (which may return None)."""
+    labels = load_labelset(label_spec, lang)
+    if getattr(encoder, "multilingual", False) or not (lang == "zh" or any(map(_has_cjk, labels))):
+        return PromptPlan(labels, labels, load_templates(template_spec, lang))
+    templates = load_templates("single" if template_spec.strip().lower() == "zh" else template_spec, "en")
+    if any(map(_has_cjk, templates)):
+        return PromptPlan(labels, labels, templates, "Chinese templates with an English-only model: expect poor accuracy")
+    if label_spec.strip().lower().replace("-", "") in LABEL_SETS:
+        return PromptPlan(labels, load_labelset(label_spec, "en"), templates)
+    if not any(map(_has_cjk, labels)):
+        return PromptPlan(labels, labels, templates)
+    english = translate(labels) if translate else None
+    if not english or english == labels:
+        return PromptPlan(labels, labels, templates, "中文标签未翻译 (Chinese labels sent untranslated: no translator "
+                          "available); expect poor accuracy with this English-only model, or type English labels")
+    pairs = ", ".join(f"{z} → {e}" for z, e in zip(labels, english) if z != e)
+    return PromptPlan(labels, english, templates, f"英文标签 (English labels used): {pairs}")
+
+
 @torch.inference_mode()
 def class_matrix(encoder, labels: list[str], templates: list[str]) -> torch.Tensor:
     """[C, D] L2-normalised class embeddings: mean over templates of the encoded prompts."""
@@ -142,8 +180,9 @@ class ZeroShotClassifier:
         return logits.softmax(dim=-1)
 
     def classify(self, image: Image.Image, labels: list[str], templates: list[str],
-                 top_k: int = 5) -> list[tuple[str, float]]:
-        """Top-k (label, probability) pairs for one RGB image, best first."""
-        probs = self.probabilities(self.encoder.encode_images([image]), labels, templates)[0]
+                 top_k: int = 5, prompt_labels: list[str] | None = None) -> list[tuple[str, float]]:
+        """Top-k (label, probability) pairs for one RGB image, best first. `prompt_labels`, when
+        given, are what the encoder reads for each of `labels` (e.g. their English names)."""
+        probs = self.probabilities(self.encoder.encode_images([image]), prompt_labels or labels, templates)[0]
         values, idx = probs.topk(min(top_k, len(labels)))
         return [(labels[i], float(v)) for v, i in zip(values.tolist(), idx.tolist())]

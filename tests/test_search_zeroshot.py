@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from core.images import iter_image_files, load_image
 from core.ingest import Upload, ingest, open_library
 from core.search import MAX_QUERY_CHARS, ExactIndex, QueryError, Searcher, SearchQuery
-from core.zeroshot import (LabelError, ZeroShotClassifier, load_labelset, load_templates, parse_labels)
+from core.zeroshot import (LabelError, ZeroShotClassifier, load_labelset, load_templates, parse_labels,
+                           plan_prompts)
 from core_fixtures import SAMPLES, png_bytes
 
 
@@ -185,3 +186,36 @@ def test_stored_captions_rerank_text_queries(tmp_path, encoder):
     assert boosted["coffee.jpg"] == pytest.approx(plain["coffee.jpg"], abs=1e-5)         # no word in its caption
     plain, boosted = scores("咖啡", use_captions=False), scores("咖啡")
     assert boosted["coffee.jpg"] == pytest.approx(plain["coffee.jpg"] + 0.1, abs=1e-5)   # Chinese caption matches
+
+
+class _English:   # an English-only encoder, as far as planning is concerned
+    multilingual = False
+
+
+class _Bilingual:
+    multilingual = True
+
+
+def test_plan_prompts_for_english_only_and_chinese_capable_encoders():
+    zh_set = plan_prompts(_English(), "cifar10", "single", "zh")
+    assert zh_set.labels[0] == "飞机" and zh_set.prompt_labels[0] == "airplane"
+    assert zh_set.templates == ["a photo of a {c}."] and zh_set.note is None
+    typed = plan_prompts(_English(), "猫, dog", "single", "zh", translate=lambda xs: ["cat", "dog"])
+    assert typed.labels == ["猫", "dog"] and typed.prompt_labels == ["cat", "dog"] and "猫 → cat" in typed.note
+    untranslated = plan_prompts(_English(), "猫, 狗", "single", "en", translate=lambda xs: None)
+    assert untranslated.prompt_labels == ["猫", "狗"] and "untranslated" in untranslated.note
+    native = plan_prompts(_Bilingual(), "猫, 狗", "single", "zh")
+    assert native.prompt_labels == ["猫", "狗"] and native.templates == ["{c}的照片。"] and native.note is None
+    english = plan_prompts(_English(), "cat, dog", "ensemble80", "en")
+    assert english.prompt_labels == ["cat", "dog"] and len(english.templates) == 80
+
+
+def test_workbench_zero_shot_shows_chinese_and_reads_english(tmp_path, tiny_clip_path):
+    from core.workbench import build_workbench
+    wb = build_workbench(str(tiny_clip_path), tmp_path / "lib", "cpu", offline=True, fallback=False)
+    img = load_image(SAMPLES / "cat_chelsea.jpg")
+    top, note = wb.zero_shot(img, "cifar10", "single", "zh", top_k=10)
+    english, _ = wb.zero_shot(img, "cifar10", "single", "en", top_k=10)
+    assert {l for l, _ in top} == set(load_labelset("cifar10", "zh"))
+    zh_to_en = dict(zip(load_labelset("cifar10", "zh"), load_labelset("cifar10", "en")))
+    assert {zh_to_en[l]: p for l, p in top} == pytest.approx(dict(english), abs=1e-6)

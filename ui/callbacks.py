@@ -15,7 +15,6 @@ from core.images import load_image
 from core.ingest import IngestReport, Upload, ingest
 from core.search import SearchQuery, SearchResult
 from core.workbench import Workbench
-from core.zeroshot import load_labelset, load_templates
 
 from .errors import fail, user_errors
 from .i18n import t
@@ -49,10 +48,10 @@ class Callbacks:
         if not image:
             raise fail("err.no_image", lang)
         with user_errors(lang):
-            names = load_labelset(labels if labelset == CUSTOM else labelset, lang)
-            tpl = load_templates(custom_template if templates == CUSTOM else templates, lang)
-            top = self.wb.classifier.classify(load_image(image, Path(image).name), names, tpl, top_k=5)
+            top, note = self.wb.zero_shot(load_image(image, Path(image).name), labels if labelset == CUSTOM else labelset,
+                                          custom_template if templates == CUSTOM else templates, lang)
             status = t("zs.added", lang, summary=self._summary(self._ingest([image]), lang)) if add else ""
+            status = "\n\n".join(s for s in (note and f"ℹ️ {note}", status) if s)
         return {label: p for label, p in top}, status
 
     # ------------------------------------------------------------ search

@@ -49,7 +49,7 @@ def hit_thumb(library: Library, hit: Hit) -> str:
     try:
         entry = library.entry(hit.row)
         if entry.id != hit.id:            # rows moved (a removal) since the search
-            entry = library.find(hit.id)
+            entry = library.find(hit.sha256)
     except (IndexError, LibraryError):
         return str(hit.path)
     return thumb_for(library, entry)
