@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["ShapesConfig", "ShapeItem", "make_splits", "describe", "training_caption", "class_prompts",
+__all__ = ["ShapesConfig", "ShapeItem", "make_splits", "describe", "training_caption", "TrainingCaption", "class_prompts",
            "SHAPES", "COLOURS", "SIZES", "POSITIONS"]
 
 # name -> Chinese name
@@ -37,7 +37,7 @@ COLOURS = {"red": ((220, 30, 30), "红色"), "orange": ((245, 140, 0), "橙色")
            "green": ((30, 170, 50), "绿色"), "blue": ((30, 70, 225), "蓝色"), "purple": ((140, 40, 190), "紫色"),
            "white": ((250, 250, 250), "白色"), "black": ((10, 10, 10), "黑色")}
 # name -> (shape diameter as a fraction of the image side, Chinese adjective)
-SIZES = {"small": (0.2, "小的"), "medium": (0.3, "中等大小的"), "large": (0.42, "大的")}
+SIZES = {"small": (0.24, "小的"), "medium": (0.34, "中等大小的"), "large": (0.46, "大的")}
 # name -> (centre x, centre y as fractions of the side, English phrase, Chinese phrase)
 POSITIONS = {"left": (0.27, 0.5, "on the left", "左边"), "right": (0.73, 0.5, "on the right", "右边"),
              "top": (0.5, 0.27, "at the top", "上方"), "bottom": (0.5, 0.73, "at the bottom", "下方"),
@@ -51,8 +51,8 @@ _NOISE_STD = 18     # grey levels of background noise
 _TINT = 30          # how far a background channel may stray from grey
 # Level of detail of a training caption -> probability. Partial captions teach the model
 # what "红色圆形" or "a circle" alone means, which is how users query and classify.
-_DETAIL = {("shape", "colour", "size", "position"): 0.4, ("shape", "colour"): 0.2,
-           ("shape", "colour", "size"): 0.1, ("shape", "position"): 0.1, ("shape",): 0.1, ("colour",): 0.1}
+_DETAIL = {("shape", "colour", "size", "position"): 0.35, ("shape", "colour"): 0.2,
+           ("shape", "colour", "size"): 0.1, ("shape", "position"): 0.1, ("shape",): 0.15, ("colour",): 0.1}
 
 
 @dataclass(frozen=True)
@@ -121,11 +121,26 @@ def _describe_zh(a: dict[str, str], style: int) -> str:
     return (f"一个{noun}", f"{noun}的照片", noun)[style]
 
 
-def training_caption(item: ShapeItem, rng: random.Random) -> tuple[str, dict[str, str]]:
-    """A random caption of `item` (language, phrasing, detail) and the attributes it mentions."""
+@dataclass(frozen=True)
+class TrainingCaption:
+    text: str                       # e.g. "a red circle"
+    attrs: dict[str, str]           # the attributes it mentions, e.g. {"colour": "red", "shape": "circle"}
+    negative: str                   # the same words with the shape swapped, e.g. "a red star"
+    negative_attrs: dict[str, str]
+
+
+def training_caption(item: ShapeItem, rng: random.Random) -> TrainingCaption:
+    """A random caption of `item` (language, phrasing, detail) and a hard negative for it.
+
+    The negative swaps the shape (the colour when no shape is named): colour, size and
+    position alone tell most images of a batch apart, so without such negatives the image
+    tower learns shapes very slowly (NegCLIP's swapped-word negatives, Yuksekgonul et al. 2023)."""
     detail = rng.choices(list(_DETAIL), weights=list(_DETAIL.values()))[0]
     mentioned = {k: item.attrs[k] for k in detail}
-    return describe(mentioned, rng.choice(("en", "zh")), rng.randrange(3)), mentioned
+    lang, style = rng.choice(("en", "zh")), rng.randrange(3)
+    attr, table = ("shape", SHAPES) if "shape" in mentioned else ("colour", COLOURS)
+    swapped = {**mentioned, attr: rng.choice([n for n in table if n != mentioned[attr]])}
+    return TrainingCaption(describe(mentioned, lang, style), mentioned, describe(swapped, lang, style), swapped)
 
 
 def class_prompts(attribute: str, lang: str = "en") -> tuple[list[str], list[str]]:
