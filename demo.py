@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 
 from core.encoders import ModelUnavailableError, UnknownModelError
 from core.library import LibraryError
@@ -59,6 +60,8 @@ def build(args: argparse.Namespace):
         return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None)
     if wb.notice:
         log.warning("%s", wb.notice)
+    # An English-only CLIP translates Chinese queries: load the translator while the page opens.
+    threading.Thread(target=wb.preload_translator, name="preload-translator", daemon=True).start()
     return build_app(wb, lang=args.lang), launch_options(wb)
 
 

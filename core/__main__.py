@@ -5,7 +5,7 @@
     python -m core search "beach" --minus people
     python -m core search --image query.jpg
     python -m core classify photo.jpg --labels "cat,dog,小鸟" --templates ensemble80
-    python -m core library stats|list|remove ID|compact|verify|repair|reindex
+    python -m core library stats|list|seed|remove ID|compact|verify|repair|reindex
 
 Every command takes --model, --library, --device and --offline.
 """
@@ -131,6 +131,10 @@ def cmd_library(args) -> int:
     elif args.action == "compact":
         lib.compact()
         print(f"compacted: {len(lib)} images in {lib.root / 'features_library.pth'}")
+    elif args.action == "seed":
+        from .ingest import seed
+        report = seed(lib, wb.encoder)
+        print(f"sample images: {report.summary()}; library now holds {len(lib)} images")
     elif args.action == "repair":
         from .ingest import repair
         print(json.dumps(repair(lib, wb.encoder), indent=2, ensure_ascii=False))
@@ -174,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("library", help="housekeeping")
-    p.add_argument("action", choices=["stats", "list", "remove", "compact", "verify", "repair", "reindex"])
+    p.add_argument("action", choices=["stats", "list", "seed", "remove", "compact", "verify", "repair", "reindex"])
     p.add_argument("ids", nargs="*", help="ids for remove")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)

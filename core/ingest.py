@@ -22,13 +22,15 @@ from PIL import Image
 
 from .images import MAX_BYTES, ImageError, decode_image, iter_image_files, thumbnail
 from .library import Library, NewImage, SNAPSHOT_NAME
+from .settings import ASSETS_DIR
 
-__all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "repair",
-           "safe_display_name", "write_thumbnail"]
+__all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "repair", "seed",
+           "sample_files", "SAMPLE_DIRS", "safe_display_name", "write_thumbnail"]
 
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "MPO": ".jpg"}
 _WORKERS = min(8, os.cpu_count() or 1)
 THUMB_SIZE = 256
+SAMPLE_DIRS = (ASSETS_DIR / "samples", ASSETS_DIR / "shapes")   # licensed photos + the mini model's Shapes
 
 
 @dataclass(frozen=True)
@@ -196,3 +198,13 @@ def repair(library: Library, encoder) -> dict:
     orphans = [library.root / rel for rel in report["orphan_files"]]
     readded = ingest(library, encoder, orphans) if orphans else IngestReport()
     return {"rows_removed": removed, "images_readded": len(readded.added), "unreadable": readded.errors}
+
+
+def sample_files() -> list[Path]:
+    """The bundled sample images (assets/samples photos and assets/shapes)."""
+    return list(iter_image_files(d for d in SAMPLE_DIRS if d.is_dir()))
+
+
+def seed(library: Library, encoder, progress: Callable[[int], None] | None = None) -> IngestReport:
+    """Add the bundled sample images (a fresh library's first content); safe to run again."""
+    return ingest(library, encoder, sample_files(), progress=progress)

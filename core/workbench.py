@@ -76,6 +76,18 @@ class Workbench:
         top = self.classifier.classify(image, plan.labels, plan.templates, top_k, prompt_labels=plan.prompt_labels)
         return top, plan.note
 
+    def preload_translator(self) -> bool:
+        """Load the zh→en translator now (e.g. in a background thread at app start) so the first
+        Chinese query does not wait for it. Only useful with an English-only encoder."""
+        from .encoders import ModelUnavailableError
+        if self.encoder.multilingual:
+            return False
+        try:
+            self.translator.load("en")
+            return True
+        except ModelUnavailableError:
+            return False   # the search tab says so on the first Chinese query
+
     def plan_query(self, text: str) -> tuple[str, str | None]:
         """Translate a Chinese query for an English-only encoder; (text used, note for the user)."""
         try:
@@ -101,5 +113,9 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
                    notice=notice, offline=offline)
     wb.captioner_name = captioner or wb.captioner_name
     wb.translator_name = translator or wb.translator_name
+    if captioner:
+        wb.captioner   # noqa: B018  an unknown name fails here, at start, not inside the first request
+    if translator:
+        wb.translator  # noqa: B018  (building them is cheap: the weights load on first use)
     wb.searcher = Searcher(encoder, library, ExactIndex(library, runtime), plan=wb.plan_query)
     return wb

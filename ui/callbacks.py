@@ -12,7 +12,7 @@ import gradio as gr
 
 from core.encoders import ModelUnavailableError, UnknownModelError
 from core.images import load_image
-from core.ingest import IngestReport, Upload, ingest
+from core.ingest import sample_files, IngestReport, Upload, ingest
 from core.search import SearchQuery, SearchResult
 from core.workbench import Workbench
 
@@ -125,6 +125,11 @@ class Callbacks:
         if report.errors:   # a toast too: the summary may be scrolled out of view on a projector
             gr.Warning(self._toast(report, lang), title=t("warn.title", lang))
         return self._summary(report, lang)
+
+    def seed_library(self, lang: str, progress=gr.Progress()):
+        """Add the bundled sample images -> summary markdown."""
+        files = [str(p) for p in sample_files()]
+        return self._summary(self._ingest(files, progress=progress, desc=t("lib.progress", lang)), lang)
 
     def library_page(self, page: float | None, lang: str):
         """-> (gallery items, ids on the page, page info markdown, page number)"""

@@ -110,6 +110,7 @@ _S: dict[str, tuple[str, str]] = {
     # library
     "lib.upload": ("上传图片（可多选）", "Upload images (many at once)"),
     "lib.add": ("加入图库", "Add to library"),
+    "lib.seed": ("添加示例图片", "Add sample images"),
     "lib.gallery": ("图库（最新的在前；点击选中）", "Library (newest first; click to select)"),
     "lib.page": ("页码", "Page"),
     "lib.prev": ("◀ 上一页", "◀ Previous"),

@@ -138,7 +138,9 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
         with gr.Column(scale=2):
             files = loc(gr.File, label="lib.upload", file_count="multiple", type="filepath", height=140,
                         elem_id="lib-upload")
-            add = loc(gr.Button, value="lib.add", variant="primary")
+            with gr.Row():
+                add = loc(gr.Button, value="lib.add", variant="primary", scale=2)
+                seed = loc(gr.Button, value="lib.seed", scale=1)
             summary = gr.Markdown(elem_id="lib-summary")
         with gr.Column(scale=3):
             stats = gr.Markdown(elem_id="lib-stats")
@@ -167,6 +169,8 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
     cheap = dict(concurrency_limit=CHEAP)
     add.click(cb.add_to_library, [files, lang], [summary], api_name="add_to_library", **INGEST).then(
         lambda: (1, None), None, [page, files], **_PRIVATE).then(**refresh)
+    seed.click(cb.seed_library, [lang], [summary], api_name="seed_library", **INGEST).then(
+        lambda: 1, None, [page], **_PRIVATE).then(**refresh)
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, **cheap)
     remove.click(cb.remove_image, [selected, lang], [report], api_name="remove_image", **cheap).then(**refresh)
     _pager(cb, prev, nxt, page, lang, [gallery, ids, info, page], step=lambda p, d: max(1, int(p or 1) + d))
