@@ -18,7 +18,7 @@ from core.settings import ASSETS_DIR
 from ui_server import serve
 
 EXPECTED_APIS = {"/classify", "/search", "/search_similar", "/caption", "/add_to_library", "/remove_image",
-                 "/library_page", "/library_stats", "/verify_library", "/compact_library"}
+                 "/library_page", "/library_stats", "/verify_library", "/compact_library", "/seed_library"}
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.queueing")
 CAT = ASSETS_DIR / "samples" / "cat_chelsea.jpg"
 
@@ -130,6 +130,15 @@ def test_search_similar_page_stats_remove(app, client, tmp_path):
 def test_library_page_is_clamped(client):
     _, info, page = client.predict(10_000, api_name="/library_page")
     assert info.startswith(f"Page {page} of {page}")
+
+
+def test_seed_adds_the_bundled_samples_once(app, client):
+    from core.ingest import sample_files
+    names = {p.name for p in sample_files()}
+    client.predict(api_name="/seed_library")
+    summary = client.predict(api_name="/seed_library")          # a second click adds nothing
+    stored = {e.name for e in on_disk(app).entries()}
+    assert names <= stored and f"Added 0, already present {len(names)}" in summary
 
 
 def test_verify_and_compact(app, client):
