@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -296,8 +296,11 @@ def _setup(cfg: TrainConfig, data: dict[str, PairSet], resume: str | None):
     return model, tokenizer
 
 
-def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
-    """Run (or continue) training; returns the run folder. Raises ValueError on bad input."""
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
+          on_epoch: Callable[[dict], None] | None = None) -> Path:
+    """Run (or continue) training; returns the run folder. Raises ValueError on bad input.
+    on_epoch(log_row) is called after each epoch's checkpoint is saved (a UI's progress hook);
+    an exception it raises stops training there, and --resume continues from that epoch."""
     ckpt = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
     if ckpt is not None and "optimizer" not in ckpt:
         raise ValueError(f"{resume} holds no optimiser state; resume from the run's last.pt, not best.pt or an export")
@@ -341,6 +344,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         if best:
             save_checkpoint(run / "best.pt", model, tokenizer, name, meta)
         model.to(runtime.device)
+        if on_epoch is not None:
+            on_epoch(row)
     _finish(run, data, runtime, cfg.plots)
     return run
 
