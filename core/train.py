@@ -296,17 +296,34 @@ def _setup(cfg: TrainConfig, data: dict[str, PairSet], resume: str | None):
     return model, tokenizer
 
 
+def _resumed(cfg: TrainConfig, resume: str | None) -> tuple[TrainConfig, dict | None]:
+    """The checkpoint to resume from and the run's own settings, which win over cfg except
+    for how long to train, where, and whether to plot."""
+    if not resume:
+        return cfg, None
+    ckpt = torch.load(resume, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
+        raise ValueError(f"{resume} holds no optimiser state; resume from the run's last.pt, not best.pt or an export")
+    saved = {k: v for k, v in ckpt["train_config"].items() if k not in ("epochs", "device", "plots")}
+    return TrainConfig(**{**asdict(cfg), **saved}), ckpt
+
+
+def _save_epoch(run: Path, model, tokenizer, cfg: TrainConfig, state: dict, metrics: dict, best: bool) -> None:
+    """log.csv/json, last.pt with everything --resume needs, and best.pt when the epoch is the best."""
+    _write_log(run, state["log"])
+    name = cfg.name or run.name
+    meta = {"data": cfg.data, "epochs_trained": state["epoch"], "seed": cfg.seed, "val": metrics}
+    save_checkpoint(run / "last.pt", model, tokenizer, name, meta, extra={"train_config": asdict(cfg), **state})
+    if best:
+        save_checkpoint(run / "best.pt", model, tokenizer, name, meta)
+
+
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
           on_epoch: Callable[[dict], None] | None = None) -> Path:
     """Run (or continue) training; returns the run folder. Raises ValueError on bad input.
     on_epoch(log_row) is called after each epoch's checkpoint is saved (a UI's progress hook);
     an exception it raises stops training there, and --resume continues from that epoch."""
-    ckpt = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
-    if ckpt is not None and "optimizer" not in ckpt:
-        raise ValueError(f"{resume} holds no optimiser state; resume from the run's last.pt, not best.pt or an export")
-    if ckpt is not None:  # the run's own settings win, except how long to train and where to run
-        saved = {k: v for k, v in ckpt["train_config"].items() if k not in ("epochs", "device", "plots")}
-        cfg = TrainConfig(**{**asdict(cfg), **saved})
+    cfg, ckpt = _resumed(cfg, resume)
     runtime = pick_runtime(cfg.device)
     torch.manual_seed(cfg.seed)
     run = Path(cfg.out)
@@ -326,7 +343,6 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         log, start = list(ckpt["log"]), int(ckpt["epoch"])
-    name = cfg.name or run.name
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         loss = _train_epoch(model, tokenizer, data["train"], cfg, epoch, opt, sched, scaler, runtime, progress)
@@ -336,14 +352,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
                "seconds": round(time.perf_counter() - t0, 1), **{f"val_{k}": round(v, 3) for k, v in metrics.items()}}
         best = all(row["val_mean_recall"] > r["val_mean_recall"] for r in log)
         log.append(row)
-        _write_log(run, log)
-        meta = {"data": cfg.data, "epochs_trained": epoch + 1, "seed": cfg.seed, "val": metrics}
-        extra = {"train_config": asdict(cfg), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch + 1, "log": log}
-        save_checkpoint(run / "last.pt", model, tokenizer, name, meta, extra=extra)
-        if best:
-            save_checkpoint(run / "best.pt", model, tokenizer, name, meta)
-        model.to(runtime.device)
+        _save_epoch(run, model, tokenizer, cfg, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                                  "epoch": epoch + 1, "log": log}, metrics, best)
         if on_epoch is not None:
             on_epoch(row)
     _finish(run, data, runtime, cfg.plots)
