@@ -118,7 +118,8 @@ def _encode_attrs(attrs: dict[str, str]) -> list[int]:
 
 
 def _shapes_split(items: list, size: int) -> PairSet:
-    images = torch.stack([image_to_uint8(it.render(size), size) for it in items]) if items else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    images = (torch.stack([image_to_uint8(it.render(size), size) for it in items]) if items
+              else torch.empty(0, 3, size, size, dtype=torch.uint8))
     codes = torch.tensor([[list(_TABLES[a]).index(it.attrs[a]) for a in _ATTRS] for it in items]).view(-1, len(_ATTRS))
     evals = {lang: ([it.caption(lang) for it in items], list(range(len(items)))) for lang in ("en", "zh")}
     return PairSet(images, codes, evals, items=items, labels={"shape": codes[:, 0], "colour": codes[:, 1]})
