@@ -41,27 +41,23 @@ Versions: 1 = this layout. A future version adds one migration step in `_migrate
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import struct
 import threading
 import time
-import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .journal import (JOURNAL_HEADER, JOURNAL_MAGIC, encode_record, fsync_dir, read_records,
+                      write_atomic)
+
 __all__ = ["Library", "Entry", "NewImage", "LibraryError", "ModelMismatchError", "FORMAT_VERSION", "SNAPSHOT_NAME"]
 
 FORMAT_VERSION = 1
 SNAPSHOT_NAME = "features_library.pth"
 JOURNAL_NAME = "journal.log"
-_JOURNAL_MAGIC = b"CWBJ"
-_JOURNAL_HEADER = struct.Struct("<4sHQ")   # magic, format version, generation
-_RECORD_HEADER = struct.Struct("<II")      # payload length, crc32(payload)
-_MAX_RECORD = 1 << 24                      # a length beyond 16 MiB can only be a torn header
 COMPACT_MIN_RECORDS = 20_000               # compact when the journal holds more records than this ...
 COMPACT_FRACTION = 0.5                     # ... and more than this fraction of N: amortised O(1) per add
 
@@ -98,48 +94,6 @@ class Entry:
     @property
     def name(self) -> str:
         return self.meta.get("name") or self.path.name
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write) -> None:
-    """write(f) into a temp file beside `path`, fsync, rename over `path`, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _encode_record(header: dict, vector: torch.Tensor | None = None) -> bytes:
-    payload = json.dumps(header, ensure_ascii=False).encode() + b"\0"
-    if vector is not None:
-        payload += vector.detach().to(torch.float32).contiguous().numpy().tobytes()
-    return _RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def _read_records(data: bytes, start: int):
-    """Yield (end_offset, header, vector_bytes) for each intact record from `start`; stop at a torn tail."""
-    pos = start
-    while pos + _RECORD_HEADER.size <= len(data):
-        length, crc = _RECORD_HEADER.unpack_from(data, pos)
-        end = pos + _RECORD_HEADER.size + length
-        if length > _MAX_RECORD or end > len(data):
-            return
-        payload = data[pos + _RECORD_HEADER.size:end]
-        if zlib.crc32(payload) != crc:
-            return
-        head, _, vec = payload.partition(b"\0")
-        yield end, json.loads(head), vec
-        pos = end
 
 
 class Library:
@@ -273,7 +227,7 @@ class Library:
             self.refresh()
             present = [s for s in dict.fromkeys(sha256s) if s in self._row_of]
             if present:
-                self._append(b"".join(_encode_record({"op": "remove", "sha": s}) for s in present), len(present))
+                self._append(b"".join(encode_record({"op": "remove", "sha": s}) for s in present), len(present))
                 for s in present:
                     self._apply_remove(s, delete_files=True)
             return len(present)
@@ -327,8 +281,8 @@ class Library:
     def _open_journal(self, recover: bool) -> None:
         path = self.root / JOURNAL_NAME
         data = path.read_bytes() if path.exists() else b""
-        header_ok = len(data) >= _JOURNAL_HEADER.size and data[:4] == _JOURNAL_MAGIC
-        gen = _JOURNAL_HEADER.unpack_from(data)[2] if header_ok else -1
+        header_ok = len(data) >= JOURNAL_HEADER.size and data[:4] == JOURNAL_MAGIC
+        gen = JOURNAL_HEADER.unpack_from(data)[2] if header_ok else -1
         if gen != self._generation:
             if not recover:   # another process is between its snapshot and journal renames
                 self._journal_ino, self._journal_pos = -1, 0
@@ -338,7 +292,7 @@ class Library:
             self._new_journal_locked()  # stale (crash mid-compaction) or missing: its records are in the snapshot
             data = (self.root / JOURNAL_NAME).read_bytes()
         self._journal_ino = path.stat().st_ino
-        end = self._replay(data, _JOURNAL_HEADER.size, base=0, recover=recover)
+        end = self._replay(data, JOURNAL_HEADER.size, base=0, recover=recover)
         if recover and end < len(data):
             with open(path, "r+b") as f:   # drop the torn tail so the next append starts clean
                 f.truncate(end)
@@ -348,7 +302,7 @@ class Library:
 
     def _replay(self, data: bytes, start: int, base: int, recover: bool) -> int:
         end = start
-        for end, head, vec in _read_records(data, start):
+        for end, head, vec in read_records(data, start):
             self._journal_records += 1
             if head["op"] == "add" and head["sha"] not in self._row_of:
                 vector = torch.frombuffer(bytearray(vec), dtype=torch.float32)
@@ -369,8 +323,8 @@ class Library:
                 f.write(img.data)
                 f.flush()
                 os.fsync(f.fileno())
-            records.append((img, rel, _encode_record({"op": "add", "sha": img.sha256, "file": rel, "meta": img.meta}, img.vector)))
-        _fsync_dir(self.root / "staging")
+            records.append((img, rel, encode_record({"op": "add", "sha": img.sha256, "file": rel, "meta": img.meta}, img.vector)))
+        fsync_dir(self.root / "staging")
         self._append(b"".join(r[2] for r in records), len(records))   # the acknowledgement point
         for img, rel, _ in records:
             self._apply_add(img.sha256, rel, img.meta, img.vector)
@@ -390,7 +344,7 @@ class Library:
         if staged.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
 
     def _clear_staging(self) -> None:
         for p in (self.root / "staging").iterdir():
@@ -431,17 +385,17 @@ class Library:
         self._generation += 1
         self._new_journal_locked()
         self._journal_ino = (self.root / JOURNAL_NAME).stat().st_ino
-        self._journal_pos, self._journal_records = _JOURNAL_HEADER.size, 0
+        self._journal_pos, self._journal_records = JOURNAL_HEADER.size, 0
 
     def _write_snapshot_locked(self, features, files, sha, meta, generation: int, created: float) -> None:
         snap = {"format_version": FORMAT_VERSION, "model_id": self.model_id, "dim": self.dim,
                 "features": features.float().contiguous().clone(), "files": list(files), "sha256": list(sha),
                 "meta": list(meta), "generation": generation, "created": created}
-        _write_atomic(self.root / SNAPSHOT_NAME, lambda f: torch.save(snap, f))
+        write_atomic(self.root / SNAPSHOT_NAME, lambda f: torch.save(snap, f))
 
     def _new_journal_locked(self) -> None:
-        header = _JOURNAL_HEADER.pack(_JOURNAL_MAGIC, FORMAT_VERSION, self._generation)
-        _write_atomic(self.root / JOURNAL_NAME, lambda f: f.write(header))
+        header = JOURNAL_HEADER.pack(JOURNAL_MAGIC, FORMAT_VERSION, self._generation)
+        write_atomic(self.root / JOURNAL_NAME, lambda f: f.write(header))
 
 
 def _migrate(snap: dict) -> dict:
