@@ -12,7 +12,7 @@ from core.encoders import ModelUnavailableError, UnknownModelError, load_encoder
 from core.images import load_image
 from core.settings import pick_runtime
 from core_fixtures import SAMPLES
-from tiny_models import make_tiny_hf_clip_dir
+from tiny_models import make_tiny_chinese_clip_dir, make_tiny_hf_clip_dir, make_tiny_siglip_dir
 
 CPU = pick_runtime("cpu")
 
@@ -144,3 +144,19 @@ def test_runtime_is_decided_in_one_place():
         with pytest.raises(ValueError, match="CUDA is not available"):
             pick_runtime("cuda")
         assert pick_runtime("auto").device.type == "cpu"
+
+
+def test_chinese_clip_directory_reads_chinese_natively(tmp_path, images):
+    enc = load_encoder(str(make_tiny_chinese_clip_dir(tmp_path / "cn-clip")), CPU)
+    assert enc.multilingual is True and enc.model_id == "hf-local:cn-clip"
+    check_features(enc.encode_texts(["一只猫", "a photo of a cat", "红色圆形的照片"]), 3, 24)
+    check_features(enc.encode_images(images), 3, 24)
+
+
+def test_siglip_pads_to_max_length_so_batches_equal_singles(tmp_path, images):
+    enc = load_encoder(str(make_tiny_siglip_dir(tmp_path / "siglip")), CPU)
+    texts = ["a cat", "a red circle on the beach"]
+    batch = enc.encode_texts(texts)
+    singles = torch.cat([enc.encode_texts([t]) for t in texts])
+    assert torch.allclose(batch, singles, atol=1e-5)
+    check_features(enc.encode_images(images), 3, enc.dim)
