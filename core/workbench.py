@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .encoders import Encoder, load_encoder, load_encoder_with_fallback
 from .ingest import open_library
-from .library import Library
+from .library import Library, ModelMismatchError
 from .search import ExactIndex, Searcher
 from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
 from .zeroshot import ZeroShotClassifier, plan_prompts
@@ -98,6 +98,20 @@ class Workbench:
         return plan.text, plan.note
 
 
+def _open_for(root: Path, encoder: Encoder, fallback_used: bool) -> tuple[Library, str | None]:
+    """Open the library; when the fallback model meets a library of the real model, keep that
+    library untouched and use a separate one beside it (the features must never mix)."""
+    try:
+        return open_library(root, encoder), None
+    except ModelMismatchError:
+        if not fallback_used:
+            raise
+        side = root / "offline-mini"
+        return open_library(side, encoder), (
+            f"The library in {root} belongs to another model and is kept as it is; the offline model "
+            f"uses a separate library in {side} until that model is available again.")
+
+
 def build_workbench(model: str | None = None, library_dir: str | Path | None = None, device: str | None = None,
                     offline: bool = False, fallback: bool = True, cache: Path | None = None,
                     captioner: str | None = None, translator: str | None = None) -> Workbench:
@@ -108,7 +122,8 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
         encoder, notice = load_encoder_with_fallback(name, runtime, cache, offline)
     else:
         encoder, notice = load_encoder(name, runtime, cache, offline), None
-    library = open_library(library_dir or default_paths().library, encoder)
+    library, library_note = _open_for(Path(library_dir or default_paths().library), encoder, fallback_used=bool(notice))
+    notice = " ".join(n for n in (notice, library_note) if n) or None
     wb = Workbench(runtime, encoder, library, searcher=None, classifier=ZeroShotClassifier(encoder),  # type: ignore[arg-type]
                    notice=notice, offline=offline)
     wb.captioner_name = captioner or wb.captioner_name

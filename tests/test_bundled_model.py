@@ -57,3 +57,16 @@ def test_offline_zero_shot_accuracy(mini, lang, attribute, minimum):
     right = sum(english[names.index(clf.classify(load_image(p), names, ["{c}"], prompt_labels=prompts)[0][0])]
                 == truth(p)[attribute] for p in SHAPES)
     assert right / len(SHAPES) >= minimum, (right, len(SHAPES))
+
+
+def test_offline_fallback_keeps_a_real_models_library_apart(tmp_path, tiny_clip_path):
+    from core.ingest import ingest, peek_model
+    from core.workbench import build_workbench
+    first = build_workbench(str(tiny_clip_path), tmp_path / "lib", "cpu", fallback=False)
+    ingest(first.library, first.encoder, [SHAPES[0]])
+    before = peek_model(tmp_path / "lib")
+    # no network, empty cache: ViT-B/32 cannot be had, the bundled model steps in
+    wb = build_workbench("ViT-B/32", tmp_path / "lib", "cpu", offline=True, cache=tmp_path / "empty-cache")
+    assert wb.encoder.model_id.startswith("mini:") and wb.library.root == tmp_path / "lib" / "offline-mini"
+    assert "ViT-B/32" in wb.notice and "offline-mini" in wb.notice
+    assert peek_model(tmp_path / "lib") == before and len(first.library) == 1
