@@ -298,6 +298,15 @@ def test_library_pages_of_48_newest_first_and_thumbnails_rebuilt(app, client, tm
     assert thumb.is_file()   # a missing thumbnail is made again from the stored image
 
 
+def test_library_gallery_shows_stored_captions(app, client, tmp_path):
+    from core.ingest import ingest
+    (path,) = make_images(tmp_path, 1, seed=77)
+    ingest(app.wb.library, app.wb.encoder, [path],
+           annotate=lambda images: [{"caption_en": "a small test picture", "caption_zh": "一张小测试图"}])
+    items, _, _ = client.predict(1, api_name="/library_page")
+    assert items[0]["caption"].startswith(path.name) and items[0]["caption"].endswith("a small test picture")
+
+
 class _FakeCaptioner:
     """Stands in for ViT-GPT2 (no weights in tests)."""
     def caption(self, images):

@@ -31,6 +31,13 @@ def _split_terms(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").replace("，", ",").split(",") if s.strip()]
 
 
+def _gallery_label(name: str, image_id: str, meta: dict, lang: str) -> str:
+    """"name · id", then the stored caption in the UI language (the other one if only that exists)."""
+    first, second = ("caption_zh", "caption_en") if lang == "zh" else ("caption_en", "caption_zh")
+    caption = meta.get(first) or meta.get(second)
+    return f"{name} · {image_id}" + (f"\n{caption}" if caption else "")
+
+
 def _upload(path: str) -> Upload:
     """The uploaded file's bytes; its name (Gradio keeps the user's) is for display only."""
     return Upload(Path(path).name, Path(path).read_bytes())
@@ -135,7 +142,7 @@ class Callbacks:
         """-> (gallery items, ids on the page, page info markdown, page number)"""
         with user_errors(lang):
             pg = read_page(self.wb.library, page)
-        items = [(thumb_for(self.wb.library, e), f"{e.name} · {e.id}") for e in pg.entries]
+        items = [(thumb_for(self.wb.library, e), _gallery_label(e.name, e.id, e.meta, lang)) for e in pg.entries]
         info = t("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total)
         return items, [e.id for e in pg.entries], info, pg.page
 
