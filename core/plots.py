@@ -110,7 +110,7 @@ def _save(fig, out: Path) -> Path:
 
 
 def plot_run(run: Path, model, tokenizer, val, runtime) -> list[Path]:
-    """All three PNGs into the run folder. val: the validation PairSet (core/train.py)."""
+    """All three PNGs into the run folder. val: the validation PairSet (core/pairs.py)."""
     from .mini import MiniEncoder
     from .shapes import SHAPES
     run = Path(run)
@@ -135,7 +135,7 @@ def plot_run(run: Path, model, tokenizer, val, runtime) -> list[Path]:
 def replot(run: Path, runtime) -> list[Path]:
     """Redraw the plots of a finished (or interrupted) run from its files."""
     from .mini import load_checkpoint
-    from .train import load_pairsets
+    from .pairs import load_pairsets
     run = Path(run)
     if not (run / "best.pt").is_file():
         raise ValueError(f"{run} has no best.pt; is it a run folder written by `python -m core.train`?")
