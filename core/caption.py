@@ -10,12 +10,11 @@ failure raises `ModelUnavailableError` saying which model, where it looked, and 
 to supply it. A failed load is remembered: an unreachable hub costs ~50 s of retries,
 which must not be paid again on every request. Build a new Captioner to retry.
 
-`load_pretrained` is shared with core.translate (the same rules for every HF model).
+The loading rules (cache, mirrors, offline, errors) are core/hf.py's, shared by every HF model.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ import torch
 from PIL import Image
 
 from .encoders import ModelUnavailableError, UnknownModelError
-from .settings import Runtime, default_paths, pick_runtime
+from .hf import LazyLoad, is_hub_id, load_pretrained, model_type
+from .settings import Runtime, pick_runtime
 
 __all__ = ["Captioner", "CaptionSettings", "CAPTIONERS", "DEFAULT_CAPTIONER", "add_commands"]
 
@@ -43,76 +43,6 @@ class CaptionSettings:
     num_beams: int = 4        # beam search width; nlpconnect's model card uses 4 (1 = greedy, fastest)
     max_new_tokens: int = 16  # caption length cap in tokens; the model card's max_length is 16
     batch_size: int = 8       # images per generate() call; beams multiply the memory per image
-
-
-# ---------------------------------------------------------------- loading, shared with core.translate
-
-def hub_kwargs(source: str, cache: Path | None, offline: bool) -> dict[str, Any]:
-    """from_pretrained keyword arguments: project cache for hub ids, no network when offline."""
-    kwargs: dict[str, Any] = {}
-    if not Path(source).is_dir():
-        kwargs["cache_dir"] = str(Path(cache or default_paths().cache) / "hf")
-    if offline or os.environ.get("HF_HUB_OFFLINE") == "1":
-        kwargs["local_files_only"] = True
-    return kwargs
-
-
-def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]],
-                    cache: Path | None, offline: bool) -> list[Any]:
-    """Call each `loader(source, **hub_kwargs)` (from_pretrained-like); any failure to find the
-    files becomes a ModelUnavailableError that says where we looked and what to do.
-    `what` names the model for that message, e.g. "captioner 'vit-gpt2' (nlpconnect/...)"."""
-    kwargs = hub_kwargs(source, cache, offline)
-    try:
-        return [load(source, **kwargs) for load in loaders]
-    except (OSError, ValueError, KeyError) as e:  # missing/corrupt files, no network, no cache entry
-        if Path(source).is_dir():
-            where = f"the local directory {source}"
-        else:
-            endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-            where = f"the Hugging Face hub ({endpoint}) and the cache {kwargs['cache_dir']}"
-            if "local_files_only" in kwargs:
-                where += " (offline mode: cache only)"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
-        raise ModelUnavailableError(
-            f"Could not load the {what} from {where}: {first}. To supply it: pass a local "
-            "directory saved with save_pretrained(), set HF_ENDPOINT to a mirror (e.g. "
-            "https://hf-mirror.com), or run once online to fill the cache.") from None
-
-
-def model_type(source: str, cache: Path | None, offline: bool, what: str) -> str:
-    """config.json's model_type of a local directory or hub id, e.g. "blip", "m2m_100"."""
-    from transformers import AutoConfig
-    return load_pretrained(what, source, [AutoConfig.from_pretrained], cache, offline)[0].model_type
-
-
-def is_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
-
-
-class LazyLoad:
-    """A value built once on first use, under a lock; a failure is remembered and re-raised."""
-
-    def __init__(self, build: Callable[[], Any]):
-        self._build, self._lock = build, threading.Lock()
-        self._value: Any = None
-        self._error: ModelUnavailableError | None = None
-
-    def get(self) -> Any:
-        if self._value is None:
-            with self._lock:
-                if self._value is None and self._error is None:
-                    try:
-                        self._value = self._build()
-                    except ModelUnavailableError as e:
-                        self._error = e
-                if self._error is not None:
-                    raise self._error
-        return self._value
-
-    @property
-    def loaded(self) -> bool:
-        return self._value is not None
 
 
 # ---------------------------------------------------------------- captioning models

@@ -233,22 +233,13 @@ def _as_tensor(out) -> torch.Tensor:
 
 def _load_hf(name: str, runtime: Runtime, cache: Path, offline: bool) -> HFEncoder:
     from transformers import AutoModel, AutoProcessor
-    local = Path(name).is_dir()
-    kwargs = {} if local else {"cache_dir": str(cache / "hf")}
-    if offline or os.environ.get("HF_HUB_OFFLINE") == "1":
-        kwargs["local_files_only"] = True
-    try:
-        model = AutoModel.from_pretrained(name, **kwargs)
-        processor = AutoProcessor.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as e:
-        where = name if local else f"the Hugging Face hub ({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) and cache {cache / 'hf'}"
-        raise ModelUnavailableError(
-            f"Could not load Hugging Face model {name} from {where}: {str(e).splitlines()[0]}. "
-            "Pass a local directory saved with save_pretrained, set HF_ENDPOINT to a mirror "
-            "(e.g. https://hf-mirror.com), or run once online to fill the cache.") from None
+
+    from .hf import load_pretrained   # imported here: core.hf builds on this module's errors
+    model, processor = load_pretrained(f"CLIP-style model {name!r}", name,
+                                       [AutoModel.from_pretrained, AutoProcessor.from_pretrained], cache, offline)
     if not hasattr(model, "get_image_features"):
         raise UnknownModelError(f"{name} is a {type(model).__name__}, not a CLIP-style dual encoder")
-    model_id = f"hf-local:{Path(name).name}" if local else f"hf:{name}"
+    model_id = f"hf-local:{Path(name).name}" if Path(name).is_dir() else f"hf:{name}"
     return HFEncoder(model, processor, model_id, runtime)
 
 

@@ -8,7 +8,7 @@ The source language is detected per text (core.lang.source_language); a text alr
 in the target language, or with nothing to translate (empty, digits, Japanese, Korean),
 is returned unchanged. Translations are remembered in an LRU cache, so a repeated query
 costs nothing. A name is a registry name (`TRANSLATORS`), a local save_pretrained()
-directory, or a hub id; loading follows core.caption.load_pretrained (cache, HF_ENDPOINT,
+directory, or a hub id; loading follows core.hf.load_pretrained (cache, HF_ENDPOINT,
 HF_HUB_OFFLINE, ModelUnavailableError naming the model and how to supply it).
 
 Local directories: an NLLB / M2M100 directory translates both ways. A Marian model
@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from .caption import LazyLoad, is_hub_id, load_pretrained
+from .hf import LazyLoad, is_hub_id, load_pretrained
 from .encoders import ModelUnavailableError, UnknownModelError
 from .lang import source_language
 from .settings import Runtime, pick_runtime
