@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import re
+import threading
 import time
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 
 from .images import MAX_BYTES, ImageError, decode_image, iter_image_files, thumbnail
-from .library import Library, NewImage, SNAPSHOT_NAME
+from .library import Library, LibraryError, NewImage, SNAPSHOT_NAME
 from .settings import ASSETS_DIR
 
 __all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "repair", "seed",
@@ -120,6 +121,7 @@ def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
     if encoder.model_id != library.model_id:
         raise ValueError(f"encoder {encoder.model_id} does not match library model {library.model_id}")
     report, start = IngestReport(), time.perf_counter()
+    sources = list(sources)   # may be a generator: it is read twice below
     sources = [s for s in sources if isinstance(s, Upload)] + list(iter_image_files(s for s in sources if not isinstance(s, Upload)))
     with ThreadPoolExecutor(_WORKERS) as pool:
         for i in range(0, len(sources), batch_size):
@@ -151,7 +153,10 @@ def _store_batch(library: Library, encoder, prepared: Sequence, report: IngestRe
     for p, added in zip(fresh, library.add(news)):
         if added:
             report.added.append(p.sha256[:12])
-            write_thumbnail(library, p.sha256, p.image)
+            try:
+                write_thumbnail(library, p.sha256, p.image)
+            except OSError:
+                pass   # derived data: the gallery makes it again when it is missing
         else:
             report.duplicates.append(p.name)
 
@@ -160,9 +165,12 @@ def write_thumbnail(library: Library, sha256: str, image: Image.Image) -> Path:
     """Write (atomically) the gallery thumbnail of a stored image; derived data, safe to lose."""
     path = library.thumb_path(sha256)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    thumbnail(image, THUMB_SIZE).save(tmp, "JPEG", quality=85)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")   # unique per thread
+    try:
+        thumbnail(image, THUMB_SIZE).save(tmp, "JPEG", quality=85)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -175,6 +183,10 @@ def reindex(root: str | os.PathLike, encoder, batch_size: int = 64,
         return open_library(root, encoder)
     library = Library(root, *found)
     entries = library.entries()
+    missing = [e.name for e in entries if not e.path.is_file()]
+    if missing:
+        raise LibraryError(f"{len(missing)} stored image(s) are missing ({', '.join(missing[:5])}...); "
+                           "run `python -m core library repair` first, then reindex")
     feats = []
     with ThreadPoolExecutor(_WORKERS) as pool:
         for i in range(0, len(entries), batch_size):
@@ -183,8 +195,8 @@ def reindex(root: str | os.PathLike, encoder, batch_size: int = 64,
             feats.append(encoder.encode_pixels(torch.stack(pixels)))
             if progress:
                 progress(len(chunk))
-    library.replace_all(encoder.model_id, torch.cat(feats) if feats else torch.empty(0, encoder.dim))
-    library.model_id, library.dim = encoder.model_id, encoder.dim
+    library.replace_all(encoder.model_id, torch.cat(feats) if feats else torch.empty(0, encoder.dim),
+                        [e.sha256 for e in entries])
     return library
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import threading
 import time
 from contextlib import contextmanager
@@ -126,6 +127,11 @@ class Library:
         with self._lock:
             return self._buf[:self._n]
 
+    def view(self) -> tuple[int, torch.Tensor]:
+        """(epoch, features) read together: rows of that epoch keep their meaning until it changes."""
+        with self._lock:
+            return self.epoch, self._buf[:self._n]
+
     def entry(self, row: int) -> Entry:
         with self._lock:
             if not 0 <= row < self._n:
@@ -154,6 +160,11 @@ class Library:
             if len(hits) != 1:
                 raise LibraryError(f"No image with id {id_prefix}" if not hits else f"Id {id_prefix} is ambiguous")
             return self.entry(self._row_of[hits[0]])
+
+    def vector(self, id_prefix: str) -> torch.Tensor:
+        """[D] copy of the stored embedding of one image (found as by `find`)."""
+        with self._lock:   # the row must still be this entry's when its vector is read
+            return self._buf[self.find(id_prefix).row].clone()
 
     def thumb_path(self, sha256: str) -> Path:
         return self.root / "thumbs" / sha256[:2] / f"{sha256}.jpg"
@@ -209,7 +220,7 @@ class Library:
             if tuple(img.vector.shape) != (self.dim,):
                 raise LibraryError(f"Embedding of shape {tuple(img.vector.shape)} does not fit this library (dim {self.dim})")
         with self._lock, self._process_lock():
-            self.refresh()
+            self._catch_up_locked()
             fresh, seen = [], set()
             for img in images:
                 if img.sha256 not in self._row_of and img.sha256 not in seen:
@@ -224,7 +235,7 @@ class Library:
     def remove(self, sha256s: list[str]) -> int:
         """Remove images (their rows and files). Returns how many were present."""
         with self._lock, self._process_lock():
-            self.refresh()
+            self._catch_up_locked()
             present = [s for s in dict.fromkeys(sha256s) if s in self._row_of]
             if present:
                 self._append(b"".join(encode_record({"op": "remove", "sha": s}) for s in present), len(present))
@@ -238,11 +249,12 @@ class Library:
             self.refresh()
             self._compact_locked()
 
-    def replace_all(self, model_id: str, features: torch.Tensor) -> None:
-        """Swap in features from another model for the same rows (after re-encoding every image)."""
+    def replace_all(self, model_id: str, features: torch.Tensor, sha256s: list[str]) -> None:
+        """Swap in features from another model for the same rows (after re-encoding every image);
+        sha256s names the image of each feature row, in order."""
         with self._lock, self._process_lock():
             self.refresh()
-            if features.shape[0] != self._n:
+            if list(sha256s) != self._sha[:self._n] or features.shape[0] != self._n:
                 raise LibraryError("The library changed while re-indexing; run it again")
             self.model_id, self.dim = model_id, int(features.shape[1])
             self._buf, self.epoch = features.float().clone(), self.epoch + 1
@@ -260,7 +272,12 @@ class Library:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _load_locked(self, recover: bool) -> None:
-        snap = torch.load(self.root / SNAPSHOT_NAME, map_location="cpu", weights_only=True)
+        try:
+            snap = torch.load(self.root / SNAPSHOT_NAME, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            raise LibraryError(f"{self.root / SNAPSHOT_NAME} is unreadable ({type(e).__name__}); the images in "
+                               f"{self.root / 'images'} are intact: move {SNAPSHOT_NAME} and {JOURNAL_NAME} aside, "
+                               "then `python -m core library repair` re-adds every image from them.") from None
         snap = _migrate(snap)
         if snap["model_id"] != self.model_id:
             raise ModelMismatchError(
@@ -283,6 +300,9 @@ class Library:
         data = path.read_bytes() if path.exists() else b""
         header_ok = len(data) >= JOURNAL_HEADER.size and data[:4] == JOURNAL_MAGIC
         gen = JOURNAL_HEADER.unpack_from(data)[2] if header_ok else -1
+        if data and not header_ok:
+            raise LibraryError(f"{path} is damaged (its header is unreadable). Move it aside and open the library "
+                               f"again: you get the state of {SNAPSHOT_NAME}, and `library repair` re-adds the newer images.")
         if gen != self._generation:
             if not recover:   # another process is between its snapshot and journal renames
                 self._journal_ino, self._journal_pos = -1, 0
@@ -301,7 +321,7 @@ class Library:
             self._clear_staging()
 
     def _replay(self, data: bytes, start: int, base: int, recover: bool) -> int:
-        end = start
+        end, removed = start, {}
         for end, head, vec in read_records(data, start):
             self._journal_records += 1
             if head["op"] == "add" and head["sha"] not in self._row_of:
@@ -310,8 +330,12 @@ class Library:
                 if recover:
                     self._finish_move(head["file"])
             elif head["op"] == "remove" and head["sha"] in self._row_of:
-                self._apply_remove(head["sha"], delete_files=recover)
+                removed[head["sha"]] = self._apply_remove(head["sha"], delete_files=False)
         self._journal_pos = base + end
+        if recover:   # only now: a later record may add the same image again (add, remove, add)
+            for sha, rel in removed.items():
+                if sha not in self._row_of:
+                    self._delete_files(sha, rel)
         return end
 
     def _commit_adds(self, fresh: list[NewImage]) -> None:
@@ -332,11 +356,25 @@ class Library:
 
     def _append(self, blob: bytes, records: int) -> None:
         with open(self.root / JOURNAL_NAME, "ab") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:   # e.g. disk full mid-write: take the partial record back out
+                f.truncate(self._journal_pos)
+                raise
             self._journal_pos = f.tell()
         self._journal_records += records
+
+    def _catch_up_locked(self) -> None:
+        """Before writing (process lock held): replay others' records, then cut any torn tail a
+        writer left when it died; appending after that garbage would hide our records."""
+        self.refresh()
+        path = self.root / JOURNAL_NAME
+        if path.stat().st_size > self._journal_pos:
+            with open(path, "r+b") as f:
+                f.truncate(self._journal_pos)
+                os.fsync(f.fileno())
 
     def _finish_move(self, rel: str) -> None:
         target = self.root / rel
@@ -362,7 +400,7 @@ class Library:
         self._row_of[sha] = self._n
         self._n += 1
 
-    def _apply_remove(self, sha: str, delete_files: bool) -> None:
+    def _apply_remove(self, sha: str, delete_files: bool) -> str:
         row = self._row_of.pop(sha)
         rel = self._files.pop(row)
         del self._sha[row], self._meta[row]
@@ -372,8 +410,12 @@ class Library:
         self._row_of = {s: i for i, s in enumerate(self._sha)}
         self.epoch += 1
         if delete_files:
-            (self.root / rel).unlink(missing_ok=True)
-            self.thumb_path(sha).unlink(missing_ok=True)
+            self._delete_files(sha, rel)
+        return rel
+
+    def _delete_files(self, sha: str, rel: str) -> None:
+        (self.root / rel).unlink(missing_ok=True)
+        self.thumb_path(sha).unlink(missing_ok=True)
 
     def _maybe_compact_locked(self) -> None:
         if self._journal_records > max(COMPACT_MIN_RECORDS, COMPACT_FRACTION * self._n):

@@ -62,11 +62,11 @@ class ExactIndex:
         self._synced = (-1, 0)   # (library epoch, rows copied)
 
     def _matrix(self) -> torch.Tensor:
-        feats = self.library.features
+        epoch, feats = self.library.view()   # together: the device copy must never mix epochs
         if not self.runtime.is_cuda:
             return feats
         with self._lock:
-            epoch, n = self.library.epoch, feats.shape[0]
+            n = feats.shape[0]
             if self._synced[0] != epoch or self._dev is None or n < self._synced[1]:
                 self._dev = torch.empty(max(n * 2, 1024), feats.shape[1], device=self.runtime.device, dtype=self.runtime.dtype)
                 self._synced = (epoch, 0)
@@ -190,34 +190,40 @@ class Searcher:
             raise QueryError(f"k must be between 1 and {MAX_K}, got {q.k}")
         vec, used, note = self.query_vector(q)
         words = _caption_terms(q.text) if q.use_captions and not q.minus else []
-        if not words or not self._has_captions():
-            return SearchResult(self.nearest(vec, q.k, q.threshold), used, note)
-        pool = self.nearest(vec, max(q.k, _RERANK_POOL))
+        pool = self.nearest(vec, max(q.k, _RERANK_POOL) if words else q.k, None if words else q.threshold)
+        if not words or not any("caption_en" in h.meta for h in pool):
+            kept = [h for h in pool if q.threshold is None or h.score >= q.threshold]
+            return SearchResult(kept[:q.k], used, note)
         scored = sorted(((h.score + CAPTION_WEIGHT * _caption_match(h.meta, words), h) for h in pool),
                         key=lambda t: -t[0])
         hits = [Hit(h.row, h.id, h.sha256, h.path, h.name, s, h.meta) for s, h in scored
                 if q.threshold is None or s >= q.threshold][:q.k]
         return SearchResult(hits, used, note)
 
-    def _has_captions(self) -> bool:
-        return any("caption_en" in e.meta for e in self.library.entries(0, 50))
 
     def nearest(self, vec: torch.Tensor, k: int, threshold: float | None = None) -> list[Hit]:
         """Top-k library entries for a normalised query vector [D]."""
         self.library.refresh()   # pick up images another process (the CLI, another app) added
-        scores, rows = self.index.search(vec[None], k)
+        for _ in range(3):       # a removal between scoring and naming shifts rows: score again
+            epoch = self.library.epoch
+            scores, rows = self.index.search(vec[None], k)
+            hits = self._hits(scores[0].tolist(), rows[0].tolist(), threshold)
+            if self.library.epoch == epoch:
+                return hits
+        return hits
+
+    def _hits(self, scores: list[float], rows: list[int], threshold: float | None) -> list[Hit]:
         hits = []
-        for score, row in zip(scores[0].tolist(), rows[0].tolist()):
+        for score, row in zip(scores, rows):
             if threshold is not None and score < threshold:
                 break
             try:
                 e = self.library.entry(row)
-            except IndexError:   # removed between the search and now
+            except IndexError:   # removed meanwhile; nearest() scores again
                 continue
             hits.append(Hit(row, e.id, e.sha256, e.path, e.name, score, e.meta))
         return hits
 
     def similar_to(self, entry_id: str, k: int = 10) -> list[Hit]:
         """Image→image search from an image already in the library (no re-encoding)."""
-        entry = self.library.find(entry_id)
-        return self.nearest(self.library.features[entry.row].clone(), k)
+        return self.nearest(self.library.vector(entry_id), k)
