@@ -24,7 +24,7 @@ from core.workbench import build_workbench
 log = logging.getLogger("demo")
 
 # What can go wrong while opening the model and the library; each is explained in the UI.
-STARTUP_ERRORS = (ModelUnavailableError, UnknownModelError, LibraryError, ValueError)
+STARTUP_ERRORS = (ModelUnavailableError, UnknownModelError, LibraryError, ValueError, OSError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -138,7 +138,10 @@ def _gt_devkit(path: Path, index: dict[str, int]) -> dict[str, int]:
     synsets = scipy.io.loadmat(str(meta), squeeze_me=True)["synsets"]
     id_to_wnid = {int(s[0]): str(s[1]) for s in synsets if int(s[4]) == 0}  # leaves = the 1000 classes
     ids = [int(x) for x in path.read_text(encoding="ascii").split()]
-    return {f"ILSVRC2012_val_{n:08d}": index[id_to_wnid[i]] for n, i in enumerate(ids, 1)}
+    try:
+        return {f"ILSVRC2012_val_{n:08d}": index[id_to_wnid[i]] for n, i in enumerate(ids, 1)}
+    except KeyError as e:
+        raise DatasetError(f"{path} names class {e.args[0]}, which {meta} does not list among the 1000 classes") from None
 
 
 def read_imagenet_val(root: Path, ground_truth: Path | None = None) -> ClassificationSet:
@@ -229,6 +232,8 @@ def read_karpathy(path: Path, split: str = "test", image_root: Path | None = Non
     chosen = [e for e in entries if wanted is None or e.get("split") in wanted]
     if not chosen:
         raise DatasetError(f"{path} has no images in split {split!r}")
+    if any("filename" not in e for e in chosen):
+        raise DatasetError(f"{path}: an image entry has no 'filename'; expected the Karpathy split format")
     rel = [Path(e.get("filepath") or "") / e["filename"] for e in chosen]
     base = Path(image_root) if image_root else _pick_base(
         [path.parent / d for d in ("", "images", "flickr30k-images", "Flicker8k_Dataset")], str(rel[0]))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -163,7 +164,11 @@ def _load_clip_file(path: Path, runtime: Runtime, model_id: str | None = None) -
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": OpenAI ships TorchScript
             state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
     except RuntimeError:  # not a TorchScript archive: a state dict saved with torch.save
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError) as e:
+            raise UnknownModelError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else 'truncated?'})") from None
         if isinstance(state_dict, dict) and "state_dict" in state_dict:
             state_dict = state_dict["state_dict"]
     try:
@@ -287,7 +292,7 @@ def _is_mini_checkpoint(path: Path) -> bool:
         return False
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError):
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError):
         return False  # TorchScript archives and other formats land here
     return isinstance(obj, dict) and obj.get("kind") == "mini-clip"
 

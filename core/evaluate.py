@@ -153,11 +153,11 @@ def resolve_classes(data: ClassificationSet, labels: str = "auto", lang: str = "
             return [c.replace("_", " ") for c in data.classes], list(range(len(data.classes))), "folder names"
         labels = "imagenet1k" if data.layout == "imagenet-val" else None
         if labels is None:  # a wnid subset (e.g. Imagenette): only its own classes compete
-            index, names = {w: i for i, w in enumerate(imagenet_wnids())}, load_labelset("imagenet1k", lang)
+            index, names = _wnid_index(data.classes), load_labelset("imagenet1k", lang)
             return [names[index[w]] for w in data.classes], list(range(len(data.classes))), "wnid -> ImageNet name"
     names = load_labelset(labels, lang)
     if wnid_classes and len(names) == 1000:
-        index = {w: i for i, w in enumerate(imagenet_wnids())}
+        index = _wnid_index(data.classes)
         return names, [index[w] for w in data.classes], "wnid -> ImageNet index"
     builtin = labels.strip().lower().replace("-", "") in LABEL_SETS
     keys = [_norm(n) for n in (load_labelset(labels, "en") if builtin else names)]
@@ -375,3 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _wnid_index(classes: list[str]) -> dict[str, int]:
+    """ImageNet-1k wnid -> class index, refusing folder names that are wnids outside the 1000."""
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    unknown = [c for c in classes if c not in index]
+    if unknown:
+        raise DatasetError(f"Folders {', '.join(unknown[:5])} look like WordNet ids but are not ImageNet-1k classes; "
+                           "pass --labels with your own class names")
+    return index

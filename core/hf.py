@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .encoders import ModelUnavailableError
+from .encoders import ModelUnavailableError, UnknownModelError
 from .settings import default_paths
 
 __all__ = ["hub_kwargs", "load_pretrained", "model_type", "is_hub_id", "LazyLoad"]
@@ -59,12 +59,13 @@ def is_hub_id(name: str) -> bool:
 
 
 class LazyLoad:
-    """A value built once on first use, under a lock; a failure is remembered and re-raised."""
+    """A value built once on first use, under a lock; a failure is remembered and re-raised
+    (an unreachable hub costs ~50 s of retries, which must not be paid on every request)."""
 
     def __init__(self, build: Callable[[], Any]):
         self._build, self._lock = build, threading.Lock()
         self._value: Any = None
-        self._error: ModelUnavailableError | None = None
+        self._error: ModelUnavailableError | UnknownModelError | None = None
 
     def get(self) -> Any:
         if self._value is None:
@@ -72,7 +73,7 @@ class LazyLoad:
                 if self._value is None and self._error is None:
                     try:
                         self._value = self._build()
-                    except ModelUnavailableError as e:
+                    except (ModelUnavailableError, UnknownModelError) as e:   # both final: never retried
                         self._error = e
                 if self._error is not None:
                     raise self._error

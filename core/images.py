@@ -25,6 +25,8 @@ MAX_BYTES = int(os.environ.get("CLIP_WB_MAX_BYTES", 100 * 1024 * 1024))  # 100 M
 
 # Never let PIL quietly decode half a file: a truncated JPEG must be reported, not embedded.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# PIL's own bomb guard (89.5 MP) would pre-empt ours with a false message; ours is the limit.
+Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or 0)
 
 
 class ImageError(ValueError):

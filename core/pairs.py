@@ -92,6 +92,8 @@ def _flickr_split(data, size: int) -> PairSet:
     caps = [[] for _ in data.images]
     for c, i in zip(data.captions, data.text_to_image):
         caps[i].append(c)
+    if not caps:
+        raise DatasetError("No image of this Flickr8k split could be read; check the image folder")
     images = torch.stack([d for d in decoded if d is not None])
     return PairSet(images, torch.arange(len(caps))[:, None], {"en": (data.captions, data.text_to_image)},
                    captions=caps, min_count=2)

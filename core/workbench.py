@@ -79,13 +79,13 @@ class Workbench:
     def preload_translator(self) -> bool:
         """Load the zh→en translator now (e.g. in a background thread at app start) so the first
         Chinese query does not wait for it. Only useful with an English-only encoder."""
-        from .encoders import ModelUnavailableError
+        from .encoders import ModelUnavailableError, UnknownModelError
         if self.encoder.multilingual:
             return False
         try:
             self.translator.load("en")
             return True
-        except ModelUnavailableError:
+        except (ModelUnavailableError, UnknownModelError):
             return False   # the search tab says so on the first Chinese query
 
     def plan_query(self, text: str) -> tuple[str, str | None]:

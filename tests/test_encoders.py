@@ -160,3 +160,11 @@ def test_siglip_pads_to_max_length_so_batches_equal_singles(tmp_path, images):
     singles = torch.cat([enc.encode_texts([t]) for t in texts])
     assert torch.allclose(batch, singles, atol=1e-5)
     check_features(enc.encode_images(images), 3, enc.dim)
+
+
+@pytest.mark.parametrize("content", [b"garbage bytes, not a checkpoint", b"PK\x03\x04truncated zip"])
+def test_garbage_checkpoint_file_is_a_clear_error(tmp_path, content):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(content)
+    with pytest.raises(UnknownModelError, match="model.pt"):
+        load_encoder(str(bad), CPU)

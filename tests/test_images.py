@@ -99,3 +99,9 @@ def test_iter_image_files_recurses_skips_hidden_and_keeps_explicit_files(tmp_pat
     found = [p.relative_to(tmp_path).as_posix() for p in iter_image_files([tmp_path])]
     assert found == ["a/x.JPG", "a/b/y.png"]
     assert list(iter_image_files([tmp_path / "a/notes.txt"])) == [tmp_path / "a/notes.txt"]
+
+
+def test_our_pixel_limit_is_the_one_that_counts():
+    # 9500 x 9500 = 90.25 MP: over PIL's default guard (89.5 MP), under ours (100 MP)
+    data = encode(Image.new("1", (9500, 9500)), "PNG")
+    assert decode_image(data, "big.png").size == (9500, 9500)

@@ -128,15 +128,17 @@ class Callbacks:
         """Many uploaded files -> summary markdown (added / already present / unreadable with reasons)."""
         if not files:
             raise fail("lib.no_files", lang)
-        report = self._ingest(files, progress=progress, desc=t("lib.progress", lang))
+        with user_errors(lang):
+            report = self._ingest(files, progress=progress, desc=t("lib.progress", lang))
         if report.errors:   # a toast too: the summary may be scrolled out of view on a projector
             gr.Warning(self._toast(report, lang), title=t("warn.title", lang))
         return self._summary(report, lang)
 
     def seed_library(self, lang: str, progress=gr.Progress()):
         """Add the bundled sample images -> summary markdown."""
-        files = [str(p) for p in sample_files()]
-        return self._summary(self._ingest(files, progress=progress, desc=t("lib.progress", lang)), lang)
+        with user_errors(lang):
+            report = self._ingest([str(p) for p in sample_files()], progress=progress, desc=t("lib.progress", lang))
+        return self._summary(report, lang)
 
     def library_page(self, page: float | None, lang: str):
         """-> (gallery items, ids on the page, page info markdown, page number)"""
