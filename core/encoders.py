@@ -149,10 +149,12 @@ def clip_encode_text_trimmed(model, tokens: torch.Tensor, mask: torch.Tensor) ->
 
 
 def _fingerprint(path: Path) -> str:
-    """Short content id of a weights file: size + hash of its first MiB (fast on GB files)."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
+    """Short content id of a weights file: the SHA-256 of all of it, so two fine-tunes of one
+    architecture never share a model id (their features must never mix). ~1 s per GB, once per load."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
     return h.hexdigest()[:10]
 
 

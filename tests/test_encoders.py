@@ -168,3 +168,10 @@ def test_garbage_checkpoint_file_is_a_clear_error(tmp_path, content):
     bad.write_bytes(content)
     with pytest.raises(UnknownModelError, match="model.pt"):
         load_encoder(str(bad), CPU)
+
+
+def test_different_weights_get_different_model_ids(tmp_path, tiny_clip_path):
+    state = torch.load(tiny_clip_path, weights_only=True)
+    state["ln_final.bias"] += 0.01          # a "fine-tune": same size, same first megabyte
+    torch.save(state, tmp_path / "tiny_clip.pt")
+    assert load_encoder(str(tmp_path / "tiny_clip.pt"), CPU).model_id != load_encoder(str(tiny_clip_path), CPU).model_id
