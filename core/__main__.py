@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .encoders import ModelUnavailableError, UnknownModelError
 from .images import ImageError, iter_image_files, load_image
 from .library import LibraryError
-from .search import QueryError, SearchQuery
+from .search import QueryError, SearchQuery, split_terms
 from .settings import DEFAULT_MODEL
 from .zeroshot import LabelError, load_labelset, load_templates
 
@@ -41,7 +41,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _workbench(args):
     from .workbench import build_workbench
-    wb = build_workbench(args.model, args.library, args.device, args.offline, fallback=not args.no_fallback)
+    wb = build_workbench(args.model, args.library, args.device, args.offline, fallback=not args.no_fallback,
+                         captioner=getattr(args, "captioner", None), translator=getattr(args, "translator", None))
     if wb.notice:
         print(f"note: {wb.notice}", file=sys.stderr)
     return wb
@@ -53,7 +54,6 @@ def cmd_index(args) -> int:
     files = list(iter_image_files(args.paths))
     missing = [p for p in args.paths if not Path(p).exists()]
     annotate = None
-    wb.captioner_name, wb.translator_name = args.captioner, args.translator
     if args.caption:
         from .lang import caption_metadata
         annotate = lambda images: caption_metadata(images, wb.captioner, wb.translator)  # noqa: E731
@@ -68,14 +68,10 @@ def cmd_index(args) -> int:
     return 1 if missing else 0
 
 
-def _split_terms(values: list[str]) -> list[str]:
-    return [t.strip() for v in values for t in v.split(",") if t.strip()]
-
-
 def cmd_search(args) -> int:
     wb = _workbench(args)
     image = load_image(args.image) if args.image else None
-    q = SearchQuery(text=args.query or "", image=image, minus=_split_terms(args.minus), k=args.k,
+    q = SearchQuery(text=args.query or "", image=image, minus=split_terms(args.minus), k=args.k,
                     text_weight=args.text_weight, image_weight=args.image_weight, threshold=args.threshold)
     result = wb.searcher.search(q)
     if result.note:
@@ -141,7 +137,7 @@ def cmd_library(args) -> int:
     elif args.action == "verify":
         report = lib.verify(deep=args.deep)
         print(json.dumps(report, indent=2))
-        return 0 if not (report["missing_files"] or report["orphan_files"] or report["hash_mismatch"]) else 1
+        return 0 if report["healthy"] else 1
     return 0
 
 
@@ -186,10 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_library)
 
     for name in _PLUGINS:
-        try:
-            importlib.import_module(name).add_commands(sub)
-        except (ImportError, AttributeError):
-            pass   # optional module not present in this build
+        importlib.import_module(name).add_commands(sub)
     for p in sub.choices.values():   # every command, plugins' too, takes the common flags
         _add_common(p)
     return parser

@@ -208,8 +208,8 @@ class Library:
         if deep:
             corrupt = sorted(str(p.relative_to(self.root)) for p, s in rows.items()
                              if p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() != s)
-        return {"rows": n, "missing_files": missing, "orphan_files": orphans, "hash_mismatch": corrupt,
-                "features_finite": feats_ok}
+        return {"healthy": not (missing or orphans or corrupt) and feats_ok, "rows": n, "missing_files": missing,
+                "orphan_files": orphans, "hash_mismatch": corrupt, "features_finite": feats_ok}
 
     # ------------------------------------------------------------------ writing
 

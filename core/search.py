@@ -29,7 +29,7 @@ from PIL import Image
 from .library import Library
 from .settings import Runtime
 
-__all__ = ["Index", "ExactIndex", "Searcher", "SearchQuery", "SearchResult", "Hit", "QueryError",
+__all__ = ["Index", "ExactIndex", "Searcher", "SearchQuery", "SearchResult", "Hit", "QueryError", "split_terms",
            "MAX_QUERY_CHARS", "MAX_K"]
 
 MAX_QUERY_CHARS = 1000   # longer is a paste accident; CLIP reads at most 77 tokens (the rest is truncated)
@@ -37,6 +37,11 @@ MAX_K = 1000             # results per query
 CAPTION_WEIGHT = 0.1     # score bonus for a stored caption that contains the query's words (cosines span ~0.1-0.4)
 _RERANK_POOL = 200       # embedding candidates re-scored with captions
 _TEXT_CACHE = 1024       # query embeddings kept (classrooms repeat the same queries)
+
+
+def split_terms(values: list[str]) -> list[str]:
+    """Negative terms as typed: each value split on commas (half- or full-width), blanks dropped."""
+    return [t.strip() for v in values for t in re.split(r"[,，]", v or "") if t.strip()]
 
 
 class QueryError(ValueError):

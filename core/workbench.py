@@ -90,10 +90,7 @@ class Workbench:
 
     def plan_query(self, text: str) -> tuple[str, str | None]:
         """Translate a Chinese query for an English-only encoder; (text used, note for the user)."""
-        try:
-            from .lang import prepare_query
-        except ImportError:   # the language module is optional; queries then pass through unchanged
-            return text, None
+        from .lang import prepare_query
         plan = prepare_query(text, self.encoder, self.translator)
         return plan.text, plan.note
 

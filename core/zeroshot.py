@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .lang import has_cjk
 from .settings import ASSETS_DIR
 
 __all__ = ["ZeroShotClassifier", "PromptPlan", "plan_prompts", "parse_labels", "load_labelset", "load_templates",
@@ -115,24 +116,20 @@ class PromptPlan:
     note: str | None = None    # e.g. which translation was used, or why none was
 
 
-def _has_cjk(text: str) -> bool:
-    return any("\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" for ch in text)
-
-
 def plan_prompts(encoder, label_spec: str, template_spec: str, lang: str = "en",
                  translate: Callable[[list[str]], list[str] | None] | None = None) -> PromptPlan:
     """Resolve labels and templates for `encoder`. A Chinese-capable encoder reads them as they are.
     An English-only one (OpenAI CLIP reads little Chinese) gets the English names of a built-in set
     shown in Chinese, English templates, and typed Chinese labels translated by `translate` (which may return None)."""
     labels = load_labelset(label_spec, lang)
-    if getattr(encoder, "multilingual", False) or not (lang == "zh" or any(map(_has_cjk, labels))):
+    if getattr(encoder, "multilingual", False) or not (lang == "zh" or any(map(has_cjk, labels))):
         return PromptPlan(labels, labels, load_templates(template_spec, lang))
     templates = load_templates("single" if template_spec.strip().lower() == "zh" else template_spec, "en")
-    if any(map(_has_cjk, templates)):
+    if any(map(has_cjk, templates)):
         return PromptPlan(labels, labels, templates, "Chinese templates with an English-only model: expect poor accuracy")
     if label_spec.strip().lower().replace("-", "") in LABEL_SETS:
         return PromptPlan(labels, load_labelset(label_spec, "en"), templates)
-    if not any(map(_has_cjk, labels)):
+    if not any(map(has_cjk, labels)):
         return PromptPlan(labels, labels, templates)
     english = translate(labels) if translate else None
     if not english or english == labels:

@@ -13,7 +13,8 @@ import gradio as gr
 from core.encoders import ModelUnavailableError, UnknownModelError
 from core.images import load_image
 from core.ingest import sample_files, IngestReport, Upload, ingest
-from core.search import SearchQuery, SearchResult
+from core.lang import caption_metadata
+from core.search import SearchQuery, SearchResult, split_terms
 from core.workbench import Workbench
 
 from .errors import fail, user_errors
@@ -25,10 +26,6 @@ __all__ = ["Callbacks", "CUSTOM", "UPLOAD_CHUNK"]
 CUSTOM = "custom"     # dropdown value: the labels / template typed by the user
 UPLOAD_CHUNK = 32     # files read into memory per ingest call (bounded memory; progress every 32 images)
 _MB = 2 ** 20
-
-
-def _split_terms(text: str | None) -> list[str]:
-    return [s.strip() for s in (text or "").replace("，", ",").split(",") if s.strip()]
 
 
 def _gallery_label(name: str, image_id: str, meta: dict, lang: str) -> str:
@@ -69,7 +66,7 @@ class Callbacks:
             raise fail("err.empty_query", lang)
         with user_errors(lang):
             query = SearchQuery(text=text or "", image=load_image(image, Path(image).name) if image else None,
-                                minus=_split_terms(minus), k=int(k), threshold=float(threshold) or None)
+                                minus=split_terms([minus or ""]), k=int(k), threshold=float(threshold) or None)
             result = self.wb.searcher.search(query)
         info = self._search_info(result, query.text, lang)
         return self._gallery(result.hits), [h.id for h in result.hits], info
@@ -113,9 +110,7 @@ class Callbacks:
         with user_errors(lang):
             picture = load_image(image, Path(image).name)
         try:
-            meta = _caption_meta(self.wb, picture)
-        except ImportError as e:   # core.caption is another module; a build may lack it
-            return "", "", t("cap.missing_module", lang, module=e.name or "core.caption")
+            meta = caption_metadata([picture], self.wb.captioner, self.wb.translator)[0]
         except (ModelUnavailableError, UnknownModelError) as e:
             return "", "", t("cap.unavailable", lang, detail=str(e))
         zh_error = meta.get("caption_zh_error")
@@ -164,7 +159,7 @@ class Callbacks:
     def verify_library(self, lang: str) -> str:
         with user_errors(lang):
             r = self.wb.library.verify()
-        if r["missing_files"] or r["orphan_files"] or not r["features_finite"]:
+        if not r["healthy"]:
             return t("lib.verify_bad", lang, missing=r["missing_files"], orphans=r["orphan_files"],
                      finite=r["features_finite"])
         return t("lib.verify_ok", lang, rows=r["rows"])
@@ -205,18 +200,3 @@ class Callbacks:
         return "<br>".join(html.escape(x) for x in [head, *lines] + (["…"] if len(report.errors) > shown else []))
 
 
-def _caption_meta(wb: Workbench, image) -> dict:
-    """{"caption_en", "caption_zh", optional "caption_zh_error"} via core.lang when present."""
-    try:
-        from core.lang import caption_metadata
-    except ImportError:   # no translation layer in this build: English only, said plainly
-        return {"caption_en": wb.captioner.caption([image])[0], "caption_zh": "",
-                "caption_zh_error": "the core.lang / core.translate modules are not part of this build"}
-    try:
-        translator = wb.translator
-    except ImportError:
-        translator = None
-    meta = caption_metadata([image], wb.captioner, translator)[0]
-    if translator is None and not meta.get("caption_zh"):
-        meta.setdefault("caption_zh_error", "the core.translate module is not part of this build")
-    return meta

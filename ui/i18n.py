@@ -96,8 +96,6 @@ _S: dict[str, tuple[str, str]] = {
     "cap.button": ("生成描述", "Caption"),
     "cap.en": ("英文描述", "English caption"),
     "cap.zh": ("中文描述", "Chinese caption"),
-    "cap.missing_module": ("此版本未包含 `{module}` 模块，图像描述不可用。",
-                           "This build has no `{module}` module, so captions are unavailable."),
     "cap.unavailable": ("**缺少模型：** {detail}\n\n**如何提供：** 用 `python demo.py --captioner /本地/文件夹 --translator "
                         "/本地/文件夹` 指定 save_pretrained 保存的模型文件夹；或设置镜像 `HF_ENDPOINT=https://hf-mirror.com` "
                         "后联网运行一次以下载到缓存。",
