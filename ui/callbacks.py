@@ -12,7 +12,7 @@ import gradio as gr
 
 from core.encoders import ModelUnavailableError, UnknownModelError
 from core.images import load_image
-from core.ingest import sample_files, IngestReport, Upload, ingest
+from core.ingest import IngestReport, ingest, sample_files
 from core.lang import caption_metadata
 from core.search import SearchQuery, SearchResult, split_terms
 from core.workbench import Workbench
@@ -24,7 +24,7 @@ from .library_view import hit_thumb, read_page, thumb_for
 __all__ = ["Callbacks", "CUSTOM", "UPLOAD_CHUNK"]
 
 CUSTOM = "custom"     # dropdown value: the labels / template typed by the user
-UPLOAD_CHUNK = 32     # files read into memory per ingest call (bounded memory; progress every 32 images)
+UPLOAD_CHUNK = 32     # files read into memory per batch (bounded memory; progress every 32 images)
 _MB = 2 ** 20
 
 
@@ -33,11 +33,6 @@ def _gallery_label(name: str, image_id: str, meta: dict, lang: str) -> str:
     first, second = ("caption_zh", "caption_en") if lang == "zh" else ("caption_en", "caption_zh")
     caption = meta.get(first) or meta.get(second)
     return f"{name} · {image_id}" + (f"\n{caption}" if caption else "")
-
-
-def _upload(path: str) -> Upload:
-    """The uploaded file's bytes; its name (Gradio keeps the user's) is for display only."""
-    return Upload(Path(path).name, Path(path).read_bytes())
 
 
 class Callbacks:
@@ -172,18 +167,17 @@ class Callbacks:
     # ------------------------------------------------------------ helpers
 
     def _ingest(self, files: list[str], progress=None, desc: str = "") -> IngestReport:
-        """Ingest uploaded files in chunks (bounded memory), reporting progress per image."""
-        total, done, report = len(files), 0, IngestReport()
-        for i in range(0, total, UPLOAD_CHUNK):
-            part = ingest(self.wb.library, self.wb.encoder, [_upload(f) for f in files[i:i + UPLOAD_CHUNK]],
-                          batch_size=UPLOAD_CHUNK)
-            report.added += part.added
-            report.duplicates += part.duplicates
-            report.errors += part.errors
-            done += min(UPLOAD_CHUNK, total - i)
+        """Ingest uploaded files (read a batch at a time by core), reporting progress per batch.
+        Gradio keeps each upload under its original name: core reads that name for display only."""
+        total, done = len(files), 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
             if progress is not None:
                 progress((done, total), desc=desc, unit="images")
-        return report
+        return ingest(self.wb.library, self.wb.encoder, [Path(f) for f in files], batch_size=UPLOAD_CHUNK,
+                      progress=advance)
 
     def _summary(self, report: IngestReport, lang: str) -> str:
         head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
