@@ -209,6 +209,10 @@ def repair(library: Library, encoder) -> dict:
     removed = library.remove(missing) if missing else 0
     orphans = [library.root / rel for rel in report["orphan_files"]]
     readded = ingest(library, encoder, orphans) if orphans else IngestReport()
+    for path in orphans:   # a stray copy under a name that is not its hash: the stored copy replaces it
+        sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        if sha and library.contains(sha) and library.find(sha).path != path:
+            path.unlink()
     return {"rows_removed": removed, "images_readded": len(readded.added), "unreadable": readded.errors}
 
 

@@ -18,7 +18,8 @@ from core.settings import ASSETS_DIR
 from ui_server import serve
 
 EXPECTED_APIS = {"/classify", "/search", "/search_similar", "/caption", "/add_to_library", "/remove_image",
-                 "/library_page", "/library_stats", "/verify_library", "/compact_library", "/seed_library"}
+                 "/library_page", "/library_stats", "/verify_library", "/compact_library", "/seed_library",
+                 "/repair_library"}
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.queueing")
 CAT = ASSETS_DIR / "samples" / "cat_chelsea.jpg"
 
@@ -139,6 +140,17 @@ def test_seed_adds_the_bundled_samples_once(app, client):
     summary = client.predict(api_name="/seed_library")          # a second click adds nothing
     stored = {e.name for e in on_disk(app).entries()}
     assert names <= stored and f"Added 0, already present {len(names)}" in summary
+
+
+def test_repair_readds_an_image_that_lost_its_row(app, client, tmp_path):
+    lib = app.wb.library
+    stray = lib.root / "images" / "ff" / ("f" * 64 + ".png")      # e.g. its journal record was lost
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (20, 20), (3, 141, 59)).save(stray)
+    before = len(lib)
+    summary = client.predict(api_name="/repair_library")
+    assert "1 images without a row re-added" in summary and len(on_disk(app)) == before + 1
+    assert "healthy" in client.predict(api_name="/verify_library")
 
 
 def test_verify_and_compact(app, client):

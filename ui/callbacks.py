@@ -12,7 +12,7 @@ import gradio as gr
 
 from core.encoders import ModelUnavailableError, UnknownModelError
 from core.images import load_image
-from core.ingest import IngestReport, ingest, sample_files
+from core.ingest import IngestReport, ingest, repair, sample_files
 from core.lang import caption_metadata
 from core.search import SearchQuery, SearchResult, split_terms
 from core.workbench import Workbench
@@ -163,6 +163,12 @@ class Callbacks:
         with user_errors(lang):
             self.wb.library.compact()
         return t("lib.compacted", lang, n=len(self.wb.library))
+
+    def repair_library(self, lang: str) -> str:
+        """Rows without files removed, files without rows re-added (never deleted) -> summary."""
+        with user_errors(lang):
+            r = repair(self.wb.library, self.wb.encoder)
+        return t("lib.repaired", lang, removed=r["rows_removed"], readded=r["images_readded"], n=len(self.wb.library))
 
     # ------------------------------------------------------------ helpers
 

@@ -119,6 +119,7 @@ _S: dict[str, tuple[str, str]] = {
     "lib.stats_button": ("刷新统计", "Refresh stats"),
     "lib.verify": ("检查图库", "Verify library"),
     "lib.compact": ("压缩日志", "Compact journal"),
+    "lib.repair": ("修复图库", "Repair library"),
     "lib.progress": ("正在加入图库", "Adding to library"),
     "lib.summary": ("新增 {added} 张，已存在 {dups} 张，无法读取 {errors} 张。图库现有 {n} 张。",
                     "Added {added}, already present {dups}, unreadable {errors}. The library now holds {n} images."),
@@ -133,6 +134,9 @@ _S: dict[str, tuple[str, str]] = {
                       "✅ The library is healthy: {rows} rows, every row has its image and every image its row."),
     "lib.verify_bad": ("⚠️ 发现问题：缺失图片 {missing}，多余文件 {orphans}，向量有效：{finite}。",
                        "⚠️ Problems found: missing files {missing}, orphan files {orphans}, features finite: {finite}."),
+    "lib.repaired": ("已修复：删除 {removed} 个缺失图片的行，重新加入 {readded} 张失去行的图片。图库现有 {n} 张。",
+                     "Repaired: {removed} rows without an image removed, {readded} images without a row re-added. "
+                     "The library now holds {n} images."),
     "lib.compacted": ("已压缩：{n} 张图片已写入 features_library.pth。", "Compacted: {n} images folded into features_library.pth."),
     "lib.removed": ("已删除 {name}（{id}）。图库现有 {n} 张。", "Deleted {name} ({id}). The library now holds {n} images."),
     "lib.no_selection": ("请先在图库中点击一张图片。", "Click an image in the library first."),

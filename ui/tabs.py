@@ -148,6 +148,7 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
                 stats_btn = loc(gr.Button, value="lib.stats_button", size="sm")
                 verify = loc(gr.Button, value="lib.verify", size="sm")
                 compact = loc(gr.Button, value="lib.compact", size="sm")
+                fix = loc(gr.Button, value="lib.repair", size="sm")
             report = gr.Markdown(elem_id="lib-report")
     gallery = loc(gr.Gallery, label="lib.gallery", columns=8, height=620, object_fit="cover", fit_columns=False,
                   elem_id="lib-gallery")
@@ -177,6 +178,7 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
     stats_btn.click(cb.library_stats, [lang], [stats], api_name="library_stats", **cheap)
     verify.click(cb.verify_library, [lang], [report], api_name="verify_library", **cheap)
     compact.click(cb.compact_library, [lang], [report], api_name="compact_library", concurrency_limit=1)
+    fix.click(cb.repair_library, [lang], [report], api_name="repair_library", **INGEST).then(**refresh)
     return refresh
 
 
