@@ -113,10 +113,11 @@ def test_classify_shows_probabilities(page):
 
 def test_switch_to_chinese(page):
     page.locator("#lang").get_by_text("中文").click()
-    page.get_by_role("tab", name="零样本分类").wait_for()
-    for name in ("以文搜图", "图像描述", "图库"):
-        assert page.get_by_role("tab", name=name).is_visible()
-    assert page.get_by_role("button", name="分类").is_visible()
+    # the switch re-renders every label in one update, but the browser may paint the tabs one by one:
+    # wait for each (a failure still times out with the missing name) instead of sampling once
+    for name in ("零样本分类", "以文搜图", "图像描述", "图库"):
+        page.get_by_role("tab", name=name).wait_for(state="visible")
+    page.get_by_role("button", name="分类").wait_for(state="visible")
     page.locator("#zs-image input[type=file]").set_input_files(str(SAMPLES / "cat_chelsea.jpg"))
     page.get_by_role("button", name="分类").click()
     page.locator("#zs-result").get_by_text("%").first.wait_for()
