@@ -23,8 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_library_add import synthetic_library  # noqa: E402
-from bench_text_trim import B32  # noqa: E402
-from core.encoders import ClipEncoder  # noqa: E402
+from bench_text_trim import random_b32  # noqa: E402
 from core.library import SNAPSHOT_NAME, Library  # noqa: E402
 from core.search import ExactIndex, Searcher, SearchQuery  # noqa: E402
 from core.settings import pick_runtime  # noqa: E402
@@ -47,9 +46,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    torch.manual_seed(0)
     runtime = pick_runtime(args.device)
-    enc = ClipEncoder(clip.model.CLIP(**B32), "bench", runtime)
+    enc = random_b32(runtime, "bench")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "lib"
         synthetic_library(root, args.rows)

@@ -38,6 +38,13 @@ def _sync() -> None:
         torch.cuda.synchronize()   # GPU kernels run asynchronously: time the work, not the launches
 
 
+def random_b32(runtime, model_id: str = "bench-b32") -> ClipEncoder:
+    """A randomly initialised ViT-B/32-sized CLIP behind the project's encoder (seeded)."""
+    import clip
+    torch.manual_seed(0)
+    return ClipEncoder(clip.model.CLIP(**B32), model_id, runtime)
+
+
 def main() -> None:
     import clip
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,9 +52,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    torch.manual_seed(0)
     runtime = pick_runtime(args.device)
-    enc = ClipEncoder(clip.model.CLIP(**B32), "bench-b32", runtime)
+    enc = random_b32(runtime)
     cases = {"short queries (zero-shot prompts)": [f"a photo of a {w}." for w in ["cat", "dog", "golden retriever", "tabby cat"]],
              "sentences (captions)": ["a man riding a red bicycle down a busy street next to parked cars"] * 4}
     print(f"device: {runtime.describe()}, batch {args.batch}")
