@@ -16,10 +16,9 @@ import os
 import sys
 import threading
 
-from core.encoders import ModelUnavailableError, UnknownModelError
-from core.library import LibraryError
+from core import build_workbench
+from core.errors import LibraryError, ModelUnavailableError, UnknownModelError
 from core.settings import DEFAULT_MODEL
-from core.workbench import build_workbench
 
 log = logging.getLogger("demo")
 

@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image  # noqa: E402
 
-from core.caption import CaptionSettings, Captioner  # noqa: E402
-from core.images import ImageError, iter_image_files, load_image  # noqa: E402
+from core.language.caption import CaptionSettings, Captioner  # noqa: E402
+from core.errors import ImageError  # noqa: E402
+from core.images import iter_image_files, load_image
 from core.settings import ASSETS_DIR, PROJECT_ROOT, pick_runtime  # noqa: E402
-from core.translate import TranslateSettings, Translator  # noqa: E402
+from core.language.translate import TranslateSettings, Translator  # noqa: E402
 
 QUERIES_ZH = ["会飞的猫", "海滩上的一只狗", "两个人骑自行车", "白色背景上的红色圆形", "雪山下的小木屋",
               "一碗热气腾腾的面条", "夜晚城市的街道", "穿宇航服的人", "桌子上的苹果", "在草地上奔跑的马",

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.library import Library, NewImage  # noqa: E402
+from core.library.store import Library, NewImage  # noqa: E402
 
 DIM = 512
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.encoders import ClipEncoder, clip_encode_text_trimmed  # noqa: E402
+from core.models.openai_clip import ClipEncoder, clip_encode_text_trimmed  # noqa: E402
 from core.settings import pick_runtime  # noqa: E402
 
 B32 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,

@@ -1,8 +1,30 @@
-"""CLIP workbench core: encoders, the growing library, search, zero-shot, captions, training.
+"""CLIP workbench core 图文多模态工作台: encoders, the growing library, search, zero-shot, captions, training.
 
-No Gradio here; the app (demo.py) and the CLI (python -m core) build on these modules.
+    from core import load_encoder, open_library, Workbench, build_workbench
+    enc = load_encoder("ViT-B/32", device="cpu")          # or a path, a hub id, "mini"
+    enc.encode_texts(["a cat"]), enc.encode_images([pil])  # float32 [N, D], L2-normalised, CPU
+    lib = open_library("library", enc)                     # the growing image library
+    wb = build_workbench("ViT-B/32", "library")            # every service behind one object
+
+Sub-packages: `models` (encoders and their registry), `library` (storage, ingest, index,
+search, thumbnails), `language` (script detection, translation, captions, query planning),
+`lab` (training, datasets, metrics, evaluation, plots). Errors live in `core.errors`.
+No Gradio anywhere in core; `python -m core` is the command line.
 """
 import warnings
 
 # The `clip` package imports pkg_resources, which warns on every start; the pin setuptools<81 keeps it working.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+from .errors import (ImageError, LabelError, LibraryError, ModelMismatchError, ModelUnavailableError,  # noqa: E402
+                     QueryError, UnknownModelError, WorkbenchError)
+from .library.ingest import IngestReport, Upload, open_library  # noqa: E402
+from .library.search import Hit, SearchQuery, SearchResult  # noqa: E402
+from .library.store import Entry, Library  # noqa: E402
+from .models import Encoder, available_models, load_encoder  # noqa: E402
+from .workbench import Page, Workbench, build_workbench  # noqa: E402
+
+__all__ = ["load_encoder", "available_models", "open_library", "Workbench", "build_workbench", "Encoder", "Library",
+           "Entry", "Page", "SearchQuery", "SearchResult", "Hit", "Upload", "IngestReport", "WorkbenchError",
+           "ModelUnavailableError", "UnknownModelError", "ImageError", "LibraryError", "ModelMismatchError",
+           "QueryError", "LabelError"]

@@ -12,22 +12,23 @@ Every command takes --model, --library, --device and --offline.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .encoders import ModelUnavailableError, UnknownModelError
-from .images import ImageError, iter_image_files, load_image
-from .library import LibraryError
-from .search import QueryError, SearchQuery, split_terms
-from .settings import DEFAULT_MODEL
-from .zeroshot import LabelError, load_labelset, load_templates
+from .errors import EXPECTED_ERRORS, ImageError, LibraryError
+from .images import iter_image_files, load_image
+from .language.caption import CAPTIONERS, DEFAULT_CAPTIONER, CaptionSettings, Captioner
+from .language.query import caption_metadata
+from .language.translate import DEFAULT_TRANSLATOR, TRANSLATORS, Translator
+from .library.search import SearchQuery, split_terms
+from .settings import DEFAULT_MODEL, pick_runtime
+from .workbench import build_workbench, reindex_library
+from .zeroshot import load_labelset, load_templates
 
-_PLUGINS = ("core.caption", "core.translate")   # modules that add their own subcommands via add_commands()
-_EXPECTED = (ModelUnavailableError, UnknownModelError, ImageError, LibraryError, QueryError, LabelError, ValueError)
+_EXPECTED = (*EXPECTED_ERRORS, ValueError)   # ValueError: a bad --device
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -40,7 +41,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _workbench(args):
-    from .workbench import build_workbench
     wb = build_workbench(args.model, args.library, args.device, args.offline, fallback=not args.no_fallback,
                          captioner=getattr(args, "captioner", None), translator=getattr(args, "translator", None))
     if wb.notice:
@@ -49,18 +49,12 @@ def _workbench(args):
 
 
 def cmd_index(args) -> int:
-    from .ingest import ingest
     wb = _workbench(args)
     files = list(iter_image_files(args.paths))
     missing = [p for p in args.paths if not Path(p).exists()]
-    annotate = None
-    if args.caption:
-        from .lang import caption_metadata
-        annotate = lambda images: caption_metadata(images, wb.captioner, wb.translator)  # noqa: E731
     with tqdm(total=len(files), unit="img", desc="indexing", disable=args.quiet) as bar:
-        report = ingest(wb.library, wb.encoder, files, batch_size=args.batch_size, progress=bar.update,
-                        annotate=annotate)
-    print(f"{report.summary()} in {report.seconds:.1f}s; library now holds {len(wb.library)} images")
+        report = wb.add(files, progress=bar.update, caption=args.caption, batch_size=args.batch_size)
+    print(f"{report.summary()} in {report.seconds:.1f}s; library now holds {len(wb)} images")
     for p in missing:
         print(f"  not found: {p}")
     for name, reason in report.errors:
@@ -73,13 +67,13 @@ def cmd_search(args) -> int:
     image = load_image(args.image) if args.image else None
     q = SearchQuery(text=args.query or "", image=image, minus=split_terms(args.minus), k=args.k,
                     text_weight=args.text_weight, image_weight=args.image_weight, threshold=args.threshold)
-    result = wb.searcher.search(q)
+    result = wb.search(q)
     if result.note:
         print(f"note: {result.note}")
     if result.text_used and result.text_used != q.text.strip():
         print(f"query used: {result.text_used!r}")
     if not result.hits:
-        print("no results" + (" (the library is empty: add images with `python -m core index PATH`)" if not len(wb.library) else ""))
+        print("no results" + (" (the library is empty: add images with `python -m core index PATH`)" if not len(wb) else ""))
     for rank, hit in enumerate(result.hits, 1):
         print(f"{rank:>3}  {hit.score:.4f}  {hit.path}  ({hit.name}, id {hit.id})")
     return 0
@@ -91,7 +85,7 @@ def cmd_classify(args) -> int:
     status = 0
     for path in args.images:
         try:
-            top, note = wb.zero_shot(load_image(path), args.labels, args.templates, args.lang, top_k=args.top)
+            top, note = wb.classify(load_image(path), args.labels, args.templates, args.lang, top_k=args.top)
         except ImageError as e:
             print(f"{path}: error: {e.reason}")
             status = 1
@@ -103,41 +97,66 @@ def cmd_classify(args) -> int:
 
 
 def cmd_library(args) -> int:
-    from .ingest import reindex
     if args.action == "reindex":
-        from .encoders import load_encoder
-        from .settings import default_paths, pick_runtime
-        enc = load_encoder(args.model, pick_runtime(args.device), offline=args.offline)
-        root = args.library or default_paths().library
-        lib = reindex(root, enc, progress=tqdm(unit="img", desc="re-encoding").update)
-        print(f"re-encoded {len(lib)} images with {enc.model_id}")
+        bar = tqdm(unit="img", desc="re-encoding")
+        lib = reindex_library(args.library, args.model, args.device, args.offline, progress=bar.update)
+        print(f"re-encoded {len(lib)} images with {lib.model_id}")
         return 0
     wb = _workbench(args)
-    lib = wb.library
     if args.action == "stats":
-        print(json.dumps(lib.stats(), indent=2, ensure_ascii=False))
+        print(json.dumps(wb.stats(), indent=2, ensure_ascii=False))
     elif args.action == "list":
-        for e in lib.entries(args.offset, args.limit):
-            print(f"{e.row:>6}  {e.id}  {e.name}  {e.path.relative_to(lib.root)}")
+        for e in wb.entries(args.offset, args.limit):
+            print(f"{e.row:>6}  {e.id}  {e.name}  {e.path.relative_to(wb.root)}")
     elif args.action == "remove":
         if not args.ids:
             raise LibraryError("Give the id(s) to remove, as shown by `library list`")
-        n = lib.remove([lib.find(i).sha256 for i in args.ids])
-        print(f"removed {n}; library now holds {len(lib)} images")
+        n = len(wb.remove(args.ids))
+        print(f"removed {n}; library now holds {len(wb)} images")
     elif args.action == "compact":
-        lib.compact()
-        print(f"compacted: {len(lib)} images in {lib.root / 'features_library.pth'}")
+        wb.compact()
+        print(f"compacted: {len(wb)} images in {wb.root / 'features_library.pth'}")
     elif args.action == "seed":
-        from .ingest import seed
-        report = seed(lib, wb.encoder)
-        print(f"sample images: {report.summary()}; library now holds {len(lib)} images")
+        report = wb.seed()
+        print(f"sample images: {report.summary()}; library now holds {len(wb)} images")
     elif args.action == "repair":
-        from .ingest import repair
-        print(json.dumps(repair(lib, wb.encoder), indent=2, ensure_ascii=False))
+        print(json.dumps(wb.repair(), indent=2, ensure_ascii=False))
     elif args.action == "verify":
-        report = lib.verify(deep=args.deep)
+        report = wb.verify(deep=args.deep)
         print(json.dumps(report, indent=2))
         return 0 if report["healthy"] else 1
+    return 0
+
+
+def cmd_caption(args) -> int:
+    """Caption images without loading a CLIP model or opening a library."""
+    runtime = pick_runtime(args.device)
+    settings = CaptionSettings(num_beams=args.beams, max_new_tokens=args.max_tokens)
+    captioner = Captioner(args.captioner, runtime, settings, offline=args.offline)
+    translator = None if args.translator == "none" else Translator(args.translator, runtime, offline=args.offline)
+    good, status, zh_error = [], 0, None
+    for path in iter_image_files(args.images):
+        try:
+            good.append((path, load_image(path)))
+        except ImageError as e:
+            print(f"skipped {e}", file=sys.stderr)
+            status = 1
+    step = captioner.settings.batch_size * 4
+    for i in range(0, len(good), step):
+        chunk = good[i:i + step]
+        for (path, _), meta in zip(chunk, caption_metadata([im for _, im in chunk], captioner, translator)):
+            print(f"{path}\n  en: {meta['caption_en']}\n  zh: {meta['caption_zh'] or '-'}")
+            zh_error = zh_error or meta.get("caption_zh_error")
+    if zh_error:
+        print(f"note: no Chinese captions: {zh_error}", file=sys.stderr)
+        status = 1
+    return status
+
+
+def cmd_translate(args) -> int:
+    translator = Translator(args.translator, pick_runtime(args.device), offline=args.offline)
+    for text in translator.translate(args.texts, to=args.to):
+        print(text)
     return 0
 
 
@@ -181,9 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep", action="store_true", help="verify: also re-hash every image")
     p.set_defaults(func=cmd_library)
 
-    for name in _PLUGINS:
-        importlib.import_module(name).add_commands(sub)
-    for p in sub.choices.values():   # every command, plugins' too, takes the common flags
+    p = sub.add_parser("caption", help="caption images in English and Chinese")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--captioner", default=DEFAULT_CAPTIONER,
+                   help=f"{' | '.join(CAPTIONERS)} | a save_pretrained() directory (default {DEFAULT_CAPTIONER})")
+    p.add_argument("--translator", default=DEFAULT_TRANSLATOR, help="nllb | marian | PATH | none (English only)")
+    p.add_argument("--beams", type=int, default=CaptionSettings.num_beams, help="beam search width")
+    p.add_argument("--max-tokens", type=int, default=CaptionSettings.max_new_tokens, help="caption length cap")
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("translate", help="translate between Chinese and English")
+    p.add_argument("texts", nargs="+", help="texts to translate (quote each one)")
+    p.add_argument("--to", required=True, choices=["en", "zh"], help="target language")
+    p.add_argument("--translator", default=DEFAULT_TRANSLATOR,
+                   help=f"{' | '.join(TRANSLATORS)} | a save_pretrained() directory (default {DEFAULT_TRANSLATOR})")
+    p.set_defaults(func=cmd_translate)
+
+    for p in sub.choices.values():   # every command takes the common flags
         _add_common(p)
     return parser
 

@@ -17,7 +17,9 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "load_image", "iter_image_files", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES", "thumbnail"]
+from .errors import ImageError
+
+__all__ = ["load_image", "iter_image_files", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_PIXELS = int(os.environ.get("CLIP_WB_MAX_PIXELS", 100_000_000))  # 100 MP: bigger is almost surely a bomb
@@ -29,12 +31,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or 0)
 
 
-class ImageError(ValueError):
-    """An image that cannot be used; `name` says which, `reason` says why."""
-
-    def __init__(self, name: str, reason: str):
-        super().__init__(f"{name}: {reason}")
-        self.name, self.reason = name, reason
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -107,9 +103,3 @@ def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
         else:
             yield p
 
-
-def thumbnail(img: Image.Image, size: int = 256) -> Image.Image:
-    """A copy no larger than size x size, for galleries."""
-    img = img.copy()
-    img.thumbnail((size, size), Image.Resampling.BICUBIC)
-    return img

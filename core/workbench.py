@@ -1,40 +1,82 @@
-"""Build the services once and hand them to the CLI or the app.
+"""The front door: one object that offers every service of the workbench.
 
     wb = build_workbench(model="ViT-B/32", library_dir="library", device="auto")
-    wb.searcher.search(SearchQuery(text="一只猫"))
+    wb.search(SearchQuery(text="一只猫", k=5)).hits
+    wb.classify("photo.jpg", "cat,dog,小鸟", "ensemble80")
+    wb.add(["photos/"], caption=True)
+    wb.page(1).entries, wb.thumbnail(entry), wb.stats()
+    wb.remove(["3f2a9c0e11d4"]); wb.compact(); wb.verify(); wb.repair()
 
-Nothing here knows about Gradio; the app and the CLI receive a `Workbench`.
-Heavy optional models (captioner, translator) are created on first use, once.
+The Gradio UI, the CLI, the JSON HTTP API and batch jobs are thin adapters over a
+`Workbench`; none of them reaches into the library, the index or the encoders. Image
+inputs may be PIL images, paths or bytes: paths and bytes go through core's safe loader
+(size and pixel limits, clear errors). Heavy optional models (captioner, translator) are
+created on first use, once. Nothing here knows about Gradio.
 """
 from __future__ import annotations
 
+import math
+import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
-from .encoders import Encoder, load_encoder, load_encoder_with_fallback
-from .ingest import open_library
-from .library import Library, ModelMismatchError
-from .search import ExactIndex, Searcher
+import torch
+from PIL import Image
+
+from .errors import LibraryError, ModelMismatchError, ModelUnavailableError, UnknownModelError
+from .images import load_image
+from .language.caption import DEFAULT_CAPTIONER, Captioner
+from .language.query import caption_metadata, prepare_query
+from .language.translate import DEFAULT_TRANSLATOR, Translator
+from .library.ingest import IngestReport, ingest, open_library, reindex, repair, sample_files
+from .library.search import Hit, Searcher, SearchQuery, SearchResult
+from .library.store import Entry, Library
+from .library.thumbs import thumb_for
+from .models import Encoder, load_encoder, load_encoder_with_fallback
 from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
 from .zeroshot import ZeroShotClassifier, plan_prompts
 
-__all__ = ["Workbench", "build_workbench"]
+__all__ = ["Workbench", "build_workbench", "Page", "ImageInput", "PAGE_SIZE", "reindex_library"]
+
+PAGE_SIZE = 48   # library entries per page: 6 rows of 8, one screen on a classroom projector
+ImageInput = Image.Image | str | os.PathLike | bytes
 
 
-@dataclass
+@dataclass(frozen=True)
+class Page:
+    entries: list[Entry]   # newest first
+    page: int              # 1-based, clamped to [1, pages]
+    pages: int
+    total: int
+
+
+def as_image(image: ImageInput, name: str | None = None) -> Image.Image:
+    """A PIL image as is; a path or bytes through the safe loader (limits, EXIF, modes)."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, name or Path(image).name)
+    return load_image(bytes(image), name or "image")
+
+
 class Workbench:
-    runtime: Runtime
-    encoder: Encoder
-    library: Library
-    searcher: Searcher
-    classifier: ZeroShotClassifier
-    notice: str | None = None          # why a fallback model is in use, shown to the user
-    offline: bool = False
-    captioner_name: str = "vit-gpt2"
-    translator_name: str = "nllb"
-    _lazy: dict = field(default_factory=dict)
-    _lazy_lock: threading.Lock = field(default_factory=threading.Lock)
+    """Every service over one encoder and one library. Build with `build_workbench`."""
+
+    def __init__(self, runtime: Runtime, encoder: Encoder, library: Library, notice: str | None = None,
+                 offline: bool = False, captioner: str | None = None, translator: str | None = None):
+        self.runtime, self.encoder, self.library = runtime, encoder, library
+        self.notice = notice                 # why a fallback model / library is in use, shown to the user
+        self.offline = offline
+        self.captioner_name = captioner or DEFAULT_CAPTIONER
+        self.translator_name = translator or DEFAULT_TRANSLATOR
+        self.searcher = Searcher(encoder, library, plan=self.plan_query)
+        self.classifier = ZeroShotClassifier(encoder)
+        self._lazy: dict = {}
+        self._lazy_lock = threading.Lock()
+
+    # ------------------------------------------------------------ language models (lazy)
 
     def _get(self, key: str, make):
         with self._lazy_lock:
@@ -43,14 +85,12 @@ class Workbench:
             return self._lazy[key]
 
     @property
-    def translator(self):
-        """The zh↔en translator object (it loads its weights lazily on first translation)."""
-        from .translate import Translator
+    def translator(self) -> Translator:
+        """The zh↔en translator (its weights load on first translation)."""
         return self._get("translator", lambda: Translator(self.translator_name, self.runtime, offline=self.offline))
 
     @property
-    def captioner(self):
-        from .caption import Captioner
+    def captioner(self) -> Captioner:
         return self._get("captioner", lambda: Captioner(self.captioner_name, self.runtime, offline=self.offline))
 
     def provide(self, captioner=None, translator=None) -> None:
@@ -61,38 +101,133 @@ class Workbench:
             if translator is not None:
                 self._lazy["translator"] = translator
 
-    def zero_shot(self, image, label_spec: str, template_spec: str, lang: str = "en",
-                  top_k: int = 5) -> tuple[list[tuple[str, float]], str | None]:
-        """Classify one image; Chinese labels are planned for the encoder (see plan_prompts).
-        Returns (top-k (label, probability) in the user's language, note or None)."""
-        from .encoders import ModelUnavailableError
-
-        def translate(texts):
-            try:
-                return self.translator.translate(texts, to="en")
-            except ModelUnavailableError:
-                return None
-        plan = plan_prompts(self.encoder, label_spec, template_spec, lang, translate)
-        top = self.classifier.classify(image, plan.labels, plan.templates, top_k, prompt_labels=plan.prompt_labels)
-        return top, plan.note
-
     def preload_translator(self) -> bool:
         """Load the zh→en translator now (e.g. in a background thread at app start) so the first
         Chinese query does not wait for it. Only useful with an English-only encoder."""
-        from .encoders import ModelUnavailableError, UnknownModelError
         if self.encoder.multilingual:
             return False
         try:
             self.translator.load("en")
             return True
         except (ModelUnavailableError, UnknownModelError):
-            return False   # the search tab says so on the first Chinese query
+            return False   # the search says so on the first Chinese query
 
     def plan_query(self, text: str) -> tuple[str, str | None]:
         """Translate a Chinese query for an English-only encoder; (text used, note for the user)."""
-        from .lang import prepare_query
         plan = prepare_query(text, self.encoder, self.translator)
         return plan.text, plan.note
+
+    def translate(self, texts: list[str], to: str) -> list[str]:
+        return self.translator.translate(texts, to=to)
+
+    @staticmethod
+    def image(image: ImageInput, name: str | None = None) -> Image.Image:
+        """Decode an image input through the safe loader (ImageError with the reason otherwise)."""
+        return as_image(image, name)
+
+    def caption(self, images: Sequence[ImageInput]) -> list[dict]:
+        """N images -> N dicts {"caption_en", "caption_zh"[, "caption_zh_error"]} (see caption_metadata).
+        A missing captioner raises ModelUnavailableError."""
+        return caption_metadata([as_image(im) for im in images], self.captioner, self.translator)
+
+    # ------------------------------------------------------------ search and classify
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Text / image / combined / negative search (see core.library.search)."""
+        if query.image is not None and not isinstance(query.image, Image.Image):
+            query.image = as_image(query.image)
+        return self.searcher.search(query)
+
+    def search_vector(self, vector: Sequence[float] | torch.Tensor, k: int = 10) -> list[Hit]:
+        """Nearest library images to a raw embedding (normalised here); for API clients."""
+        return self.searcher.search_vector(torch.as_tensor(vector, dtype=torch.float32), k)
+
+    def similar(self, image_id: str, k: int = 10) -> tuple[Entry, list[Hit]]:
+        """Image→image from an image already in the library (no re-encoding)."""
+        entry = self.library.find(image_id)
+        return entry, self.searcher.similar_to(entry.id, k)
+
+    def classify(self, image: ImageInput, labels: str, templates: str = "single", lang: str = "en",
+                 top_k: int = 5) -> tuple[list[tuple[str, float]], str | None]:
+        """Zero-shot: (top-k (label, probability) in the user's language, note or None).
+        Chinese labels are planned for the encoder (see plan_prompts)."""
+        picture = as_image(image)
+
+        def translate(texts):
+            try:
+                return self.translator.translate(texts, to="en")
+            except ModelUnavailableError:
+                return None
+        plan = plan_prompts(self.encoder, labels, templates, lang, translate)
+        top = self.classifier.classify(picture, plan.labels, plan.templates, top_k, prompt_labels=plan.prompt_labels)
+        return top, plan.note
+
+    # ------------------------------------------------------------ the library
+
+    def add(self, sources: Iterable, progress: Callable[[int], None] | None = None, caption: bool = False,
+            batch_size: int = 64) -> IngestReport:
+        """Add files, folders or `Upload`s; `caption=True` also stores zh/en captions (searchable)."""
+        annotate = (lambda images: caption_metadata(images, self.captioner, self.translator)) if caption else None
+        return ingest(self.library, self.encoder, sources, batch_size=batch_size, progress=progress,
+                      annotate=annotate)
+
+    def seed(self, progress: Callable[[int], None] | None = None) -> IngestReport:
+        """Add the bundled sample photos and Shapes images (safe to run again)."""
+        return self.add(sample_files(), progress=progress)
+
+    def page(self, page: int | float | None = 1, size: int = PAGE_SIZE) -> Page:
+        """Page `page` (1-based, clamped) of the library, newest entry first. Reads one page only."""
+        self.library.refresh()   # show what the CLI or another app process added
+        total = len(self.library)
+        pages = max(1, math.ceil(total / size))
+        number = min(max(1, int(page or 1)), pages)
+        stop = total - (number - 1) * size
+        start = max(0, stop - size)
+        return Page(self.library.entries(start, stop - start)[::-1], number, pages, total)
+
+    def entries(self, offset: int = 0, limit: int | None = None) -> list[Entry]:
+        """Entries in the order they were added (for listings and batch jobs)."""
+        self.library.refresh()
+        return self.library.entries(offset, limit)
+
+    @property
+    def root(self) -> Path:
+        """The library folder."""
+        return self.library.root
+
+    def entry(self, image_id: str) -> Entry:
+        """The entry with this id (the 12-character id `library list` shows, or a longer prefix)."""
+        return self.library.find(image_id)
+
+    def thumbnail(self, entry: Entry | Hit) -> Path:
+        """Path of the entry's gallery thumbnail (made from the stored image when missing)."""
+        return thumb_for(self.library.root, entry.sha256, entry.path, entry.name)
+
+    def stats(self) -> dict:
+        """Image count, model, sizes; fresh (other processes' adds included)."""
+        self.library.refresh()
+        return self.library.stats()
+
+    def __len__(self) -> int:
+        return len(self.library)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def remove(self, image_ids: Sequence[str]) -> list[Entry]:
+        """Remove images by id; returns the entries removed."""
+        entries = [self.library.find(i) for i in image_ids]
+        self.library.remove([e.sha256 for e in entries])
+        return entries
+
+    def compact(self) -> None:
+        self.library.compact()
+
+    def verify(self, deep: bool = False) -> dict:
+        return self.library.verify(deep=deep)
+
+    def repair(self) -> dict:
+        """Rows without files removed, files without rows re-added (never deleted)."""
+        return repair(self.library, self.encoder)
 
 
 def _open_for(root: Path, encoder: Encoder, fallback_used: bool) -> tuple[Library, str | None]:
@@ -121,13 +256,20 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
         encoder, notice = load_encoder(name, runtime, cache, offline), None
     library, library_note = _open_for(Path(library_dir or default_paths().library), encoder, fallback_used=bool(notice))
     notice = " ".join(n for n in (notice, library_note) if n) or None
-    wb = Workbench(runtime, encoder, library, searcher=None, classifier=ZeroShotClassifier(encoder),  # type: ignore[arg-type]
-                   notice=notice, offline=offline)
-    wb.captioner_name = captioner or wb.captioner_name
-    wb.translator_name = translator or wb.translator_name
+    wb = Workbench(runtime, encoder, library, notice=notice, offline=offline, captioner=captioner,
+                   translator=translator)
     if captioner:
         wb.captioner   # noqa: B018  an unknown name fails here, at start, not inside the first request
     if translator:
         wb.translator  # noqa: B018  (building them is cheap: the weights load on first use)
-    wb.searcher = Searcher(encoder, library, ExactIndex(library, runtime), plan=wb.plan_query)
     return wb
+
+
+def reindex_library(library_dir: str | Path | None, model: str, device: str | None = None, offline: bool = False,
+                    progress: Callable[[int], None] | None = None) -> Library:
+    """Re-encode every stored image with `model` and switch the library to it."""
+    encoder = load_encoder(model, pick_runtime(device), offline=offline)
+    root = Path(library_dir or default_paths().library)
+    if not root.exists():
+        raise LibraryError(f"No library at {root}")
+    return reindex(root, encoder, progress=progress)

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .lang import has_cjk
+from .errors import LabelError
+from .language.script import has_cjk
 from .settings import ASSETS_DIR
 
 __all__ = ["ZeroShotClassifier", "PromptPlan", "plan_prompts", "parse_labels", "load_labelset", "load_templates",
-           "class_matrix", "LABEL_SETS", "TEMPLATE_SPECS", "LabelError", "MAX_LABELS"]
+           "class_matrix", "LABEL_SETS", "TEMPLATE_SPECS", "MAX_LABELS"]
 
 LABEL_SETS = ("imagenet1k", "cifar10", "cifar100")
 TEMPLATE_SPECS = ("bare", "single", "selected7", "ensemble80", "zh", "cifar")
@@ -39,8 +40,6 @@ _CACHE_SIZE = 16        # class matrices kept per classifier (ImageNet x 80 temp
 _ZS = ASSETS_DIR / "zeroshot"
 
 
-class LabelError(ValueError):
-    """Labels or templates the user gave cannot be used; the message says why."""
 
 
 @lru_cache(maxsize=None)

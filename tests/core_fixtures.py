@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.encoders import load_encoder
+from core.models import load_encoder
 from core.settings import ASSETS_DIR, pick_runtime
 from tiny_models import make_tiny_clip_file
 

@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core.library import Library, NewImage  # noqa: E402
+from core.library.store import Library, NewImage  # noqa: E402
 from core_fixtures import distinct_pngs  # noqa: E402
 
 DIM = 8

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from core.encoders import load_encoder
+from core.models import load_encoder
 from core.images import load_image
-from core.ingest import open_library, seed
-from core.search import Searcher, SearchQuery
+from core.library.ingest import open_library, seed
+from core.library.search import Searcher, SearchQuery
 from core.settings import ASSETS_DIR, pick_runtime
-from core.shapes import class_prompts, describe
+from core.lab.shapes import class_prompts, describe
 from core.zeroshot import ZeroShotClassifier
 
 SHAPES = sorted((ASSETS_DIR / "shapes").glob("*.png"))   # NN_<colour>_<shape>.png
@@ -60,7 +60,7 @@ def test_offline_zero_shot_accuracy(mini, lang, attribute, minimum):
 
 
 def test_offline_fallback_keeps_a_real_models_library_apart(tmp_path, tiny_clip_path):
-    from core.ingest import ingest, peek_model
+    from core.library.ingest import ingest, peek_model
     from core.workbench import build_workbench
     first = build_workbench(str(tiny_clip_path), tmp_path / "lib", "cpu", fallback=False)
     ingest(first.library, first.encoder, [SHAPES[0]])

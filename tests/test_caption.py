@@ -1,7 +1,6 @@
 """Captioner: tiny ViT-GPT2 and BLIP built locally, loaded through core.caption's real loaders."""
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 
@@ -9,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-import core.caption as caption_mod
-from core.caption import CAPTIONERS, Captioner, CaptionSettings
-from core.encoders import ModelUnavailableError, UnknownModelError
+import core.language.caption as caption_mod
+from core.__main__ import main as cli
+from core.language.caption import CAPTIONERS, Captioner, CaptionSettings
+from core.errors import ModelUnavailableError, UnknownModelError
 from core.settings import pick_runtime
 from tests.hf_tiny_text import make_tiny_blip_dir, make_tiny_nllb_dir, make_tiny_vit_gpt2_dir
 
@@ -124,11 +124,8 @@ def test_cli_reports_bad_images_and_goes_on(tiny_dirs, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     nllb = make_tiny_nllb_dir(tmp_path / "nllb")
-    parser = argparse.ArgumentParser()
-    caption_mod.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["caption", str(bad), str(good), "--captioner", str(tiny_dirs["vit-gpt2"]),
-                              "--translator", str(nllb), "--beams", "1", "--max-tokens", "4"])
-    rc = args.func(args)
+    rc = cli(["caption", str(bad), str(good), "--captioner", str(tiny_dirs["vit-gpt2"]),
+              "--translator", str(nllb), "--beams", "1", "--max-tokens", "4", "--device", "cpu"])
     out, err = capsys.readouterr()
     assert rc == 1 and "bad.jpg" in err and "not an image" in err
     assert "good.png" in out and "  en: " in out and "  zh: " in out
@@ -138,9 +135,5 @@ def test_cli_missing_model_exit_code(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CLIP_WB_CACHE", str(tmp_path))
     img = tmp_path / "a.png"
     Image.new("RGB", (8, 8)).save(img)
-    parser = argparse.ArgumentParser()
-    caption_mod.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["caption", str(img), "--translator", "none"])
-    args.offline = True
-    assert args.func(args) == 2
+    assert cli(["caption", str(img), "--translator", "none", "--offline", "--device", "cpu"]) == 2
     assert "nlpconnect/vit-gpt2-image-captioning" in capsys.readouterr().err

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.encoders import load_encoder
+from core.models import load_encoder
 from core.images import load_image
-from core.ingest import ingest, open_library
-from core.search import ExactIndex, Searcher, SearchQuery
+from core.library.ingest import ingest, open_library
+from core.library.search import ExactIndex, Searcher, SearchQuery
 from core.settings import pick_runtime
 from core_fixtures import SAMPLES
 

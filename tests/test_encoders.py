@@ -7,8 +7,9 @@ import clip
 import pytest
 import torch
 
-from core import encoders
-from core.encoders import ModelUnavailableError, UnknownModelError, load_encoder
+from core.models import registry as encoders
+from core.errors import ModelUnavailableError, UnknownModelError
+from core.models import load_encoder
 from core.images import load_image
 from core.settings import pick_runtime
 from core_fixtures import SAMPLES

@@ -7,14 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from core.datasets import (DatasetError, imagenet_wnids, read_class_folders, read_classification,
-                           read_flickr8k, read_imagenet_val, read_karpathy, read_retrieval)
-from core.encoders import load_encoder
-from core.evaluate import (encode_image_files, evaluate_retrieval, evaluate_zeroshot, evenly_spaced, main,
-                           resolve_classes, to_markdown)
+from core.errors import DatasetError
+from core.lab.datasets import (imagenet_wnids, read_class_folders, read_classification, read_flickr8k, read_imagenet_val, read_karpathy, read_retrieval)
+from core.models import load_encoder
+from core.lab.evaluate import (encode_image_files, evaluate_retrieval, evaluate_zeroshot, evenly_spaced, main, resolve_classes, to_markdown)
 from core.images import load_image
-from core.metrics import retrieval_recall, topk_accuracy
-from core.reference import references_for
+from core.lab.metrics import retrieval_recall, topk_accuracy
+from core.lab.reference import references_for
 from core.settings import pick_runtime
 from core.zeroshot import class_matrix, load_labelset, load_templates
 from tests.tiny_models import make_tiny_clip_file

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import ImageError, decode_image, iter_image_files, load_image
+from core.errors import ImageError
+from core.images import decode_image, iter_image_files, load_image
 from core_fixtures import SAMPLES
 
 

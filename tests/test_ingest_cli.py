@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.ingest import Upload, ingest, open_library, peek_model, reindex, repair, safe_display_name
-from core.encoders import load_encoder
+from core.library.ingest import Upload, ingest, open_library, peek_model, reindex, repair, safe_display_name
+from core.models import load_encoder
 from core.images import load_image
 from core.settings import PROJECT_ROOT, pick_runtime
 from core_fixtures import SAMPLES, distinct_pngs, png_bytes

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from core.caption import Captioner, CaptionSettings
-from core.encoders import ModelUnavailableError, load_encoder
-from core.lang import caption_metadata, has_cjk, is_chinese, prepare_query, source_language
+from core.language.caption import Captioner, CaptionSettings
+from core.errors import ModelUnavailableError
+from core.models import load_encoder
+from core.language.query import caption_metadata, prepare_query
+from core.language.script import has_cjk, is_chinese, source_language
 from core.settings import pick_runtime
-from core.translate import TranslateSettings, Translator
+from core.language.translate import TranslateSettings, Translator
 from tests.hf_tiny_text import make_tiny_marian_dir, make_tiny_nllb_dir, make_tiny_vit_gpt2_dir
 from tests.tiny_models import make_tiny_hf_clip_dir
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.library import (JOURNAL_NAME, SNAPSHOT_NAME, Library, LibraryError, ModelMismatchError, NewImage)
+from core.library.store import JOURNAL_NAME, SNAPSHOT_NAME, Library, NewImage
+from core.errors import LibraryError, ModelMismatchError
 from core_fixtures import distinct_pngs
 
 DIM = 8

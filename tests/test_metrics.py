@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import metrics
-from core.metrics import per_class_accuracy, retrieval_recall, topk_accuracy
+from core.lab import metrics
+from core.lab.metrics import per_class_accuracy, retrieval_recall, topk_accuracy
 
 
 def unit(*rows):

@@ -4,11 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.encoders import load_encoder
-from core.mini import (BOS, EOS, PAD, SPECIALS, UNK, MiniCLIP, MiniConfig, Tokenizer, load_checkpoint,
-                       save_checkpoint)
+from core.models import load_encoder
+from core.models.mini import (BOS, EOS, PAD, SPECIALS, UNK, MiniCLIP, MiniConfig, Tokenizer, load_checkpoint, save_checkpoint)
 from core.settings import pick_runtime
-from core.shapes import ShapesConfig, class_prompts, make_splits
+from core.lab.shapes import ShapesConfig, class_prompts, make_splits
 
 CORPUS = ["a large red circle on the left", "左边有一个大的红色圆形", "a photo of a blue square", "蓝色正方形的照片"]
 

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from core.images import iter_image_files, load_image
-from core.ingest import Upload, ingest, open_library
-from core.search import MAX_QUERY_CHARS, ExactIndex, QueryError, Searcher, SearchQuery
-from core.zeroshot import (LabelError, ZeroShotClassifier, load_labelset, load_templates, parse_labels,
-                           plan_prompts)
+from core.library.ingest import Upload, ingest, open_library
+from core.library.search import MAX_QUERY_CHARS, ExactIndex, Searcher, SearchQuery
+from core.errors import QueryError
+from core.errors import LabelError
+from core.zeroshot import ZeroShotClassifier, load_labelset, load_templates, parse_labels, plan_prompts
 from core_fixtures import SAMPLES, png_bytes
 
 
@@ -214,8 +215,8 @@ def test_workbench_zero_shot_shows_chinese_and_reads_english(tmp_path, tiny_clip
     from core.workbench import build_workbench
     wb = build_workbench(str(tiny_clip_path), tmp_path / "lib", "cpu", offline=True, fallback=False)
     img = load_image(SAMPLES / "cat_chelsea.jpg")
-    top, note = wb.zero_shot(img, "cifar10", "single", "zh", top_k=10)
-    english, _ = wb.zero_shot(img, "cifar10", "single", "en", top_k=10)
+    top, note = wb.classify(img, "cifar10", "single", "zh", top_k=10)
+    english, _ = wb.classify(img, "cifar10", "single", "en", top_k=10)
     assert {l for l, _ in top} == set(load_labelset("cifar10", "zh"))
     zh_to_en = dict(zip(load_labelset("cifar10", "zh"), load_labelset("cifar10", "en")))
     assert {zh_to_en[l]: p for l, p in top} == pytest.approx(dict(english), abs=1e-6)

@@ -2,16 +2,16 @@
 built locally and loaded through core.translate's real loaders."""
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 
 import pytest
 
-import core.translate as translate_mod
-from core.encoders import ModelUnavailableError, UnknownModelError
+import core.language.translate as translate_mod
+from core.__main__ import main as cli
+from core.errors import ModelUnavailableError, UnknownModelError
 from core.settings import pick_runtime
-from core.translate import NLLB_CODES, TRANSLATORS, TranslateSettings, Translator
+from core.language.translate import NLLB_CODES, TRANSLATORS, TranslateSettings, Translator
 from tests.hf_tiny_text import make_tiny_marian_dir, make_tiny_nllb_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
@@ -160,11 +160,7 @@ def test_missing_hub_model_message_and_memo(tmp_path, monkeypatch, name, hub_id)
 
 
 def test_cli(nllb_dir, capsys):
-    parser = argparse.ArgumentParser()
-    translate_mod.add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["translate", "一只猫", "a cat", "--to", "en", "--translator", str(nllb_dir)])
-    assert args.func(args) == 0
+    assert cli(["translate", "一只猫", "a cat", "--to", "en", "--translator", str(nllb_dir), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[1] == "a cat"
-    args = parser.parse_args(["translate", "x", "--to", "zh", "--translator", "nope"])
-    assert args.func(args) == 2 and "nllb" in capsys.readouterr().err
+    assert cli(["translate", "x", "--to", "zh", "--translator", "nope", "--device", "cpu"]) == 2 and "nllb" in capsys.readouterr().err

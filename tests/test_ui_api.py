@@ -13,7 +13,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from core.library import Library
+from core.library.store import Library
+from core.library.thumbs import thumb_path
 from core.settings import ASSETS_DIR
 from ui_server import serve
 
@@ -134,7 +135,7 @@ def test_library_page_is_clamped(client):
 
 
 def test_seed_adds_the_bundled_samples_once(app, client):
-    from core.ingest import sample_files
+    from core.library.ingest import sample_files
     names = {p.name for p in sample_files()}
     client.predict(api_name="/seed_library")
     summary = client.predict(api_name="/seed_library")          # a second click adds nothing
@@ -194,7 +195,7 @@ def test_gallery_serves_only_library_and_assets(app, client):
         assert httpx.get(f"{app.url}gradio_api/file={secret}").status_code in (403, 404), secret
     assert httpx.get(f"{app.url}gradio_api/file={CAT}").status_code == 200
     thumb = next(iter(app.wb.library.entries()))
-    r = httpx.get(f"{app.url}gradio_api/file={app.wb.library.thumb_path(thumb.sha256)}")
+    r = httpx.get(f"{app.url}gradio_api/file={thumb_path(app.wb.root, thumb.sha256)}")
     assert r.status_code == 200
 
 
@@ -304,14 +305,14 @@ def test_library_pages_of_48_newest_first_and_thumbnails_rebuilt(app, client, tm
     items, info, page = client.predict(last_page, api_name="/library_page")
     assert page == last_page and len(items) == n - 48 * (last_page - 1)
     newest = app.wb.library.entry(n - 1)
-    thumb = app.wb.library.thumb_path(newest.sha256)
+    thumb = thumb_path(app.wb.root, newest.sha256)
     thumb.unlink()
     client.predict(1, api_name="/library_page")
     assert thumb.is_file()   # a missing thumbnail is made again from the stored image
 
 
 def test_library_gallery_shows_stored_captions(app, client, tmp_path):
-    from core.ingest import ingest
+    from core.library.ingest import ingest
     (path,) = make_images(tmp_path, 1, seed=77)
     ingest(app.wb.library, app.wb.encoder, [path],
            annotate=lambda images: [{"caption_en": "a small test picture", "caption_zh": "一张小测试图"}])

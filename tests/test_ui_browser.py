@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from core.library import Library
+from core.library.store import Library
 from core.settings import ASSETS_DIR, PROJECT_ROOT
 from ui_server import serve
 

@@ -14,9 +14,10 @@ from typing import Callable
 
 import gradio as gr
 
+from core.errors import ModelMismatchError, ModelUnavailableError
 from core.images import MAX_BYTES
 from core.settings import ASSETS_DIR
-from core.workbench import Workbench
+from core import Workbench
 
 from .callbacks import Callbacks
 from .i18n import DEFAULT_LANG, pick_lang, t
@@ -70,8 +71,6 @@ def build_app(wb: Workbench, lang: str | None = None) -> gr.Blocks:
 
 def build_error_app(problem: Exception, lang: str | None = None, model: str = "MODEL") -> gr.Blocks:
     """A one-page app that explains why the model or library could not be opened, and the fix."""
-    from core.encoders import ModelUnavailableError
-    from core.library import ModelMismatchError
     start = pick_lang(lang) if lang else DEFAULT_LANG
     loc = Localizer(start)
 
@@ -94,7 +93,7 @@ def build_error_app(problem: Exception, lang: str | None = None, model: str = "M
 
 def launch_options(wb: Workbench | None = None) -> dict:
     """Keyword arguments for demo.launch(): only the library and assets folders are served."""
-    allowed = [str(ASSETS_DIR)] + ([str(Path(wb.library.root).resolve())] if wb is not None else [])
+    allowed = [str(ASSETS_DIR)] + ([str(Path(wb.root).resolve())] if wb is not None else [])
     return {"allowed_paths": allowed, "css": CSS, "theme": gr.themes.Soft(),
             "max_file_size": MAX_BYTES}   # refuse oversized uploads before they are read (core's own limit)
 

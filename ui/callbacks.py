@@ -10,16 +10,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.encoders import ModelUnavailableError, UnknownModelError
-from core.images import load_image
-from core.ingest import IngestReport, ingest, repair, sample_files
-from core.lang import caption_metadata
-from core.search import SearchQuery, SearchResult, split_terms
-from core.workbench import Workbench
+from core import IngestReport, SearchQuery, SearchResult, Workbench
+from core.errors import ModelUnavailableError, UnknownModelError
+from core.library.search import split_terms
 
 from .errors import fail, user_errors
 from .i18n import t
-from .library_view import hit_thumb, read_page, thumb_for
 
 __all__ = ["Callbacks", "CUSTOM", "UPLOAD_CHUNK"]
 
@@ -47,8 +43,8 @@ class Callbacks:
         if not image:
             raise fail("err.no_image", lang)
         with user_errors(lang):
-            top, note = self.wb.zero_shot(load_image(image, Path(image).name), labels if labelset == CUSTOM else labelset,
-                                          custom_template if templates == CUSTOM else templates, lang)
+            top, note = self.wb.classify(image, labels if labelset == CUSTOM else labelset,
+                                         custom_template if templates == CUSTOM else templates, lang)
             status = t("zs.added", lang, summary=self._summary(self._ingest([image]), lang)) if add else ""
             status = "\n\n".join(s for s in (note and f"ℹ️ {note}", status) if s)
         return {label: p for label, p in top}, status
@@ -60,9 +56,9 @@ class Callbacks:
         if not (text or "").strip() and not image:
             raise fail("err.empty_query", lang)
         with user_errors(lang):
-            query = SearchQuery(text=text or "", image=load_image(image, Path(image).name) if image else None,
-                                minus=split_terms([minus or ""]), k=int(k), threshold=float(threshold) or None)
-            result = self.wb.searcher.search(query)
+            query = SearchQuery(text=text or "", image=image or None, minus=split_terms([minus or ""]), k=int(k),
+                                threshold=float(threshold) or None)
+            result = self.wb.search(query)
         info = self._search_info(result, query.text, lang)
         return self._gallery(result.hits), [h.id for h in result.hits], info
 
@@ -71,8 +67,7 @@ class Callbacks:
         if not (image_id or "").strip():
             raise fail("lib.no_selection", lang)
         with user_errors(lang):
-            entry = self.wb.library.find(image_id)
-            hits = self.wb.searcher.similar_to(entry.id, int(k))
+            entry, hits = self.wb.similar(image_id, int(k))
         info = t("search.similar_to", lang, name=entry.name, id=entry.id, n=len(hits))
         return self._gallery(hits), [h.id for h in hits], info
 
@@ -82,7 +77,7 @@ class Callbacks:
         return ids[evt.index] if ids and 0 <= evt.index < len(ids) else ""
 
     def _gallery(self, hits) -> list[tuple[str, str]]:
-        return [(hit_thumb(self.wb.library, h), f"{h.score:.3f} · {h.name}") for h in hits]
+        return [(str(self.wb.thumbnail(h)), f"{h.score:.3f} · {h.name}") for h in hits]
 
     def _search_info(self, result: SearchResult, asked: str, lang: str) -> str:
         lines = []
@@ -91,7 +86,7 @@ class Callbacks:
         elif result.text_used and result.text_used != asked.strip():
             lines.append(t("search.used", lang, text=result.text_used))
         if not result.hits:
-            lines.append(t("search.empty_lib" if not len(self.wb.library) else "search.none", lang))
+            lines.append(t("search.empty_lib" if not len(self.wb) else "search.none", lang))
         else:
             lines.append(t("search.count", lang, n=len(result.hits)))
         return "\n\n".join(lines)
@@ -103,9 +98,9 @@ class Callbacks:
         if not image:
             raise fail("err.no_image", lang)
         with user_errors(lang):
-            picture = load_image(image, Path(image).name)
+            picture = self.wb.image(image)
         try:
-            meta = caption_metadata([picture], self.wb.captioner, self.wb.translator)[0]
+            meta = self.wb.caption([picture])[0]
         except (ModelUnavailableError, UnknownModelError) as e:
             return "", "", t("cap.unavailable", lang, detail=str(e))
         zh_error = meta.get("caption_zh_error")
@@ -127,19 +122,19 @@ class Callbacks:
     def seed_library(self, lang: str, progress=gr.Progress()):
         """Add the bundled sample images -> summary markdown."""
         with user_errors(lang):
-            report = self._ingest([str(p) for p in sample_files()], progress=progress, desc=t("lib.progress", lang))
+            report = self.wb.seed(progress=self._progress(progress, None, t("lib.progress", lang)))
         return self._summary(report, lang)
 
     def library_page(self, page: float | None, lang: str):
         """-> (gallery items, ids on the page, page info markdown, page number)"""
         with user_errors(lang):
-            pg = read_page(self.wb.library, page)
-        items = [(thumb_for(self.wb.library, e), _gallery_label(e.name, e.id, e.meta, lang)) for e in pg.entries]
+            pg = self.wb.page(page)
+        items = [(str(self.wb.thumbnail(e)), _gallery_label(e.name, e.id, e.meta, lang)) for e in pg.entries]
         info = t("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total)
         return items, [e.id for e in pg.entries], info, pg.page
 
     def library_stats(self, lang: str) -> str:
-        s = self.wb.library.stats()
+        s = self.wb.stats()
         return t("lib.stats", lang, n=s["images"], model=s["model_id"], dim=s["dim"], path=s["path"],
                  images_mb=s["image_bytes"] / _MB, feats_mb=s["features_bytes"] / _MB)
 
@@ -147,13 +142,12 @@ class Callbacks:
         if not (image_id or "").strip():
             raise fail("lib.no_selection", lang)
         with user_errors(lang):
-            entry = self.wb.library.find(image_id)
-            self.wb.library.remove([entry.sha256])
-        return t("lib.removed", lang, name=entry.name, id=entry.id, n=len(self.wb.library))
+            entry, = self.wb.remove([image_id])
+        return t("lib.removed", lang, name=entry.name, id=entry.id, n=len(self.wb))
 
     def verify_library(self, lang: str) -> str:
         with user_errors(lang):
-            r = self.wb.library.verify()
+            r = self.wb.verify()
         if not r["healthy"]:
             return t("lib.verify_bad", lang, missing=r["missing_files"], orphans=r["orphan_files"],
                      finite=r["features_finite"])
@@ -161,33 +155,38 @@ class Callbacks:
 
     def compact_library(self, lang: str) -> str:
         with user_errors(lang):
-            self.wb.library.compact()
-        return t("lib.compacted", lang, n=len(self.wb.library))
+            self.wb.compact()
+        return t("lib.compacted", lang, n=len(self.wb))
 
     def repair_library(self, lang: str) -> str:
         """Rows without files removed, files without rows re-added (never deleted) -> summary."""
         with user_errors(lang):
-            r = repair(self.wb.library, self.wb.encoder)
-        return t("lib.repaired", lang, removed=r["rows_removed"], readded=r["images_readded"], n=len(self.wb.library))
+            r = self.wb.repair()
+        return t("lib.repaired", lang, removed=r["rows_removed"], readded=r["images_readded"], n=len(self.wb))
 
     # ------------------------------------------------------------ helpers
 
     def _ingest(self, files: list[str], progress=None, desc: str = "") -> IngestReport:
-        """Ingest uploaded files (read a batch at a time by core), reporting progress per batch.
+        """Ingest uploaded files (core reads a batch at a time), reporting progress per batch.
         Gradio keeps each upload under its original name: core reads that name for display only."""
-        total, done = len(files), 0
+        return self.wb.add([Path(f) for f in files], progress=self._progress(progress, len(files), desc),
+                           batch_size=UPLOAD_CHUNK)
+
+    @staticmethod
+    def _progress(progress, total: int | None, desc: str):
+        """A core progress callback (n more done) driving a gr.Progress bar."""
+        done = 0
 
         def advance(n: int) -> None:
             nonlocal done
             done += n
             if progress is not None:
                 progress((done, total), desc=desc, unit="images")
-        return ingest(self.wb.library, self.wb.encoder, [Path(f) for f in files], batch_size=UPLOAD_CHUNK,
-                      progress=advance)
+        return advance
 
     def _summary(self, report: IngestReport, lang: str) -> str:
         head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
-                 errors=len(report.errors), n=len(self.wb.library))
+                 errors=len(report.errors), n=len(self.wb))
         items = [t("lib.dup_item", lang, name=n) for n in report.duplicates]
         items += [t("lib.error_item", lang, name=n, reason=r) for n, r in report.errors]
         return "\n".join([head, ""] + [f"- {i}" for i in items])
@@ -195,7 +194,7 @@ class Callbacks:
     def _toast(self, report: IngestReport, lang: str, shown: int = 5) -> str:
         """The summary line and the first unreadable files, HTML-escaped (toasts render HTML)."""
         head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
-                 errors=len(report.errors), n=len(self.wb.library))
+                 errors=len(report.errors), n=len(self.wb))
         lines = [t("lib.error_item", lang, name=n, reason=r) for n, r in report.errors[:shown]]
         return "<br>".join(html.escape(x) for x in [head, *lines] + (["…"] if len(report.errors) > shown else []))
 

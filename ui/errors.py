@@ -5,11 +5,8 @@ from contextlib import contextmanager
 
 import gradio as gr
 
-from core.encoders import ModelUnavailableError, UnknownModelError
-from core.images import ImageError
-from core.library import LibraryError
-from core.search import QueryError
-from core.zeroshot import LabelError
+from core.errors import (ImageError, LabelError, LibraryError, ModelUnavailableError, QueryError,
+                         UnknownModelError)
 
 from .i18n import t
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 import gradio as gr
 
-from core.search import MAX_K
+from core.library.search import MAX_K
 
 from .callbacks import CUSTOM, Callbacks
 from .i18n import choices, has_key, t

@@ -111,7 +111,7 @@ def _save(fig, out: Path) -> Path:
 
 def plot_run(run: Path, model, tokenizer, val, runtime) -> list[Path]:
     """All three PNGs into the run folder. val: the validation PairSet (core/pairs.py)."""
-    from .mini import MiniEncoder
+    from ..models.mini import MiniEncoder
     from .shapes import SHAPES
     run = Path(run)
     encoder = MiniEncoder(model, tokenizer, f"mini:{run.name}", runtime)
@@ -134,7 +134,7 @@ def plot_run(run: Path, model, tokenizer, val, runtime) -> list[Path]:
 
 def replot(run: Path, runtime) -> list[Path]:
     """Redraw the plots of a finished (or interrupted) run from its files."""
-    from .mini import load_checkpoint
+    from ..models.mini import load_checkpoint
     from .pairs import load_pairsets
     run = Path(run)
     if not (run / "best.pt").is_file():

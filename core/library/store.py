@@ -51,10 +51,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import LibraryError, ModelMismatchError
+from .thumbs import thumb_path
 from .journal import (JOURNAL_HEADER, JOURNAL_MAGIC, encode_record, fsync_dir, read_records,
                       write_atomic)
 
-__all__ = ["Library", "Entry", "NewImage", "LibraryError", "ModelMismatchError", "FORMAT_VERSION", "SNAPSHOT_NAME"]
+__all__ = ["Library", "Entry", "NewImage", "FORMAT_VERSION", "SNAPSHOT_NAME"]
 
 FORMAT_VERSION = 1
 SNAPSHOT_NAME = "features_library.pth"
@@ -63,12 +65,8 @@ COMPACT_MIN_RECORDS = 20_000               # compact when the journal holds more
 COMPACT_FRACTION = 0.5                     # ... and more than this fraction of N: amortised O(1) per add
 
 
-class LibraryError(RuntimeError):
-    """The library cannot do what was asked; the message says why and what to do."""
 
 
-class ModelMismatchError(LibraryError):
-    """The library's features were made by another model; they must never be mixed."""
 
 
 @dataclass(eq=False)
@@ -165,9 +163,6 @@ class Library:
         """[D] copy of the stored embedding of one image (found as by `find`)."""
         with self._lock:   # the row must still be this entry's when its vector is read
             return self._buf[self.find(id_prefix).row].clone()
-
-    def thumb_path(self, sha256: str) -> Path:
-        return self.root / "thumbs" / sha256[:2] / f"{sha256}.jpg"
 
     def refresh(self) -> None:
         """Pick up what other processes appended or compacted since we last looked (cheap: a stat)."""
@@ -415,7 +410,7 @@ class Library:
 
     def _delete_files(self, sha: str, rel: str) -> None:
         (self.root / rel).unlink(missing_ok=True)
-        self.thumb_path(sha).unlink(missing_ok=True)
+        thumb_path(self.root, sha).unlink(missing_ok=True)
 
     def _maybe_compact_locked(self) -> None:
         if self._journal_records > max(COMPACT_MIN_RECORDS, COMPACT_FRACTION * self._n):

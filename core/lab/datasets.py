@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .images import IMAGE_EXTENSIONS, iter_image_files
-from .settings import ASSETS_DIR
+from ..errors import DatasetError
+from ..images import IMAGE_EXTENSIONS, iter_image_files
+from ..settings import ASSETS_DIR
 
-__all__ = ["ClassificationSet", "CaptionSet", "DatasetError", "read_imagenet_val", "read_class_folders",
+__all__ = ["ClassificationSet", "CaptionSet", "read_imagenet_val", "read_class_folders",
            "read_classification", "read_karpathy", "read_flickr8k", "read_retrieval", "imagenet_wnids",
            "is_wnid"]
 
@@ -44,8 +45,6 @@ _GT_NAMES = ("LOC_val_solution.csv", "val.txt", "val_labels.txt", "ILSVRC2012_va
 _SPLITS = ("train", "val", "test", "all")
 
 
-class DatasetError(ValueError):
-    """A dataset on disk cannot be read as asked; the message says which file and what to do."""
 
 
 @dataclass

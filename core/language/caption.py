@@ -14,8 +14,6 @@ The loading rules (cache, mirrors, offline, errors) are core/hf.py's, shared by 
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +22,11 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 from PIL import Image
 
-from .encoders import ModelUnavailableError, UnknownModelError
-from .hf import LazyLoad, is_hub_id, load_pretrained, model_type
-from .settings import Runtime, pick_runtime
+from ..errors import ModelUnavailableError, UnknownModelError
+from ..models.hf import LazyLoad, is_hub_id, load_pretrained, model_type
+from ..settings import Runtime, pick_runtime
 
-__all__ = ["Captioner", "CaptionSettings", "CAPTIONERS", "DEFAULT_CAPTIONER", "add_commands"]
+__all__ = ["Captioner", "CaptionSettings", "CAPTIONERS", "DEFAULT_CAPTIONER"]
 
 # name -> (loader kind, hub id). The kind picks the transformers classes (see _LOADERS).
 CAPTIONERS: dict[str, tuple[str, str]] = {
@@ -131,53 +129,3 @@ class Captioner:
 
     def __repr__(self) -> str:
         return f"Captioner({self.model_id!r}, {self.runtime.describe()}, loaded={self.loaded})"
-
-
-# ---------------------------------------------------------------- command line (UI layer: prints)
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """`python -m core caption IMG... [--captioner NAME|PATH] [--translator NAME|PATH|none]`"""
-    p = subparsers.add_parser("caption", help="caption images in English and Chinese")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--captioner", default=DEFAULT_CAPTIONER,
-                   help=f"{' | '.join(CAPTIONERS)} | a save_pretrained() directory (default {DEFAULT_CAPTIONER})")
-    p.add_argument("--translator", default="nllb", help="nllb | marian | PATH | none (English only)")
-    p.add_argument("--beams", type=int, default=CaptionSettings.num_beams, help="beam search width")
-    p.add_argument("--max-tokens", type=int, default=CaptionSettings.max_new_tokens, help="caption length cap")
-    p.set_defaults(func=_cmd_caption)
-
-
-def _cmd_caption(args: argparse.Namespace) -> int:
-    from .translate import Translator
-    runtime, offline = pick_runtime(getattr(args, "device", None)), getattr(args, "offline", False)
-    settings = CaptionSettings(num_beams=args.beams, max_new_tokens=args.max_tokens)
-    try:
-        captioner = Captioner(args.captioner, runtime, settings, offline=offline)
-        translator = None if args.translator == "none" else Translator(args.translator, runtime, offline=offline)
-        return _print_captions(args.images, captioner, translator)
-    except (UnknownModelError, ModelUnavailableError, ValueError) as e:  # ValueError: a bad --device
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _print_captions(paths: list[str], captioner: Captioner, translator) -> int:
-    """Decode every file (a bad one is reported and skipped), then caption the rest in batches."""
-    from .images import ImageError, iter_image_files, load_image
-    from .lang import caption_metadata
-    good, status, zh_error = [], 0, None
-    for path in iter_image_files(paths):
-        try:
-            good.append((path, load_image(path)))
-        except ImageError as e:
-            print(f"skipped {e}", file=sys.stderr)
-            status = 1
-    step = captioner.settings.batch_size * 4
-    for i in range(0, len(good), step):
-        chunk = good[i:i + step]
-        for (path, _), meta in zip(chunk, caption_metadata([im for _, im in chunk], captioner, translator)):
-            print(f"{path}\n  en: {meta['caption_en']}\n  zh: {meta['caption_zh'] or '-'}")
-            zh_error = zh_error or meta.get("caption_zh_error")
-    if zh_error:
-        print(f"note: no Chinese captions: {zh_error}", file=sys.stderr)
-        status = 1
-    return status

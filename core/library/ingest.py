@@ -21,16 +21,17 @@ from typing import Callable, Iterable, Sequence
 import torch
 from PIL import Image
 
-from .images import MAX_BYTES, ImageError, decode_image, iter_image_files, thumbnail
-from .library import Library, LibraryError, NewImage, SNAPSHOT_NAME
-from .settings import ASSETS_DIR
+from ..errors import ImageError, LibraryError
+from ..images import MAX_BYTES, decode_image, iter_image_files
+from .store import Library, NewImage, SNAPSHOT_NAME
+from .thumbs import write_thumbnail
+from ..settings import ASSETS_DIR
 
 __all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "repair", "seed",
-           "sample_files", "SAMPLE_DIRS", "safe_display_name", "write_thumbnail"]
+           "sample_files", "SAMPLE_DIRS", "safe_display_name"]
 
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "MPO": ".jpg"}
 _WORKERS = min(8, os.cpu_count() or 1)
-THUMB_SIZE = 256
 SAMPLE_DIRS = (ASSETS_DIR / "samples", ASSETS_DIR / "shapes")   # licensed photos + the mini model's Shapes
 
 
@@ -154,24 +155,11 @@ def _store_batch(library: Library, encoder, prepared: Sequence, report: IngestRe
         if added:
             report.added.append(p.sha256[:12])
             try:
-                write_thumbnail(library, p.sha256, p.image)
+                write_thumbnail(library.root, p.sha256, p.image)
             except OSError:
                 pass   # derived data: the gallery makes it again when it is missing
         else:
             report.duplicates.append(p.name)
-
-
-def write_thumbnail(library: Library, sha256: str, image: Image.Image) -> Path:
-    """Write (atomically) the gallery thumbnail of a stored image; derived data, safe to lose."""
-    path = library.thumb_path(sha256)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")   # unique per thread
-    try:
-        thumbnail(image, THUMB_SIZE).save(tmp, "JPEG", quality=85)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def reindex(root: str | os.PathLike, encoder, batch_size: int = 64,

@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .library import Library
-from .settings import Runtime
+from ..errors import QueryError
+from .store import Library
+from ..settings import Runtime
 
-__all__ = ["Index", "ExactIndex", "Searcher", "SearchQuery", "SearchResult", "Hit", "QueryError", "split_terms",
+__all__ = ["Index", "ExactIndex", "Searcher", "SearchQuery", "SearchResult", "Hit", "split_terms",
            "MAX_QUERY_CHARS", "MAX_K"]
 
 MAX_QUERY_CHARS = 1000   # longer is a paste accident; CLIP reads at most 77 tokens (the rest is truncated)
@@ -44,8 +45,6 @@ def split_terms(values: list[str]) -> list[str]:
     return [t.strip() for v in values for t in re.split(r"[,，]", v or "") if t.strip()]
 
 
-class QueryError(ValueError):
-    """A query that cannot be run; the message says what to change."""
 
 
 class Index(Protocol):
@@ -228,6 +227,17 @@ class Searcher:
                 continue
             hits.append(Hit(row, e.id, e.sha256, e.path, e.name, score, e.meta))
         return hits
+
+    def search_vector(self, vector: torch.Tensor, k: int = 10) -> list[Hit]:
+        """Top-k for a raw embedding [D] (normalised here), e.g. one computed by an API client."""
+        if not 1 <= k <= MAX_K:
+            raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+        if tuple(vector.shape) != (self.library.dim,) or not bool(torch.isfinite(vector).all()):
+            raise QueryError(f"A query vector must hold {self.library.dim} finite numbers (this library's "
+                             f"dimension), got shape {tuple(vector.shape)}")
+        if float(vector.norm()) < 1e-6:
+            raise QueryError("The query vector is all zeros")
+        return self.nearest(F.normalize(vector.float(), dim=-1), k)
 
     def similar_to(self, entry_id: str, k: int = 10) -> list[Hit]:
         """Image→image search from an image already in the library (no re-encoding)."""

@@ -35,8 +35,8 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from .encoders import Encoder
-from .settings import Runtime
+from .base import Encoder
+from ..settings import Runtime
 
 __all__ = ["MiniConfig", "Tokenizer", "MiniCLIP", "MiniEncoder", "load_mini_encoder", "save_checkpoint",
            "load_checkpoint", "image_to_uint8", "normalize_pixels", "CHECKPOINT_KIND", "FORMAT_VERSION", "SPECIALS"]

@@ -13,10 +13,11 @@ from typing import Sequence
 import torch
 
 from . import shapes
-from .datasets import DatasetError, read_flickr8k
-from .images import ImageError, load_image
+from ..errors import DatasetError, ImageError
+from ..images import load_image
+from .datasets import read_flickr8k
 from .metrics import retrieval_recall, topk_accuracy
-from .mini import image_to_uint8
+from ..models.mini import image_to_uint8
 
 __all__ = ["PairSet", "load_pairsets", "evaluate_pairs"]
 

@@ -17,10 +17,8 @@ translates one way, read from its tokenizer_config.json (target_lang) or its nam
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,12 +27,12 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from .hf import LazyLoad, is_hub_id, load_pretrained
-from .encoders import ModelUnavailableError, UnknownModelError
-from .lang import source_language
-from .settings import Runtime, pick_runtime
+from ..models.hf import LazyLoad, is_hub_id, load_pretrained
+from ..errors import ModelUnavailableError, UnknownModelError
+from .script import source_language
+from ..settings import Runtime, pick_runtime
 
-__all__ = ["Translator", "TranslateSettings", "TRANSLATORS", "DEFAULT_TRANSLATOR", "NLLB_CODES", "add_commands"]
+__all__ = ["Translator", "TranslateSettings", "TRANSLATORS", "DEFAULT_TRANSLATOR", "NLLB_CODES"]
 
 # name -> (loader kind, {target language: hub id}). NLLB is one model for both directions.
 TRANSLATORS: dict[str, tuple[str, dict[str, str]]] = {
@@ -246,24 +244,3 @@ class Translator:
 
 
 # ---------------------------------------------------------------- command line (UI layer: prints)
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """`python -m core translate TEXT... --to zh|en [--translator nllb|marian|PATH]`"""
-    p = subparsers.add_parser("translate", help="translate between Chinese and English")
-    p.add_argument("texts", nargs="+", help="texts to translate (quote each one)")
-    p.add_argument("--to", required=True, choices=_LANGS, help="target language")
-    p.add_argument("--translator", default=DEFAULT_TRANSLATOR,
-                   help=f"{' | '.join(TRANSLATORS)} | a save_pretrained() directory (default {DEFAULT_TRANSLATOR})")
-    p.set_defaults(func=_cmd_translate)
-
-
-def _cmd_translate(args: argparse.Namespace) -> int:
-    try:
-        translator = Translator(args.translator, pick_runtime(getattr(args, "device", None)),
-                                offline=getattr(args, "offline", False))
-        for text in translator.translate(args.texts, to=args.to):
-            print(text)
-    except (UnknownModelError, ModelUnavailableError, ValueError) as e:  # ValueError: a bad --device
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

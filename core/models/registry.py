@@ -1,0 +1,153 @@
+"""Model names -> ready encoders, through a registry of backends.
+
+    enc = load_encoder("ViT-B/32")                 # OpenAI CLIP, downloaded once into the cache
+    enc = load_encoder("chinese-clip", "cuda")     # a named Hugging Face model
+    enc = load_encoder("hf:OFA-Sys/chinese-clip-vit-base-patch16")
+    enc = load_encoder("/models/my-finetune.pt")   # a local checkpoint file or save_pretrained folder
+
+A model spec is one of, tried in this order:
+
+    BACKEND:SOURCE    explicit: "clip:PATH", "hf:ORG/NAME" or "hf:DIR", "mini:PATH"
+    a name in MODELS  e.g. "ViT-B/32", "RN50", "chinese-clip", "mini"
+    a local file      a mini-CLIP checkpoint, else an OpenAI CLIP checkpoint
+    a local folder    saved with save_pretrained() (Hugging Face)
+    ORG/NAME          a Hugging Face hub id
+
+Each backend (`BACKENDS`) is one entry: adding a runtime or a hub family is one more entry,
+not another `if`. Weights download once into the cache with progress; every failure names the
+model, where it looked, and what to do.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import ModelUnavailableError, UnknownModelError
+from ..settings import ASSETS_DIR, Runtime, default_paths, pick_runtime
+from .base import Encoder
+
+__all__ = ["load_encoder", "load_encoder_with_fallback", "available_models", "resolve", "MODELS", "BACKENDS",
+           "BUNDLED_MINI"]
+
+BUNDLED_MINI = ASSETS_DIR / "mini" / "mini_clip_shapes.pt"
+
+# (backend, source, what it is). The OpenAI names come from the clip package itself (see _named).
+MODELS: dict[str, tuple[str, str, str]] = {
+    "mini": ("mini", str(BUNDLED_MINI), "the bundled offline model (coloured shapes, en + zh)"),
+    "chinese-clip": ("hf", "OFA-Sys/chinese-clip-vit-base-patch16", "Chinese-CLIP ViT-B/16 (reads Chinese)"),
+    "altclip": ("hf", "BAAI/AltCLIP", "AltCLIP (Chinese and English)"),
+    "siglip": ("hf", "google/siglip-base-patch16-224", "SigLIP base (English)"),
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How one family of models is loaded: load(source, runtime, cache, offline) -> Encoder."""
+    load: Callable[[str, Runtime, Path, bool], Encoder]
+    help: str
+
+
+def _load_clip(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:
+    from .openai_clip import clip_names, load_clip_file, load_clip_named
+    if source in clip_names():
+        return load_clip_named(source, runtime, cache, offline)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UnknownModelError(f"OpenAI CLIP checkpoint {path} not found")
+    return load_clip_file(path, runtime)
+
+
+def _load_hf(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:
+    from .hf import load_hf
+    path = Path(source).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UnknownModelError(f"{path} is a directory without config.json; expected a save_pretrained() folder")
+    return load_hf(str(path) if path.is_dir() else source, runtime, cache, offline)
+
+
+def _load_mini(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:
+    from .mini import load_mini_encoder
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ModelUnavailableError(f"Mini model checkpoint {path} not found; train one with `python -m core.train`")
+    return load_mini_encoder(path, runtime)
+
+
+BACKENDS: dict[str, Backend] = {
+    "clip": Backend(_load_clip, "OpenAI CLIP: a name (ViT-B/32, RN50, ...) or a checkpoint file"),
+    "hf": Backend(_load_hf, "Hugging Face CLIP / ChineseCLIP / AltCLIP / SigLIP: hub id or save_pretrained folder"),
+    "mini": Backend(_load_mini, "the project's mini-CLIP: a checkpoint from `python -m core.train`"),
+}
+
+
+def _named() -> dict[str, tuple[str, str, str]]:
+    from .openai_clip import clip_names
+    return {**{n: ("clip", n, "OpenAI CLIP") for n in clip_names()}, **MODELS}
+
+
+def available_models() -> list[str]:
+    """Names accepted by load_encoder besides paths and Hugging Face ids."""
+    return list(_named()) + [f"{b}:SOURCE" for b in BACKENDS]
+
+
+def resolve(spec: str) -> tuple[str, str]:
+    """A model spec -> (backend name, source) without loading anything (see the module docstring)."""
+    spec = spec.strip()
+    prefix, _, rest = spec.partition(":")
+    if prefix in BACKENDS and rest:
+        return prefix, rest
+    named = _named()
+    if spec in named:
+        return named[spec][:2]
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return ("mini" if _is_mini_checkpoint(path) else "clip"), spec
+    if path.is_dir():
+        return "hf", spec
+    if _looks_like_hub_id(spec):
+        return "hf", spec
+    raise UnknownModelError(f"Model {spec} not found; available models = {available_models()}, "
+                            "or a local checkpoint file, or a Hugging Face id / save_pretrained directory")
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    """ORG/NAME, but not a mistyped OpenAI name ("ViT-B/99") nor a missing file path."""
+    return (spec.count("/") == 1 and not spec.startswith(("ViT-", "RN", ".", "/", "~"))
+            and not spec.endswith((".pt", ".pth")))
+
+
+def load_encoder(name: str, device: str | Runtime | None = "cpu", cache: Path | None = None,
+                 offline: bool = False) -> Encoder:
+    """Resolve a model name, path or hub id to a ready Encoder (weights loaded once, eval mode).
+    `device` is "cpu", "cuda", "cuda:N", "auto" or a Runtime (core.settings.pick_runtime)."""
+    runtime = device if isinstance(device, Runtime) else pick_runtime(device)
+    backend, source = resolve(name)
+    return BACKENDS[backend].load(source, runtime, Path(cache or default_paths().cache), offline)
+
+
+def _is_mini_checkpoint(path: Path) -> bool:
+    if path.suffix not in (".pt", ".pth") or path.stat().st_size > 200 * 2**20:
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError):
+        return False  # TorchScript archives and other formats land here
+    return isinstance(obj, dict) and obj.get("kind") == "mini-clip"
+
+
+def load_encoder_with_fallback(name: str, runtime: Runtime, cache: Path | None = None,
+                               offline: bool = False) -> tuple[Encoder, str | None]:
+    """load_encoder, falling back to the bundled mini model when the weights cannot be had.
+
+    Returns (encoder, notice); notice is None when `name` itself loaded, else it says why
+    the fallback happened (shown to the user)."""
+    try:
+        return load_encoder(name, runtime, cache, offline), None
+    except ModelUnavailableError as e:
+        if not BUNDLED_MINI.is_file() or name == "mini":
+            raise
+        return load_encoder("mini", runtime), f"{e} Using the bundled offline mini model instead."
