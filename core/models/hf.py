@@ -100,8 +100,7 @@ class HFEncoder(Encoder):
         kind = cfg.model_type
         self.multilingual = kind in ("chinese_clip", "altclip") or "multilingual" in model_id.lower()
         self._pad = "max_length" if kind.startswith("siglip") else True  # SigLIP was trained on max-length padding
-        tok = processor.tokenizer
-        self._max_len = min(int(getattr(tok, "model_max_length", 77) or 77), 512)
+        self._max_len = _text_max_len(processor.tokenizer, cfg)
         self.dim = int(self._text_features(["probe"]).shape[-1])
 
     def preprocess(self, image):
@@ -115,6 +114,20 @@ class HFEncoder(Encoder):
                                          max_length=self._max_len, return_tensors="pt")
         batch = {k: v.to(self.runtime.device) for k, v in batch.items()}
         return _as_tensor(self.model.get_text_features(**batch))
+
+
+def _text_max_len(tokenizer, config) -> int:
+    """Longest token sequence the text tower accepts: the tokenizer's model_max_length when it
+    is set (transformers puts a huge sentinel, int(1e30), there when a tokenizer_config.json
+    has none), the text model's max_position_embeddings when known, and never over 512."""
+    caps = [512]
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        caps.append(tok_max)
+    positions = getattr(getattr(config, "text_config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        caps.append(positions)
+    return min(caps)
 
 
 def _as_tensor(out) -> torch.Tensor:
