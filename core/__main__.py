@@ -5,15 +5,16 @@
     python -m core search "beach" --minus people
     python -m core search --image query.jpg
     python -m core classify photo.jpg --labels "cat,dog,小鸟" --templates ensemble80
-    python -m core library stats|list|seed|remove ID|compact|verify|repair|reindex
+    python -m core library stats|list|seed|remove ID|compact|verify|repair|reindex|build-index
 
-Every command takes --model, --library, --device and --offline.
+Every command takes --model, --library, --device, --offline and --index.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,6 +24,7 @@ from .images import iter_image_files, load_image
 from .language.caption import CAPTIONERS, DEFAULT_CAPTIONER, CaptionSettings, Captioner
 from .language.query import caption_metadata
 from .language.translate import DEFAULT_TRANSLATOR, TRANSLATORS, Translator
+from .library.index import EXACT_MAX_ROWS, INDEX_KINDS
 from .library.search import SearchQuery, split_terms
 from .settings import DEFAULT_MODEL, pick_runtime
 from .workbench import build_workbench, reindex_library
@@ -38,11 +40,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--offline", action="store_true", help="never try to download weights")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of using the bundled mini model")
+    p.add_argument("--index", default="auto", choices=INDEX_KINDS,
+                   help="search index: exact, or FAISS ivf | hnsw | ivfpq; auto = exact below "
+                        f"{EXACT_MAX_ROWS:,} images, ivf above")
 
 
 def _workbench(args):
     wb = build_workbench(args.model, args.library, args.device, args.offline, fallback=not args.no_fallback,
-                         captioner=getattr(args, "captioner", None), translator=getattr(args, "translator", None))
+                         captioner=getattr(args, "captioner", None), translator=getattr(args, "translator", None),
+                         index=args.index)
     if wb.notice:
         print(f"note: {wb.notice}", file=sys.stderr)
     return wb
@@ -54,6 +60,7 @@ def cmd_index(args) -> int:
     missing = [p for p in args.paths if not Path(p).exists()]
     with tqdm(total=len(files), unit="img", desc="indexing", disable=args.quiet) as bar:
         report = wb.add(files, progress=bar.update, caption=args.caption, batch_size=args.batch_size)
+    wb.flush()   # features_library.pth now holds every image
     print(f"{report.summary()} in {report.seconds:.1f}s; library now holds {len(wb)} images")
     for p in missing:
         print(f"  not found: {p}")
@@ -107,20 +114,28 @@ def cmd_library(args) -> int:
         print(json.dumps(wb.stats(), indent=2, ensure_ascii=False))
     elif args.action == "list":
         for e in wb.entries(args.offset, args.limit):
-            print(f"{e.row:>6}  {e.id}  {e.name}  {e.path.relative_to(wb.root)}")
+            print(f"{e.rowid:>6}  {e.id}  {e.name}  {e.path.relative_to(wb.root)}")
     elif args.action == "remove":
         if not args.ids:
             raise LibraryError("Give the id(s) to remove, as shown by `library list`")
         n = len(wb.remove(args.ids))
+        wb.flush()
         print(f"removed {n}; library now holds {len(wb)} images")
     elif args.action == "compact":
         wb.compact()
         print(f"compacted: {len(wb)} images in {wb.root / 'features_library.pth'}")
     elif args.action == "seed":
         report = wb.seed()
+        wb.flush()
         print(f"sample images: {report.summary()}; library now holds {len(wb)} images")
     elif args.action == "repair":
         print(json.dumps(wb.repair(), indent=2, ensure_ascii=False))
+        wb.flush()
+    elif args.action == "build-index":
+        start = time.perf_counter()
+        kind = wb.build_index(None if args.index == "auto" else args.index)
+        print(f"{kind} index over {len(wb)} images built in {time.perf_counter() - start:.1f}s"
+              + (" (exact search needs no index)" if kind == "exact" else ""))
     elif args.action == "verify":
         report = wb.verify(deep=args.deep)
         print(json.dumps(report, indent=2))
@@ -193,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("library", help="housekeeping")
-    p.add_argument("action", choices=["stats", "list", "seed", "remove", "compact", "verify", "repair", "reindex"])
+    p.add_argument("action", choices=["stats", "list", "seed", "remove", "compact", "verify", "repair", "reindex",
+                                       "build-index"])
     p.add_argument("ids", nargs="*", help="ids for remove")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)

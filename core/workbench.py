@@ -15,9 +15,11 @@ created on first use, once. Nothing here knows about Gradio.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -30,6 +32,7 @@ from .images import load_image
 from .language.caption import DEFAULT_CAPTIONER, Captioner
 from .language.query import caption_metadata, prepare_query
 from .language.translate import DEFAULT_TRANSLATOR, Translator
+from .library.index import ExactIndex, LibraryANN, open_index, resolve_kind
 from .library.ingest import IngestReport, ingest, open_library, reindex, repair, sample_files
 from .library.search import Hit, Searcher, SearchQuery, SearchResult
 from .library.store import Entry, Library
@@ -39,6 +42,8 @@ from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
 from .zeroshot import ZeroShotClassifier, plan_prompts
 
 __all__ = ["Workbench", "build_workbench", "Page", "ImageInput", "PAGE_SIZE", "reindex_library"]
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 48   # library entries per page: 6 rows of 8, one screen on a classroom projector
 ImageInput = Image.Image | str | os.PathLike | bytes
@@ -61,20 +66,115 @@ def as_image(image: ImageInput, name: str | None = None) -> Image.Image:
     return load_image(bytes(image), name or "image")
 
 
+class _Flusher:
+    """Keeps features_library.pth current without an O(N) write per upload: each poke
+    schedules one background flush, at most one per max(MIN_GAP, 10 x the last flush's
+    duration), so a small library is current within seconds and a 1M one is not rewritten
+    more than a tenth of the time."""
+    MIN_GAP = 2.0   # seconds
+
+    def __init__(self, flush: Callable[[], None]):
+        self._flush, self._lock = flush, threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._next = 0.0
+
+    def poke(self) -> None:
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(max(0.0, self._next - time.monotonic()), self._run)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _run(self) -> None:
+        with self._lock:
+            self._timer = None
+        start = time.monotonic()
+        try:
+            self._flush()
+        except (OSError, LibraryError) as e:   # e.g. disk full: the journal still holds every add
+            log.warning("could not rewrite features_library.pth: %s", e)
+        took = time.monotonic() - start
+        self._next = time.monotonic() + max(self.MIN_GAP, 10 * took)
+
+    def close(self) -> None:
+        """Cancel what is pending and flush now (on shutdown)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self._flush()
+
+
 class Workbench:
     """Every service over one encoder and one library. Build with `build_workbench`."""
 
     def __init__(self, runtime: Runtime, encoder: Encoder, library: Library, notice: str | None = None,
-                 offline: bool = False, captioner: str | None = None, translator: str | None = None):
+                 offline: bool = False, captioner: str | None = None, translator: str | None = None,
+                 index: str = "auto", background: bool = False):
+        """index: "auto" | "exact" | "ivf" | "hnsw" | "ivfpq" (see core.library.index).
+        background=True (the app): an ANN index is loaded or built in a thread while exact
+        search serves, and features_library.pth is rewritten in the background after writes;
+        False (the CLI, scripts): both happen in the calling thread, `flush()` when asked."""
         self.runtime, self.encoder, self.library = runtime, encoder, library
         self.notice = notice                 # why a fallback model / library is in use, shown to the user
         self.offline = offline
         self.captioner_name = captioner or DEFAULT_CAPTIONER
         self.translator_name = translator or DEFAULT_TRANSLATOR
-        self.searcher = Searcher(encoder, library, plan=self.plan_query)
+        self.searcher = Searcher(encoder, library, ExactIndex(library, runtime), plan=self.plan_query)
         self.classifier = ZeroShotClassifier(encoder)
+        self.index_kind = resolve_kind(index, len(library))
         self._lazy: dict = {}
         self._lazy_lock = threading.Lock()
+        self._flusher = _Flusher(self.flush) if background else None
+        self._index_lock = threading.Lock()
+        self._index_opened = self.index_kind == "exact"
+        if background and not self._index_opened:   # exact search serves until it is ready
+            threading.Thread(target=self._open_index, name="open-index", daemon=True).start()
+
+    def _open_index(self) -> None:
+        """Load (or build) the ANN index once; later calls return at once."""
+        with self._index_lock:
+            if self._index_opened:
+                return
+            start = time.monotonic()
+            self.searcher.index = open_index(self.library, self.runtime, self.index_kind)
+            self._index_opened = True
+        log.info("%s index over %d images ready in %.1f s", self.index_kind, len(self.library), time.monotonic() - start)
+
+    def _searchable(self) -> Searcher:
+        """The searcher, its ANN index opened first unless the app opens it in the background."""
+        if not self._index_opened and self._flusher is None:
+            self._open_index()
+        return self.searcher
+
+    def build_index(self, kind: str | None = None) -> str:
+        """(Re)build the ANN index of `kind` (default: this workbench's) from every row and save
+        it beside the library; returns the kind. "exact" needs no index."""
+        kind = resolve_kind(kind or self.index_kind, len(self.library))
+        if kind == "exact":
+            return kind
+        with self._index_lock:
+            index = LibraryANN.build(self.library, kind)
+            index.save()
+            self.searcher.index, self.index_kind, self._index_opened = index, kind, True
+        return kind
+
+    def flush(self) -> None:
+        """Make features_library.pth (and a persisted ANN index) hold every image now."""
+        self.library.flush()
+        if isinstance(self.searcher.index, LibraryANN):
+            self.searcher.index.save()
+
+    def close(self) -> None:
+        """On shutdown: flush what the background flusher has not written yet."""
+        if self._flusher is not None:
+            self._flusher.close()
+        elif self.library.stale:
+            self.flush()
+
+    def _written(self) -> None:
+        if self._flusher is not None:
+            self._flusher.poke()
 
     # ------------------------------------------------------------ language models (lazy)
 
@@ -136,16 +236,16 @@ class Workbench:
         """Text / image / combined / negative search (see core.library.search)."""
         if query.image is not None and not isinstance(query.image, Image.Image):
             query.image = as_image(query.image)
-        return self.searcher.search(query)
+        return self._searchable().search(query)
 
     def search_vector(self, vector: Sequence[float] | torch.Tensor, k: int = 10) -> list[Hit]:
         """Nearest library images to a raw embedding (normalised here); for API clients."""
-        return self.searcher.search_vector(torch.as_tensor(vector, dtype=torch.float32), k)
+        return self._searchable().search_vector(torch.as_tensor(vector, dtype=torch.float32), k)
 
     def similar(self, image_id: str, k: int = 10) -> tuple[Entry, list[Hit]]:
         """Image→image from an image already in the library (no re-encoding)."""
         entry = self.library.find(image_id)
-        return entry, self.searcher.similar_to(entry.id, k)
+        return entry, self._searchable().similar_to(entry.id, k)
 
     def classify(self, image: ImageInput, labels: str, templates: str = "single", lang: str = "en",
                  top_k: int = 5) -> tuple[list[tuple[str, float]], str | None]:
@@ -168,8 +268,11 @@ class Workbench:
             batch_size: int = 64) -> IngestReport:
         """Add files, folders or `Upload`s; `caption=True` also stores zh/en captions (searchable)."""
         annotate = (lambda images: caption_metadata(images, self.captioner, self.translator)) if caption else None
-        return ingest(self.library, self.encoder, sources, batch_size=batch_size, progress=progress,
-                      annotate=annotate)
+        try:
+            return ingest(self.library, self.encoder, sources, batch_size=batch_size, progress=progress,
+                          annotate=annotate)
+        finally:
+            self._written()
 
     def seed(self, progress: Callable[[int], None] | None = None) -> IngestReport:
         """Add the bundled sample photos and Shapes images (safe to run again)."""
@@ -217,6 +320,7 @@ class Workbench:
         """Remove images by id; returns the entries removed."""
         entries = [self.library.find(i) for i in image_ids]
         self.library.remove([e.sha256 for e in entries])
+        self._written()
         return entries
 
     def compact(self) -> None:
@@ -227,7 +331,10 @@ class Workbench:
 
     def repair(self) -> dict:
         """Rows without files removed, files without rows re-added (never deleted)."""
-        return repair(self.library, self.encoder)
+        try:
+            return repair(self.library, self.encoder)
+        finally:
+            self._written()
 
 
 def _open_for(root: Path, encoder: Encoder, fallback_used: bool) -> tuple[Library, str | None]:
@@ -246,7 +353,8 @@ def _open_for(root: Path, encoder: Encoder, fallback_used: bool) -> tuple[Librar
 
 def build_workbench(model: str | None = None, library_dir: str | Path | None = None, device: str | None = None,
                     offline: bool = False, fallback: bool = True, cache: Path | None = None,
-                    captioner: str | None = None, translator: str | None = None) -> Workbench:
+                    captioner: str | None = None, translator: str | None = None, index: str = "auto",
+                    background: bool = False) -> Workbench:
     """Load the encoder (with the bundled mini model as fallback), open the library, wire the services."""
     runtime = pick_runtime(device)
     name = model or DEFAULT_MODEL
@@ -257,7 +365,7 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
     library, library_note = _open_for(Path(library_dir or default_paths().library), encoder, fallback_used=bool(notice))
     notice = " ".join(n for n in (notice, library_note) if n) or None
     wb = Workbench(runtime, encoder, library, notice=notice, offline=offline, captioner=captioner,
-                   translator=translator)
+                   translator=translator, index=index, background=background)
     if captioner:
         wb.captioner   # noqa: B018  an unknown name fails here, at start, not inside the first request
     if translator:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.library.store import JOURNAL_NAME, SNAPSHOT_NAME, Library, NewImage
+from core.library.store import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from core.errors import LibraryError, ModelMismatchError
 from core_fixtures import distinct_pngs
 
@@ -38,10 +38,10 @@ def assert_consistent(lib: Library) -> None:
 def test_snapshot_is_plain_torch_load_with_documented_fields(tmp_path):
     lib = Library(tmp_path, "test-model", DIM)
     lib.add([new_image(d) for d in distinct_pngs(3)])
-    lib.compact()
+    assert lib.flush()
     snap = torch.load(tmp_path / SNAPSHOT_NAME, weights_only=True)
-    assert snap["format_version"] == 1 and snap["model_id"] == "test-model" and snap["dim"] == DIM
-    assert snap["features"].shape == (3, DIM)
+    assert snap["format_version"] == 2 and snap["model_id"] == "test-model" and snap["dim"] == DIM
+    assert snap["features"].shape == (3, DIM) and snap["ids"].tolist() == [0, 1, 2]
     assert len(snap["files"]) == len(snap["sha256"]) == len(snap["meta"]) == 3
     for f, s, row in zip(snap["files"], snap["sha256"], snap["features"]):
         assert (tmp_path / f).read_bytes().__len__() > 0 and s in f     # file named by its content hash
@@ -245,11 +245,19 @@ def test_damaged_journal_header_is_an_error_not_silent_loss(tmp_path):
         Library(tmp_path, "test-model", DIM)
 
 
-def test_unreadable_snapshot_is_a_clear_error(tmp_path):
+def test_unreadable_manifest_is_a_clear_error(tmp_path):
     Library(tmp_path, "test-model", DIM)
-    (tmp_path / SNAPSHOT_NAME).write_bytes(b"not a torch file")
+    (tmp_path / MANIFEST_NAME).write_bytes(b"not json")
     with pytest.raises(LibraryError, match="repair"):
         Library(tmp_path, "test-model", DIM)
+
+
+def test_the_user_file_is_never_read_so_a_damaged_one_does_no_harm(tmp_path):
+    lib = Library(tmp_path, "test-model", DIM)
+    lib.add([new_image(d) for d in distinct_pngs(2)])
+    (tmp_path / SNAPSHOT_NAME).write_bytes(b"not a torch file")
+    assert len(Library(tmp_path, "test-model", DIM)) == 2
+    assert lib.flush() and len(torch.load(tmp_path / SNAPSHOT_NAME, weights_only=True)["files"]) == 2
 
 
 def test_replace_all_refuses_rows_that_changed(tmp_path):

@@ -51,7 +51,7 @@ def test_similar_to_a_library_image(searcher, library):
 def test_text_ranking_matches_brute_force(searcher, library, encoder):
     result = searcher.search(SearchQuery(text="a cat on a sofa", k=14))
     order, scores = brute_force(library, encoder.encode_texts(["a cat on a sofa"])[0])
-    assert [h.row for h in result.hits] == order
+    assert [h.rowid for h in result.hits] == order
     assert [h.score for h in result.hits] == pytest.approx([scores[i] for i in order], abs=1e-5)
 
 
@@ -62,7 +62,7 @@ def test_combined_and_negative_queries_are_weighted_sums(searcher, library, enco
     expected = F.normalize(0.7 * t + 1.3 * encoder.encode_images([img])[0] - p - c, dim=-1)
     vec, used, _ = searcher.query_vector(q)
     assert torch.allclose(vec, expected, atol=1e-5) and used == "beach"
-    assert [h.row for h in searcher.search(q).hits] == brute_force(library, expected)[0]
+    assert [h.rowid for h in searcher.search(q).hits] == brute_force(library, expected)[0]
 
 
 def test_threshold_and_k(searcher):

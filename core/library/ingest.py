@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import threading
@@ -23,7 +24,7 @@ from PIL import Image
 
 from ..errors import ImageError, LibraryError
 from ..images import MAX_BYTES, decode_image, iter_image_files
-from .store import Library, NewImage, SNAPSHOT_NAME
+from .store import MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from .thumbs import write_thumbnail
 from ..settings import ASSETS_DIR
 
@@ -77,11 +78,14 @@ def open_library(root: str | os.PathLike, encoder) -> Library:
 
 def peek_model(root: str | os.PathLike) -> tuple[str, int] | None:
     """(model_id, dim) recorded in an existing library, or None if there is none yet."""
-    path = Path(root) / SNAPSHOT_NAME
-    if not path.exists():
+    manifest, snapshot = Path(root) / MANIFEST_NAME, Path(root) / SNAPSHOT_NAME
+    if manifest.exists():
+        head = json.loads(manifest.read_text(encoding="utf-8"))
+    elif snapshot.exists():   # a version-1 library, migrated when it is opened
+        head = torch.load(snapshot, map_location="cpu", weights_only=True)
+    else:
         return None
-    snap = torch.load(path, map_location="cpu", weights_only=True)
-    return snap["model_id"], int(snap["dim"])
+    return head["model_id"], int(head["dim"])
 
 
 def _read(source: str | os.PathLike | Upload) -> tuple[str, bytes]:

@@ -1,6 +1,6 @@
 """Text→image, image→image and combined search over a library.
 
-    searcher = Searcher(encoder, library, ExactIndex(library, runtime))
+    searcher = Searcher(encoder, library, open_index(library, runtime, "auto"))
     result = searcher.search(SearchQuery(text="a cat on a sofa", minus=["people"], k=5))
     result.hits  # [Hit(score=0.31, name="cat.jpg", ...), ...]
 
@@ -10,8 +10,9 @@ normalised again (rclip's combined queries). Scores are cosine similarities; whe
 carry stored captions (core.lang.caption_metadata at ingest), a text query's best embedding
 candidates are re-ranked with a small bonus for captions containing the query's words.
 
-The index is behind a small interface (`Index.search(queries, k)`), so an ANN index can
-replace `ExactIndex` later without touching callers.
+The index (core/library/index.py: exact, or FAISS above a size threshold) returns
+permanent row ids; hits are named from the library by id, so a removal between scoring
+and naming drops that hit instead of shifting every later one.
 """
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import QueryError
+from .index import ExactIndex
 from .store import Library
-from ..settings import Runtime
 
-__all__ = ["Index", "ExactIndex", "Searcher", "SearchQuery", "SearchResult", "Hit", "split_terms",
+__all__ = ["Searcher", "SearchQuery", "SearchResult", "Hit", "split_terms",
            "MAX_QUERY_CHARS", "MAX_K"]
 
 MAX_QUERY_CHARS = 1000   # longer is a paste accident; CLIP reads at most 77 tokens (the rest is truncated)
@@ -45,53 +46,6 @@ def split_terms(values: list[str]) -> list[str]:
     return [t.strip() for v in values for t in re.split(r"[,，]", v or "") if t.strip()]
 
 
-
-
-class Index(Protocol):
-    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries [Q, D] normalised -> (scores [Q, k'], rows [Q, k']) best first, k' = min(k, N)."""
-
-
-class ExactIndex:
-    """Exact cosine top-k on the library's matrix, kept resident on the runtime's device.
-
-    On the CPU it reads the library's own buffer (no copy). On CUDA it keeps an fp16 copy
-    that grows with the library, copying only the new rows after an add.
-    """
-
-    def __init__(self, library: Library, runtime: Runtime):
-        self.library, self.runtime = library, runtime
-        self._lock = threading.Lock()
-        self._dev: torch.Tensor | None = None
-        self._synced = (-1, 0)   # (library epoch, rows copied)
-
-    def _matrix(self) -> torch.Tensor:
-        epoch, feats = self.library.view()   # together: the device copy must never mix epochs
-        if not self.runtime.is_cuda:
-            return feats
-        with self._lock:
-            n = feats.shape[0]
-            if self._synced[0] != epoch or self._dev is None or n < self._synced[1]:
-                self._dev = torch.empty(max(n * 2, 1024), feats.shape[1], device=self.runtime.device, dtype=self.runtime.dtype)
-                self._synced = (epoch, 0)
-            done = self._synced[1]
-            if n > done:
-                if n > self._dev.shape[0]:
-                    grown = torch.empty(2 * n, feats.shape[1], device=self.runtime.device, dtype=self.runtime.dtype)
-                    grown[:done] = self._dev[:done]
-                    self._dev = grown
-                self._dev[done:n] = feats[done:n].to(self.runtime.device, self.runtime.dtype, non_blocking=True)
-                self._synced = (epoch, n)
-            return self._dev[:n]
-
-    @torch.inference_mode()
-    def search(self, queries, k):
-        matrix = self._matrix()
-        if matrix.shape[0] == 0:
-            return torch.empty(queries.shape[0], 0), torch.empty(queries.shape[0], 0, dtype=torch.long)
-        scores = queries.to(matrix.device, matrix.dtype) @ matrix.T   # [Q, N]
-        values, rows = scores.topk(min(k, matrix.shape[0]), dim=-1)
-        return values.float().cpu(), rows.cpu()
 
 
 @dataclass
@@ -109,7 +63,7 @@ class SearchQuery:
 
 @dataclass(frozen=True)
 class Hit:
-    row: int
+    rowid: int                 # permanent row id in the library
     id: str                    # short id (first 12 hex digits of sha256), as `library list` shows
     sha256: str
     path: Path
@@ -152,7 +106,7 @@ class Searcher:
     def __init__(self, encoder, library: Library, index: Index | None = None,
                  plan: Callable[[str], tuple[str, str | None]] | None = None):
         self.encoder, self.library = encoder, library
-        self.index = index or ExactIndex(library, encoder.runtime)
+        self.index = index or ExactIndex(library, encoder.runtime)   # swapped for an ANN index when one is ready
         self.plan = plan or (lambda text: (text, None))
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
@@ -200,7 +154,7 @@ class Searcher:
             return SearchResult(kept[:q.k], used, note)
         scored = sorted(((h.score + CAPTION_WEIGHT * _caption_match(h.meta, words), h) for h in pool),
                         key=lambda t: -t[0])
-        hits = [Hit(h.row, h.id, h.sha256, h.path, h.name, s, h.meta) for s, h in scored
+        hits = [Hit(h.rowid, h.id, h.sha256, h.path, h.name, s, h.meta) for s, h in scored
                 if q.threshold is None or s >= q.threshold][:q.k]
         return SearchResult(hits, used, note)
 
@@ -208,24 +162,16 @@ class Searcher:
     def nearest(self, vec: torch.Tensor, k: int, threshold: float | None = None) -> list[Hit]:
         """Top-k library entries for a normalised query vector [D]."""
         self.library.refresh()   # pick up images another process (the CLI, another app) added
-        for _ in range(3):       # a removal between scoring and naming shifts rows: score again
-            epoch = self.library.epoch
-            scores, rows = self.index.search(vec[None], k)
-            hits = self._hits(scores[0].tolist(), rows[0].tolist(), threshold)
-            if self.library.epoch == epoch:
-                return hits
-        return hits
-
-    def _hits(self, scores: list[float], rows: list[int], threshold: float | None) -> list[Hit]:
+        scores, rowids = self.index.search(vec[None], k)
         hits = []
-        for score, row in zip(scores, rows):
+        for score, rowid in zip(scores[0].tolist(), rowids[0].tolist()):
             if threshold is not None and score < threshold:
                 break
             try:
-                e = self.library.entry(row)
-            except IndexError:   # removed meanwhile; nearest() scores again
+                e = self.library.entry(rowid)
+            except KeyError:   # removed since it was scored
                 continue
-            hits.append(Hit(row, e.id, e.sha256, e.path, e.name, score, e.meta))
+            hits.append(Hit(e.rowid, e.id, e.sha256, e.path, e.name, score, e.meta))
         return hits
 
     def search_vector(self, vector: torch.Tensor, k: int = 10) -> list[Hit]:

@@ -2,45 +2,56 @@
 
 A library directory holds:
 
-    features_library.pth      the snapshot (format below), rewritten only on compaction
+    store.json                the manifest: format version, model, dim, generation, next id
+    store/*.G.*               the snapshot of generation G as memory-mapped columns (core/library/columns.py)
     journal.log               adds/removes since the snapshot, appended and fsync'd per batch
+    features_library.pth      the same library as one plain torch file, for people (format below)
     images/ab/<sha256>.<ext>  the stored images, named by content hash (never by user input)
     thumbs/ab/<sha256>.jpg    gallery thumbnails (derived data, rebuilt when missing)
     staging/                  images written but not yet acknowledged (cleared on open)
     .lock                     inter-process lock (fcntl), held only while writing
 
-`torch.load("library/features_library.pth")` gives a dict (format_version 1):
+`torch.load("library/features_library.pth")` gives a dict (format_version 2):
 
-    format_version  int                  1
+    format_version  int                  2
     model_id        str                  the encoder that made the features, e.g. "ViT-B/32"
     dim             int                  D
     features        float32 [N, D]       L2-normalised; row i belongs to files[i]
     files           list[str] (N)        image paths relative to the library directory
     sha256          list[str] (N)        content hash of each stored image (dedupe key)
+    ids             int64 [N]            permanent row ids (never reused; the index keys)
     meta            list[dict] (N)       {"name": original file name (display only), "added": unix time,
                                           "width", "height", "bytes", optional "caption_en", "caption_zh"}
-    generation      int                  compactions so far; journal.log belongs to this generation
+    generation      int                  compactions so far
     created         float                unix time the library was created
 
-The snapshot alone is the library as of its last compaction; `Library` replays
-journal.log on open to get the current state. Journal records are
-[u32 length][u32 crc32][payload], the payload a JSON header, a NUL, then the
-float32 vector for adds. A torn or corrupt tail (a crash mid-write) fails its
+The program itself never reads that file: it opens store.json + the mapped columns (O(1)
+in the number of images) and replays journal.log. `flush()` compacts and rewrites
+features_library.pth so it holds every image; the CLI calls it after `index`, the app
+after upload batches (throttled) and on shutdown.
+
+Rows have permanent ids. A removal appends a journal record and clears the row's bit in
+an alive mask: O(1), nothing moves; compaction sweeps the dead rows and keeps the ids.
+
+Journal records are [u32 length][u32 crc32][payload], the payload a JSON header, a NUL,
+then the float32 vector for adds. A torn or corrupt tail (a crash mid-write) fails its
 length or CRC check and is dropped: it was never acknowledged.
 
-Crash safety: an add writes the image into staging/ (fsync), appends its record
-to the journal (fsync: this is the acknowledgement), then renames the image into
-images/. Recovery on open finishes those renames and deletes unacknowledged
-staging files, so no row lacks its image and no image lacks its row.
-Compaction writes a new snapshot and then a new empty journal, each by
-write-then-rename; a journal older than the snapshot is recognised by its
-generation and ignored. Replay is idempotent (add = if absent, remove = if present).
+Crash safety: an add writes the image into staging/ (fsync), appends its record to the
+journal (fsync: this is the acknowledgement), then renames the image into images/.
+Recovery on open finishes those renames and deletes unacknowledged staging files, so no
+row lacks its image and no image lacks its row. Compaction writes the new generation's
+columns, then store.json (write-then-rename: the switch), then a new empty journal; a
+journal older than store.json is recognised by its generation and ignored. Replay is
+idempotent (add = if absent, remove = if present).
 
-Versions: 1 = this layout. A future version adds one migration step in `_migrate`.
+Versions: 1 = one torch pickle (features_library.pth) as the snapshot, read on every open;
+2 = this layout. `_rebuild_from_pth` upgrades a version-1 library in place on first open.
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pickle
 import threading
@@ -49,24 +60,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import LibraryError, ModelMismatchError
+from .columns import Columns, Row, remove_generation, write_columns
+from .journal import JOURNAL_HEADER, JOURNAL_MAGIC, encode_record, fsync_dir, read_records, write_atomic
 from .thumbs import thumb_path
-from .journal import (JOURNAL_HEADER, JOURNAL_MAGIC, encode_record, fsync_dir, read_records,
-                      write_atomic)
 
-__all__ = ["Library", "Entry", "NewImage", "FORMAT_VERSION", "SNAPSHOT_NAME"]
+__all__ = ["Library", "Entry", "NewImage", "View", "FORMAT_VERSION", "SNAPSHOT_NAME", "MANIFEST_NAME", "JOURNAL_NAME"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SNAPSHOT_NAME = "features_library.pth"
+MANIFEST_NAME = "store.json"
 JOURNAL_NAME = "journal.log"
+STORE_DIR = "store"
 COMPACT_MIN_RECORDS = 20_000               # compact when the journal holds more records than this ...
 COMPACT_FRACTION = 0.5                     # ... and more than this fraction of N: amortised O(1) per add
-
-
-
-
 
 
 @dataclass(eq=False)
@@ -81,18 +91,30 @@ class NewImage:
 
 @dataclass(frozen=True)
 class Entry:
-    row: int
+    rowid: int                 # permanent row id (the index key; never reused)
     sha256: str
     path: Path                 # absolute path of the stored image
     meta: dict
 
     @property
     def id(self) -> str:
+        """The short id people type (`library list`, the gallery): 12 hex digits of the sha."""
         return self.sha256[:12]
 
     @property
     def name(self) -> str:
         return self.meta.get("name") or self.path.name
+
+
+@dataclass(frozen=True)
+class View:
+    """The rows as one consistent picture, for an exact scan: slot s is base row s for
+    s < len(base), else tail row s - len(base). Dead slots (removed) have alive[s] False."""
+    generation: int
+    base: torch.Tensor         # [S, D] the mapped snapshot (float32 or float16)
+    tail: torch.Tensor         # [T, D] float32 rows added since
+    ids: np.ndarray            # int64 [S + T]
+    alive: np.ndarray          # bool [S + T]
 
 
 class Library:
@@ -102,67 +124,122 @@ class Library:
     other processes' appends are picked up by `refresh()`, which search calls first).
     """
 
-    def __init__(self, root: str | os.PathLike, model_id: str, dim: int):
+    def __init__(self, root: str | os.PathLike, model_id: str, dim: int, dtype: str = "float32"):
         self.root = Path(root)
-        self.model_id, self.dim = model_id, dim
+        self.model_id, self.dim, self.dtype = model_id, dim, dtype   # dtype of a new snapshot: float32 | float16
         self._lock = threading.RLock()
-        self.epoch = 0              # bumped whenever rows are removed or reordered (views must rebuild)
-        for sub in ("images", "thumbs", "staging"):
+        self._cols: Columns | None = None
+        self.version = 0            # bumped on every change (indexes sync on it)
+        self._removed_log: list[int] = []   # row ids removed since this object opened (indexes mask them)
+        self._flushed = (-1, -1)    # (generation, version) that features_library.pth holds
+        for sub in ("images", "thumbs", "staging", STORE_DIR):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         with self._process_lock():
-            if not (self.root / SNAPSHOT_NAME).exists():
-                self._write_snapshot_locked(torch.empty(0, dim), [], [], [], generation=0, created=time.time())
+            if not (self.root / MANIFEST_NAME).exists():
+                self._create_or_migrate_locked()
             self._load_locked(recover=True)
 
     # ------------------------------------------------------------------ reading
 
     def __len__(self) -> int:
-        return self._n
+        return self._live
 
     @property
     def features(self) -> torch.Tensor:
-        """[N, D] float32 view of the current rows (do not modify)."""
+        """[N, D] float32 copy of the live rows in id order (O(N): for tests and exports)."""
         with self._lock:
-            return self._buf[:self._n]
+            view = self.view()
+            keep = torch.from_numpy(view.alive)
+            return torch.cat([view.base.float(), view.tail])[keep]
 
-    def view(self) -> tuple[int, torch.Tensor]:
-        """(epoch, features) read together: rows of that epoch keep their meaning until it changes."""
+    def view(self) -> View:
         with self._lock:
-            return self.epoch, self._buf[:self._n]
+            s = len(self._cols)
+            return View(self._generation, self._cols.features, self._tail[:self._t],
+                        np.concatenate([self._cols.ids, np.asarray(self._tail_ids, dtype=np.int64)]),
+                        self._alive[:s + self._t].copy())
 
-    def entry(self, row: int) -> Entry:
+    def entry(self, rowid: int) -> Entry:
+        """The live entry with this permanent row id (KeyError when there is none)."""
         with self._lock:
-            if not 0 <= row < self._n:
-                raise IndexError(f"row {row} out of range for a library of {self._n} images")
-            return Entry(row, self._sha[row], self.root / self._files[row], self._meta[row])
+            slot = self._slot_of_id(int(rowid))
+            if slot is None or not self._alive[slot]:
+                raise KeyError(f"no image with row id {rowid}")
+            return self._entry(slot)
 
     def entries(self, offset: int = 0, limit: int | None = None) -> list[Entry]:
+        """Live entries in id order (oldest first), `limit` of them from position `offset`."""
         with self._lock:
-            stop = self._n if limit is None else min(self._n, offset + limit)
-            return [self.entry(i) for i in range(max(0, offset), stop)]
+            slots = self._live_slots()
+            stop = len(slots) if limit is None else min(len(slots), max(0, offset) + limit)
+            return [self._entry(int(s)) for s in slots[max(0, offset):stop]]
 
     def contains(self, sha256: str) -> bool:
         with self._lock:
-            return sha256 in self._row_of
+            return self._slot_of_sha(sha256) is not None
+
+    def alive(self, rowids: np.ndarray) -> np.ndarray:
+        """bool [n]: which of these row ids are live now."""
+        with self._lock:
+            out = np.zeros(len(rowids), dtype=bool)
+            for i, r in enumerate(rowids):
+                slot = self._slot_of_id(int(r))
+                out[i] = slot is not None and bool(self._alive[slot])
+            return out
+
+    def rows_after(self, rowid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids int64 [n], vectors float32 [n, D]) of the live rows with id > rowid (index sync)."""
+        with self._lock:
+            view = self.view()
+            slots = np.flatnonzero((view.ids > rowid) & view.alive)
+            return torch.from_numpy(view.ids[slots].copy()), self._vectors(slots)
+
+    @property
+    def removal_count(self) -> int:
+        return len(self._removed_log)
+
+    def removed_since(self, position: int) -> tuple[np.ndarray, int]:
+        """(row ids removed after `position` in the removal log, the new position)."""
+        with self._lock:
+            return np.asarray(self._removed_log[position:], dtype=np.int64), len(self._removed_log)
+
+    def live_ids(self) -> np.ndarray:
+        """int64 [N] ids of the live rows, ascending."""
+        with self._lock:
+            view = self.view()
+            return view.ids[view.alive]
+
+    def dead_ids_upto(self, rowid: int) -> np.ndarray:
+        """Ids <= rowid that are not live (removed, or never used): what a saved index must drop."""
+        return np.setdiff1d(np.arange(rowid + 1, dtype=np.int64), self.live_ids(), assume_unique=True)
+
+    def vectors_of(self, rowids: np.ndarray) -> torch.Tensor:
+        """float32 [n, D] stored embeddings of these live row ids (zeros for dead ones)."""
+        with self._lock:
+            slots = [self._slot_of_id(int(r)) for r in rowids]
+            out = torch.zeros(len(slots), self.dim)
+            good = [i for i, s in enumerate(slots) if s is not None]
+            if good:
+                out[good] = self._vectors(np.array([slots[i] for i in good]))
+            return out
 
     def find(self, id_prefix: str) -> Entry:
         """The entry whose content hash starts with `id_prefix` (at least 6 hex characters)."""
         key = id_prefix.strip().lower()
-        if len(key) < 6 or any(c not in "0123456789abcdef" for c in key):
+        if len(key) < 6 or len(key) > 64 or any(c not in "0123456789abcdef" for c in key):
             raise LibraryError(f"{id_prefix!r} is not an image id: use the 12-character id shown by `library list`")
         with self._lock:
-            if len(key) == 64:
-                hits = [key] if key in self._row_of else []
-            else:   # a linear scan, ~10 ms at 100k images; ids are typed by people, not in hot loops
-                hits = [s for s in self._row_of if s.startswith(key)]
+            hits = [s for s in self._cols.rows_with_prefix(key) if self._alive[s]]
+            hits += [len(self._cols) + t for sha, t in self._tail_pos.items() if sha.startswith(key)]
+            hits = [s for s in hits if self._alive[s]]
             if len(hits) != 1:
                 raise LibraryError(f"No image with id {id_prefix}" if not hits else f"Id {id_prefix} is ambiguous")
-            return self.entry(self._row_of[hits[0]])
+            return self._entry(hits[0])
 
     def vector(self, id_prefix: str) -> torch.Tensor:
         """[D] copy of the stored embedding of one image (found as by `find`)."""
-        with self._lock:   # the row must still be this entry's when its vector is read
-            return self._buf[self.find(id_prefix).row].clone()
+        with self._lock:
+            return self.vectors_of(np.array([self.find(id_prefix).rowid]))[0]
 
     def refresh(self) -> None:
         """Pick up what other processes appended or compacted since we last looked (cheap: a stat)."""
@@ -181,12 +258,14 @@ class Library:
 
     def stats(self) -> dict:
         with self._lock:
-            sizes = sum(int(m.get("bytes", 0)) for m in self._meta)
-            snap = (self.root / SNAPSHOT_NAME).stat().st_size
+            alive_base = self._alive[:len(self._cols)]
+            sizes = int(self._cols.sizes[alive_base].sum()) + sum(
+                int(self._tail_meta[t].get("bytes", 0)) for t in range(self._t) if self._alive[len(self._cols) + t])
+            store = sum(p.stat().st_size for p in (self.root / STORE_DIR).glob(f"*.{self._generation}.*"))
             journal = (self.root / JOURNAL_NAME).stat().st_size
-            return {"images": self._n, "model_id": self.model_id, "dim": self.dim, "image_bytes": sizes,
-                    "features_bytes": snap + journal, "journal_records": self._journal_records,
-                    "generation": self._generation, "path": str(self.root)}
+            return {"images": self._live, "model_id": self.model_id, "dim": self.dim, "image_bytes": sizes,
+                    "features_bytes": store + journal, "journal_records": self._journal_records,
+                    "generation": self._generation, "path": str(self.root), "format_version": FORMAT_VERSION}
 
     def verify(self, deep: bool = False) -> dict:
         """Check that every row has its image file and every image file its row.
@@ -194,8 +273,10 @@ class Library:
         import hashlib
         self.refresh()
         with self._lock:
-            rows = {self.root / f: s for f, s in zip(self._files, self._sha)}
-            n, feats_ok = self._n, bool(torch.isfinite(self._buf[:self._n]).all())
+            rows = {e.path: e.sha256 for e in self.entries()}
+            view = self.view()
+            live = torch.from_numpy(view.alive[:len(view.base)])
+            feats_ok = bool(torch.isfinite(view.base[live].float()).all()) and bool(torch.isfinite(view.tail).all())
         missing = sorted(str(p.relative_to(self.root)) for p in rows if not p.is_file())
         on_disk = {p for p in (self.root / "images").rglob("*") if p.is_file()}
         orphans = sorted(str(p.relative_to(self.root)) for p in on_disk - rows.keys())
@@ -203,7 +284,7 @@ class Library:
         if deep:
             corrupt = sorted(str(p.relative_to(self.root)) for p, s in rows.items()
                              if p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() != s)
-        return {"healthy": not (missing or orphans or corrupt) and feats_ok, "rows": n, "missing_files": missing,
+        return {"healthy": not (missing or orphans or corrupt) and feats_ok, "rows": len(rows), "missing_files": missing,
                 "orphan_files": orphans, "hash_mismatch": corrupt, "features_finite": feats_ok}
 
     # ------------------------------------------------------------------ writing
@@ -218,7 +299,7 @@ class Library:
             self._catch_up_locked()
             fresh, seen = [], set()
             for img in images:
-                if img.sha256 not in self._row_of and img.sha256 not in seen:
+                if self._slot_of_sha(img.sha256) is None and img.sha256 not in seen:
                     fresh.append(img)
                     seen.add(img.sha256)
             if fresh:
@@ -228,10 +309,10 @@ class Library:
             return [id(img) in added for img in images]
 
     def remove(self, sha256s: list[str]) -> int:
-        """Remove images (their rows and files). Returns how many were present."""
+        """Remove images (their rows and files). Returns how many were present. O(1) per image."""
         with self._lock, self._process_lock():
             self._catch_up_locked()
-            present = [s for s in dict.fromkeys(sha256s) if s in self._row_of]
+            present = [s for s in dict.fromkeys(sha256s) if self._slot_of_sha(s) is not None]
             if present:
                 self._append(b"".join(encode_record({"op": "remove", "sha": s}) for s in present), len(present))
                 for s in present:
@@ -239,23 +320,139 @@ class Library:
             return len(present)
 
     def compact(self) -> None:
-        """Fold the journal into a new snapshot (atomic), then start an empty journal."""
+        """Fold the journal into a new snapshot generation (atomic), start an empty journal, and
+        rewrite features_library.pth."""
         with self._lock, self._process_lock():
             self.refresh()
             self._compact_locked()
+            self._export_locked()
+
+    def flush(self) -> bool:
+        """Make features_library.pth hold every image: compact if the journal has records, then
+        rewrite the file if it is stale. Returns True if anything was written. O(N): callers
+        throttle it (the app in the background, the CLI once per command)."""
+        with self._lock, self._process_lock():
+            self.refresh()
+            if self._journal_records:
+                self._compact_locked()
+            if self._flushed == (self._generation, self.version) and (self.root / SNAPSHOT_NAME).exists():
+                return False
+            self._export_locked()
+            return True
+
+    @property
+    def stale(self) -> bool:
+        """True when features_library.pth does not hold the current rows."""
+        return self._flushed != (self._generation, self.version)
 
     def replace_all(self, model_id: str, features: torch.Tensor, sha256s: list[str]) -> None:
         """Swap in features from another model for the same rows (after re-encoding every image);
         sha256s names the image of each feature row, in order."""
         with self._lock, self._process_lock():
             self.refresh()
-            if list(sha256s) != self._sha[:self._n] or features.shape[0] != self._n:
+            entries = self.entries()
+            if [e.sha256 for e in entries] != list(sha256s) or features.shape[0] != len(entries):
                 raise LibraryError("The library changed while re-indexing; run it again")
             self.model_id, self.dim = model_id, int(features.shape[1])
-            self._buf, self.epoch = features.float().clone(), self.epoch + 1
-            self._compact_locked()
+            self._write_generation_locked(entries, [features.float()], self._generation + 1)
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ internals: state
+
+    def _entry(self, slot: int) -> Entry:
+        base = len(self._cols)
+        if slot < base:
+            sha, meta = self._cols.sha_of(slot), self._cols.meta(slot)
+            rowid = int(self._cols.ids[slot])
+        else:
+            t = slot - base
+            sha, meta, rowid = self._tail_sha[t], self._tail_meta[t], self._tail_ids[t]
+        meta = dict(meta)
+        rel = meta.pop("file")
+        return Entry(rowid, sha, self.root / rel, meta)
+
+    def _vectors(self, slots: np.ndarray) -> torch.Tensor:
+        base = len(self._cols)
+        out = torch.empty(len(slots), self.dim)
+        slots = np.asarray(slots, dtype=np.int64)
+        in_base = slots < base
+        if in_base.any():
+            out[torch.from_numpy(in_base)] = self._cols.features[torch.from_numpy(slots[in_base])].float()
+        if (~in_base).any():
+            out[torch.from_numpy(~in_base)] = self._tail[torch.from_numpy(slots[~in_base] - base)]
+        return out
+
+    def _slot_of_id(self, rowid: int) -> int | None:
+        slot = self._cols.row_of_id(rowid)
+        if slot is not None:
+            return slot
+        t = self._tail_of_id.get(rowid)
+        return None if t is None else len(self._cols) + t
+
+    def _slot_of_sha(self, sha: str) -> int | None:
+        """The live slot holding this sha, or None."""
+        t = self._tail_pos.get(sha)
+        if t is not None and self._alive[len(self._cols) + t]:
+            return len(self._cols) + t
+        for s in self._cols.rows_with_prefix(sha):
+            if self._alive[s] and self._cols.sha_of(s) == sha:
+                return s
+        return None
+
+    def _live_slots(self) -> np.ndarray:
+        if self._live_cache[0] != self.version:
+            self._live_cache = (self.version, np.flatnonzero(self._alive[:len(self._cols) + self._t]))
+        return self._live_cache[1]
+
+    def _reset_tail(self) -> None:
+        self._tail = torch.empty(64, self.dim)
+        self._t = 0
+        self._tail_ids: list[int] = []
+        self._tail_sha: list[str] = []
+        self._tail_meta: list[dict] = []
+        self._tail_pos: dict[str, int] = {}      # sha -> tail index (latest)
+        self._tail_of_id: dict[int, int] = {}    # row id -> tail index
+        self._alive = np.ones(len(self._cols) + 64, dtype=bool)
+        self._live = len(self._cols)
+        self._live_cache = (-1, np.empty(0, dtype=np.int64))
+
+    def _apply_add(self, sha: str, rel: str, meta: dict, vector: torch.Tensor, rowid: int | None) -> None:
+        rowid = self._next_id if rowid is None else int(rowid)
+        self._next_id = max(self._next_id, rowid + 1)
+        if self._t == self._tail.shape[0]:   # grow by doubling: amortised O(1) per add
+            grown = torch.empty(2 * self._t, self.dim)
+            grown[:self._t] = self._tail[:self._t]
+            self._tail = grown
+        slot = len(self._cols) + self._t
+        if slot >= len(self._alive):
+            self._alive = np.concatenate([self._alive, np.ones(len(self._alive), dtype=bool)])
+        self._tail[self._t] = vector
+        self._alive[slot] = True
+        self._tail_ids.append(rowid)
+        self._tail_sha.append(sha)
+        self._tail_meta.append({"file": rel, **meta})
+        self._tail_pos[sha] = self._t
+        self._tail_of_id[rowid] = self._t
+        self._t += 1
+        self._live += 1
+        self.version += 1
+
+    def _apply_remove(self, sha: str, delete_files: bool) -> str:
+        slot = self._slot_of_sha(sha)
+        entry = self._entry(slot)
+        rel = entry.path.relative_to(self.root)
+        self._alive[slot] = False
+        self._removed_log.append(entry.rowid)
+        self._live -= 1
+        self.version += 1
+        if delete_files:
+            self._delete_files(sha, str(rel))
+        return str(rel)
+
+    def _delete_files(self, sha: str, rel: str) -> None:
+        (self.root / rel).unlink(missing_ok=True)
+        thumb_path(self.root, sha).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ internals: disk
 
     @contextmanager
     def _process_lock(self):
@@ -266,29 +463,55 @@ class Library:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _load_locked(self, recover: bool) -> None:
+    def _read_manifest(self) -> dict:
+        path = self.root / MANIFEST_NAME
         try:
-            snap = torch.load(self.root / SNAPSHOT_NAME, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-            raise LibraryError(f"{self.root / SNAPSHOT_NAME} is unreadable ({type(e).__name__}); the images in "
-                               f"{self.root / 'images'} are intact: move {SNAPSHOT_NAME} and {JOURNAL_NAME} aside, "
-                               "then `python -m core library repair` re-adds every image from them.") from None
-        snap = _migrate(snap)
-        if snap["model_id"] != self.model_id:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            int(manifest["generation"]), manifest["model_id"], int(manifest["dim"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LibraryError(f"{path} is unreadable ({type(e).__name__}); the images in {self.root / 'images'} are "
+                               f"intact: move {MANIFEST_NAME}, {STORE_DIR}/ and {JOURNAL_NAME} aside, then "
+                               "`python -m core library repair` re-adds every image from them.") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise LibraryError(f"{path} has format version {manifest.get('format_version')}; this program reads "
+                               f"{FORMAT_VERSION}. Use a newer version of the workbench.")
+        return manifest
+
+    def _load_locked(self, recover: bool) -> None:
+        for attempt in range(3):   # without the process lock, a compaction elsewhere may swap generations
+            try:
+                return self._load_once(recover)
+            except LibraryError:
+                if recover or attempt == 2:
+                    raise
+                time.sleep(0.05)
+
+    def _load_once(self, recover: bool) -> None:
+        manifest = self._read_manifest()
+        if manifest["model_id"] != self.model_id:
             raise ModelMismatchError(
-                f"Library {self.root} holds features of model {snap['model_id']!r}, not {self.model_id!r}; "
-                f"embeddings of different models are never mixed. Use --model {snap['model_id']!r}, another "
+                f"Library {self.root} holds features of model {manifest['model_id']!r}, not {self.model_id!r}; "
+                f"embeddings of different models are never mixed. Use --model {manifest['model_id']!r}, another "
                 f"--library folder, or `python -m core library reindex --model {self.model_id}` to re-encode it.")
-        self._generation, self._created = int(snap["generation"]), float(snap["created"])
-        self._files, self._sha, self._meta = list(snap["files"]), list(snap["sha256"]), list(snap["meta"])
-        self._n = len(self._files)
-        # headroom so the adds after an open append in place instead of copying the matrix at once
-        self._buf = torch.empty(self._n + max(64, self._n // 4), self.dim)
-        self._buf[:self._n] = snap["features"].float().reshape(self._n, self.dim)
-        self._row_of = {s: i for i, s in enumerate(self._sha)}
-        self.epoch += 1
+        gen = int(manifest["generation"])
+        try:
+            cols = Columns.open(self.root / STORE_DIR, gen, int(manifest["dim"]))
+        except (OSError, ValueError) as e:
+            raise LibraryError(f"The snapshot columns of generation {gen} in {self.root / STORE_DIR} are unreadable "
+                               f"({e}); the images are intact: move {MANIFEST_NAME}, {STORE_DIR}/ and {JOURNAL_NAME} "
+                               "aside, then `python -m core library repair` re-adds every image.") from None
+        before = self.live_ids() if self._cols is not None and not recover else None
+        if self._cols is not None:
+            self._cols.close()
+        self._cols, self._generation = cols, gen
+        self.dim, self.dtype = int(manifest["dim"]), manifest.get("dtype", "float32")
+        self._created, self._next_id = float(manifest["created"]), int(manifest["next_id"])
+        self._reset_tail()
+        self.version += 1
         self._journal_records = 0
         self._open_journal(recover)
+        if before is not None:   # reloaded after another process compacted: log what it removed
+            self._removed_log.extend(np.setdiff1d(before, self.live_ids()).tolist())
 
     def _open_journal(self, recover: bool) -> None:
         path = self.root / JOURNAL_NAME
@@ -297,13 +520,13 @@ class Library:
         gen = JOURNAL_HEADER.unpack_from(data)[2] if header_ok else -1
         if data and not header_ok:
             raise LibraryError(f"{path} is damaged (its header is unreadable). Move it aside and open the library "
-                               f"again: you get the state of {SNAPSHOT_NAME}, and `library repair` re-adds the newer images.")
+                               f"again: you get the state of the last compaction, and `library repair` re-adds the newer images.")
         if gen != self._generation:
-            if not recover:   # another process is between its snapshot and journal renames
+            if not recover:   # another process is between its manifest and journal renames
                 self._journal_ino, self._journal_pos = -1, 0
                 return
             if gen > self._generation:
-                raise LibraryError(f"{path} is newer than {SNAPSHOT_NAME}; the snapshot was replaced by hand?")
+                raise LibraryError(f"{path} is newer than {MANIFEST_NAME}; was the store replaced by hand?")
             self._new_journal_locked()  # stale (crash mid-compaction) or missing: its records are in the snapshot
             data = (self.root / JOURNAL_NAME).read_bytes()
         self._journal_ino = path.stat().st_ino
@@ -319,34 +542,35 @@ class Library:
         end, removed = start, {}
         for end, head, vec in read_records(data, start):
             self._journal_records += 1
-            if head["op"] == "add" and head["sha"] not in self._row_of:
+            if head["op"] == "add" and self._slot_of_sha(head["sha"]) is None:
                 vector = torch.frombuffer(bytearray(vec), dtype=torch.float32)
-                self._apply_add(head["sha"], head["file"], head["meta"], vector)
+                self._apply_add(head["sha"], head["file"], head["meta"], vector, head.get("id"))
                 if recover:
                     self._finish_move(head["file"])
-            elif head["op"] == "remove" and head["sha"] in self._row_of:
+            elif head["op"] == "remove" and self._slot_of_sha(head["sha"]) is not None:
                 removed[head["sha"]] = self._apply_remove(head["sha"], delete_files=False)
         self._journal_pos = base + end
         if recover:   # only now: a later record may add the same image again (add, remove, add)
             for sha, rel in removed.items():
-                if sha not in self._row_of:
+                if self._slot_of_sha(sha) is None:
                     self._delete_files(sha, rel)
         return end
 
     def _commit_adds(self, fresh: list[NewImage]) -> None:
         records = []
-        for img in fresh:
+        for i, img in enumerate(fresh):
             rel = f"images/{img.sha256[:2]}/{img.sha256}{img.ext}"
             staged = self.root / "staging" / Path(rel).name
             with open(staged, "wb") as f:
                 f.write(img.data)
                 f.flush()
                 os.fsync(f.fileno())
-            records.append((img, rel, encode_record({"op": "add", "sha": img.sha256, "file": rel, "meta": img.meta}, img.vector)))
+            head = {"op": "add", "sha": img.sha256, "id": self._next_id + i, "file": rel, "meta": img.meta}
+            records.append((img, rel, head["id"], encode_record(head, img.vector)))
         fsync_dir(self.root / "staging")
-        self._append(b"".join(r[2] for r in records), len(records))   # the acknowledgement point
-        for img, rel, _ in records:
-            self._apply_add(img.sha256, rel, img.meta, img.vector)
+        self._append(b"".join(r[3] for r in records), len(records))   # the acknowledgement point
+        for img, rel, rowid, _ in records:
+            self._apply_add(img.sha256, rel, img.meta, img.vector, rowid)
             self._finish_move(rel)
 
     def _append(self, blob: bytes, records: int) -> None:
@@ -383,61 +607,89 @@ class Library:
         for p in (self.root / "staging").iterdir():
             p.unlink(missing_ok=True)   # written but never acknowledged
 
-    def _apply_add(self, sha: str, rel: str, meta: dict, vector: torch.Tensor) -> None:
-        if self._n == self._buf.shape[0]:   # grow by doubling: amortised O(1) per add
-            grown = torch.empty(max(64, 2 * self._n), self.dim)
-            grown[:self._n] = self._buf[:self._n]
-            self._buf = grown
-        self._buf[self._n] = vector
-        self._files.append(rel)
-        self._sha.append(sha)
-        self._meta.append(meta)
-        self._row_of[sha] = self._n
-        self._n += 1
-
-    def _apply_remove(self, sha: str, delete_files: bool) -> str:
-        row = self._row_of.pop(sha)
-        rel = self._files.pop(row)
-        del self._sha[row], self._meta[row]
-        keep = torch.cat([self._buf[:row], self._buf[row + 1:self._n]])  # a new tensor: old views stay valid
-        self._n -= 1
-        self._buf = keep
-        self._row_of = {s: i for i, s in enumerate(self._sha)}
-        self.epoch += 1
-        if delete_files:
-            self._delete_files(sha, rel)
-        return rel
-
-    def _delete_files(self, sha: str, rel: str) -> None:
-        (self.root / rel).unlink(missing_ok=True)
-        thumb_path(self.root, sha).unlink(missing_ok=True)
-
     def _maybe_compact_locked(self) -> None:
-        if self._journal_records > max(COMPACT_MIN_RECORDS, COMPACT_FRACTION * self._n):
+        if self._journal_records > max(COMPACT_MIN_RECORDS, COMPACT_FRACTION * self._live):
             self._compact_locked()
 
     def _compact_locked(self) -> None:
-        self._write_snapshot_locked(self._buf[:self._n], self._files, self._sha, self._meta,
-                                    self._generation + 1, self._created)
-        self._generation += 1
-        self._new_journal_locked()
-        self._journal_ino = (self.root / JOURNAL_NAME).stat().st_ino
-        self._journal_pos, self._journal_records = JOURNAL_HEADER.size, 0
+        self._write_generation_locked(None, None, self._generation + 1)
 
-    def _write_snapshot_locked(self, features, files, sha, meta, generation: int, created: float) -> None:
-        snap = {"format_version": FORMAT_VERSION, "model_id": self.model_id, "dim": self.dim,
-                "features": features.float().contiguous().clone(), "files": list(files), "sha256": list(sha),
-                "meta": list(meta), "generation": generation, "created": created}
-        write_atomic(self.root / SNAPSHOT_NAME, lambda f: torch.save(snap, f))
+    def _write_generation_locked(self, entries: list[Entry] | None, vectors: list[torch.Tensor] | None,
+                                 gen: int) -> None:
+        """Write the live rows (or `entries` with `vectors`) as generation `gen`, switch to it."""
+        slots = self._live_slots()
+        rows = [Row(e.rowid, e.sha256, {"file": str(e.path.relative_to(self.root)), **e.meta})
+                for e in (entries if entries is not None else (self._entry(int(s)) for s in slots))]
+        if vectors is None:
+            vectors = (self._vectors(slots[i:i + 65536]) for i in range(0, len(slots), 65536))
+        old = self._generation
+        write_columns(self.root / STORE_DIR, gen, rows, vectors, self.dim, self.dtype)
+        self._write_manifest(gen)          # the switch
+        self._generation = gen
+        self._new_journal_locked()
+        self._load_locked(recover=False)
+        remove_generation(self.root / STORE_DIR, old)
+
+    def _write_manifest(self, gen: int) -> None:
+        manifest = {"format_version": FORMAT_VERSION, "model_id": self.model_id, "dim": self.dim, "dtype": self.dtype,
+                    "generation": gen, "created": self._created, "next_id": self._next_id}
+        write_atomic(self.root / MANIFEST_NAME, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
     def _new_journal_locked(self) -> None:
         header = JOURNAL_HEADER.pack(JOURNAL_MAGIC, FORMAT_VERSION, self._generation)
         write_atomic(self.root / JOURNAL_NAME, lambda f: f.write(header))
 
+    def _export_locked(self) -> None:
+        entries = self.entries()
+        snap = {"format_version": FORMAT_VERSION, "model_id": self.model_id, "dim": self.dim,
+                "features": self.features.contiguous(), "files": [str(e.path.relative_to(self.root)) for e in entries],
+                "sha256": [e.sha256 for e in entries], "ids": torch.tensor([e.rowid for e in entries], dtype=torch.int64),
+                "meta": [e.meta for e in entries], "generation": self._generation, "created": self._created}
+        write_atomic(self.root / SNAPSHOT_NAME, lambda f: torch.save(snap, f))
+        self._flushed = (self._generation, self.version)
 
-def _migrate(snap: dict) -> dict:
-    """Bring an older snapshot to FORMAT_VERSION, one step per version."""
-    version = snap.get("format_version")
-    if version != FORMAT_VERSION:
-        raise LibraryError(f"features_library.pth has format version {version}; this program reads {FORMAT_VERSION}")
-    return snap
+    def _create_or_migrate_locked(self) -> None:
+        """No store.json yet: migrate a version-1 library (or rebuild from a version-2
+        features_library.pth, e.g. after store.json was lost), or create an empty one."""
+        snapshot = self.root / SNAPSHOT_NAME
+        self._cols, self._generation, self._created, self._next_id = _empty_columns(self.dim), 0, time.time(), 0
+        self._reset_tail()
+        if snapshot.exists():
+            self._rebuild_from_pth(snapshot)
+        else:
+            write_columns(self.root / STORE_DIR, 0, [], iter(()), self.dim, self.dtype)
+            self._write_manifest(0)
+            self._new_journal_locked()
+        self._load_locked(recover=True)
+        self._export_locked()
+
+    def _rebuild_from_pth(self, snapshot: Path) -> None:
+        """Version 1 -> 2 (or a lost store.json): read the pickle and replay its journal (records
+        without ids get the next ids in order), then write generation g+1 in columns. The old
+        journal and snapshot stay valid until store.json lands, so a crash mid-way starts again."""
+        try:
+            snap = torch.load(snapshot, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+            raise LibraryError(f"{snapshot} is unreadable ({type(e).__name__}); the images in {self.root / 'images'} "
+                               f"are intact: move {SNAPSHOT_NAME} and {JOURNAL_NAME} aside, then "
+                               "`python -m core library repair` re-adds every image from them.") from None
+        if snap.get("format_version") not in (1, FORMAT_VERSION):
+            raise LibraryError(f"{snapshot} has format version {snap.get('format_version')}; this program reads "
+                               f"1 and {FORMAT_VERSION}. Use a newer version of the workbench.")
+        if snap["model_id"] != self.model_id:
+            raise ModelMismatchError(
+                f"Library {self.root} holds features of model {snap['model_id']!r}, not {self.model_id!r}; "
+                "embeddings of different models are never mixed.")
+        self._generation, self._created = int(snap["generation"]), float(snap["created"])
+        ids = snap["ids"].tolist() if "ids" in snap else [None] * len(snap["files"])
+        for i, (rel, sha, meta, rowid) in enumerate(zip(snap["files"], snap["sha256"], snap["meta"], ids)):
+            self._apply_add(sha, rel, meta, snap["features"][i].float(), rowid)
+        self._journal_records = 0
+        self._open_journal(recover=True)
+        self._write_generation_locked(None, None, self._generation + 1)
+
+
+def _empty_columns(dim: int) -> Columns:
+    empty = np.empty(0, dtype=np.int64)
+    return Columns(torch.empty(0, dim), empty, np.empty(0, dtype="S64"), empty, np.zeros(1, dtype=np.int64),
+                   np.empty(0, dtype=np.uint64), empty, b"")
