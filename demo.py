@@ -11,6 +11,7 @@ starts and explains what is wrong and how to fix it.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ import threading
 
 from core import build_workbench
 from core.errors import LibraryError, ModelUnavailableError, UnknownModelError
+from core.library.index import INDEX_KINDS
 from core.settings import DEFAULT_MODEL
 
 log = logging.getLogger("demo")
@@ -42,26 +44,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="default $GRADIO_SERVER_PORT or 7860")
     p.add_argument("--share", action="store_true", help="create a public *.gradio.live link (use with --auth)")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login (recommended with --share)")
+    p.add_argument("--index", default="auto", choices=INDEX_KINDS,
+                   help="search index: exact, or FAISS ivf | hnsw | ivfpq (auto: exact for small libraries)")
     args = p.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
         p.error("--auth must look like user:password")
     return args
 
 
+def login(args: argparse.Namespace) -> tuple[str, str] | None:
+    """--auth USER:PASS as the (user, password) pair launch() and the JSON API take."""
+    return tuple(args.auth.split(":", 1)) if args.auth else None
+
+
 def build(args: argparse.Namespace):
-    """(Blocks, launch options): the full app, or an explanation page if the model/library failed."""
+    """(Blocks, launch options): the full app with its JSON API at /api/..., or an explanation page
+    if the model/library failed. The API takes the same --auth login as the app."""
     from ui import build_app, build_error_app, launch_options
+    auth = login(args)
     try:
         wb = build_workbench(args.model, args.library, args.device, args.offline,
-                             captioner=args.captioner, translator=args.translator)
+                             captioner=args.captioner, translator=args.translator, index=args.index,
+                             background=True)
+        atexit.register(wb.close)   # on shutdown, features_library.pth gets what the flusher has not written
     except STARTUP_ERRORS as e:
         log.error("cannot start the workbench: %s", e)
-        return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None)
+        return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None, auth)
     if wb.notice:
         log.warning("%s", wb.notice)
     # An English-only CLIP translates Chinese queries: load the translator while the page opens.
     threading.Thread(target=wb.preload_translator, name="preload-translator", daemon=True).start()
-    return build_app(wb, lang=args.lang), launch_options(wb)
+    return build_app(wb, lang=args.lang), launch_options(wb, auth)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("--share without --auth: anyone with the link can use the app and add or delete library "
                     "images. Add --auth user:password.")
     demo, options = build(args)
-    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    auth = login(args)   # the same login guards the app and its JSON API (see build)
     from ui.i18n import AUTH_MESSAGE
     demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, auth=auth,
                 auth_message=AUTH_MESSAGE if auth else None, **options)

@@ -2,6 +2,7 @@
 
     with serve(tiny_clip_path, tmp_path / "lib") as app:
         Client(app.url).predict(..., api_name="/search")
+        httpx.get(app.url + "api/search", params={"q": "a cat"}).json()["results"]
         app.wb.library   # the same Library object the app uses
 
 The app is built exactly as demo.py builds it (build_workbench -> build_app -> launch with
@@ -38,12 +39,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(model_path: Path, library_dir: Path, lang: str | None = None) -> Iterator[Served]:
-    """The app on 127.0.0.1 in a background thread; closed on exit."""
+def serve(model_path: Path, library_dir: Path, lang: str | None = None,
+          auth: tuple[str, str] | None = None) -> Iterator[Served]:
+    """The app (and its JSON API at /api/...) on 127.0.0.1 in a background thread; closed on exit.
+    `auth` (user, password) requires that login, as demo.py's --auth USER:PASS does."""
     wb = build_workbench(str(model_path), library_dir, device="cpu", offline=True, fallback=False)
     demo = build_app(wb, lang=lang)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                **launch_options(wb))
+                auth=auth, **launch_options(wb, auth))
     try:
         yield Served(demo.local_url, wb, demo)
     finally:

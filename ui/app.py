@@ -20,6 +20,7 @@ from core.settings import ASSETS_DIR
 from core import Workbench
 
 from .callbacks import Callbacks
+from .http_api import Auth, build_api
 from .i18n import DEFAULT_LANG, pick_lang, t
 from .tabs import Localizer, caption_tab, classify_tab, library_tab, search_tab
 
@@ -91,11 +92,17 @@ def build_error_app(problem: Exception, lang: str | None = None, model: str = "M
     return demo.queue()
 
 
-def launch_options(wb: Workbench | None = None) -> dict:
-    """Keyword arguments for demo.launch(): only the library and assets folders are served."""
+def launch_options(wb: Workbench | None = None, auth: Auth = None) -> dict:
+    """Keyword arguments for demo.launch() besides the address and the login: only the library and
+    assets folders are served and, with a workbench, the JSON API at /api/... (docs/API.md#json-http-api)
+    goes first into Gradio's own FastAPI app, guarded by `auth`, the login also given to launch()."""
     allowed = [str(ASSETS_DIR)] + ([str(Path(wb.root).resolve())] if wb is not None else [])
-    return {"allowed_paths": allowed, "css": CSS, "theme": gr.themes.Soft(),
-            "max_file_size": MAX_BYTES}   # refuse oversized uploads before they are read (core's own limit)
+    options = {"allowed_paths": allowed, "css": CSS, "theme": gr.themes.Soft(),
+               "max_file_size": MAX_BYTES}   # refuse oversized uploads before they are read (core's own limit)
+    if wb is not None:
+        heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
+        options["app_kwargs"] = {"routes": build_api(wb, auth, heavy=heavy).routes}
+    return options
 
 
 def _header(loc: "Localizer", start: str, subtitle: Callable[[str], str]) -> gr.Radio:

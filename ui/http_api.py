@@ -1,0 +1,303 @@
+"""A JSON HTTP API over a Workbench, served by the same server as the Gradio app.
+
+    GET  /api/search?q=a+cat&k=10[&minus=dog,people][&threshold=0.2]   text -> images
+    GET  /api/stats                                                   image count, model id, dimension
+    POST /api/search/image?k=10      multipart `image`                image -> images
+    POST /api/search/vector          JSON {"vector": [...], "k": 10}  embedding -> images
+    GET  /api/similar/{id}?k=10                                       library image -> images
+    POST /api/classify               multipart `image` + `labels`, `templates`, `lang`, `top_k`
+    POST /api/images                 multipart `files` (one or more)  add to the library
+    GET  /api/images/{id}  /api/images/{id}/thumb  /api/library?page=N
+
+`build_api(wb, auth)` returns a FastAPI `APIRouter`; `ui.app.launch_options` hands its routes
+to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`), so `demo.launch()` keeps
+serving everything: --share, --auth, the queue. A thin adapter: every call goes to the
+Workbench; core's domain errors become JSON {"error", "kind"} (400, 404 for an unknown id);
+only stored images and thumbnails are served, found by id through the library, never by a
+path from the request. Nothing blocks the event loop: cheap endpoints are plain `def` (FastAPI's
+thread pool); model calls wait for one of `heavy` slots without holding a thread, then run in
+the thread pool. docs/API.md#json-http-api.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import mimetypes
+import secrets
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from starlette.concurrency import run_in_threadpool
+from gradio.route_utils import get_root_url
+from pydantic import BaseModel
+
+from core import Entry, Hit, SearchQuery, Upload, Workbench
+from core.errors import ImageError, LibraryError, PermissionDenied, QueryError, QuotaError, WorkbenchError
+from core.images import MAX_BYTES
+from core.library.search import MAX_K, split_terms
+
+__all__ = ["build_api", "Users", "API_PREFIX", "MAX_FILES"]
+
+API_PREFIX = "/api"
+MAX_FILES = 64               # files per POST /api/images (send a bigger folder in several requests)
+_FORM_SLACK = 64 * 1024      # multipart headers and text fields around one file
+_CACHE = "private, max-age=86400"   # stored files never change (content-addressed), but may need a login
+_STATUS = {PermissionDenied: 403, QuotaError: 413}   # any other WorkbenchError: 400
+Auth = Callable[[str, str], bool] | tuple[str, str] | Sequence[tuple[str, str]] | None
+
+
+class ApiProblem(Exception):
+    """A problem the API itself detects (login, size); becomes JSON like a domain error."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.headers = status, kind, headers
+
+
+def _error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "kind": kind}, status_code=status, headers=headers)
+
+
+def _validation_text(e: RequestValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "Invalid request: " + "; ".join(parts)
+
+
+class _JsonErrorRoute(APIRoute):
+    """Every failure of an API route as JSON {"error", "kind"}, never a traceback. A route may
+    carry `body_limit` (bytes): a larger declared body is refused before any of it is read."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def run(request: Request):
+            try:
+                _check_length(request, getattr(self, "body_limit", None))
+                return await handler(request)
+            except ApiProblem as e:
+                return _error(e.status, str(e), e.kind, e.headers)
+            except HTTPException as e:   # e.g. a malformed Authorization header
+                kind = "Unauthorized" if e.status_code == 401 else "HTTPError"
+                return _error(e.status_code, str(e.detail), kind, e.headers)
+            except RequestValidationError as e:
+                return _error(400, _validation_text(e), "ValidationError")
+            except WorkbenchError as e:
+                status = 404 if isinstance(e, LibraryError) and str(e).startswith("No image with id") else \
+                    next((s for cls, s in _STATUS.items() if isinstance(e, cls)), 400)
+                return _error(status, str(e), type(e).__name__)
+        return run
+
+
+def _check_length(request: Request, limit: int | None) -> None:
+    declared = request.headers.get("content-length")
+    if limit is not None and declared and declared.isdigit() and int(declared) > limit:
+        raise ApiProblem(413, f"The request body is {int(declared):,} bytes, over the {limit:,}-byte limit",
+                         "TooLarge")
+
+
+class Users:
+    """The dependency that resolves who is calling: None when the app is open, else the user
+    name from HTTP Basic auth or from the Gradio login cookie; 401 otherwise. A role check
+    (student / admin) belongs here, in one place."""
+
+    def __init__(self, auth: Auth = None):
+        if callable(auth) or auth is None:
+            self.check = auth
+        else:
+            pairs = [auth] if isinstance(auth, tuple) and len(auth) == 2 and isinstance(auth[0], str) else auth
+            accounts = {str(u): str(p) for u, p in pairs}
+            self.check = lambda user, password: (
+                user in accounts and secrets.compare_digest(accounts[user].encode(), password.encode()))
+
+    def __call__(self, request: Request,
+                 basic: HTTPBasicCredentials | None = Depends(HTTPBasic(auto_error=False))) -> str | None:
+        if self.check is None:
+            return None
+        if basic is not None and self.check(basic.username, basic.password):
+            return basic.username
+        user = _gradio_session_user(request)
+        if user:
+            return user
+        raise ApiProblem(401, "Log in: send HTTP Basic credentials (the app's --auth user:password)",
+                         "Unauthorized", {"WWW-Authenticate": 'Basic realm="CLIP Workbench"'})
+
+
+def _gradio_session_user(request: Request) -> str | None:
+    """The user of a browser already logged in to the Gradio app (its access-token cookie)."""
+    app = request.app
+    tokens, cookie_id = getattr(app, "tokens", None), getattr(app, "cookie_id", None)
+    if not tokens or not cookie_id:
+        return None
+    token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(f"access-token-unsecure-{cookie_id}")
+    return tokens.get(token) if token else None
+
+
+class VectorQuery(BaseModel):
+    vector: list[float]   # [D] an embedding of this library's model (normalised by the server)
+    k: int = 10
+
+
+def _check_k(k: int) -> int:
+    if not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+    return k
+
+
+def _read_upload(upload: UploadFile, limit: int) -> tuple[str, bytes]:
+    """(display name, bytes) of one uploaded file; its size is checked before it is read into memory."""
+    name = upload.filename or "upload"
+    if upload.size is not None and upload.size > limit:
+        raise ImageError(name, f"file is {upload.size:,} bytes, over the {limit:,}-byte limit")
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise ImageError(name, f"file is over the {limit:,}-byte limit")
+    return name, data
+
+
+class _Api:
+    """The endpoints, each a few lines over one Workbench method."""
+
+    def __init__(self, wb: Workbench, heavy: int, max_bytes: int):
+        self.wb, self.max_bytes = wb, max_bytes
+        self.heavy = asyncio.Semaphore(heavy)   # model calls at once (the event loop's, see _model)
+
+    async def _model(self, fn, *args):
+        """Run a model call in the thread pool once a slot is free. Waiting requests hold no thread,
+        so cheap reads (pages, thumbnails, stats) never wait behind a queue of encodes."""
+        async with self.heavy:
+            return await run_in_threadpool(fn, *args)
+
+    async def _picture(self, upload: UploadFile):
+        """The uploaded image through core's safe loader (read and decoded off the event loop)."""
+        name, data = await run_in_threadpool(_read_upload, upload, self.max_bytes)
+        return await run_in_threadpool(self.wb.image, data, name)
+
+    # ------------------------------------------------------------ urls and json
+
+    @staticmethod
+    def _root(request: Request) -> str:
+        """This server's public address (proxies and share links included), no trailing slash."""
+        root_path = getattr(request.app, "root_path", None) or request.scope.get("root_path") or None
+        return get_root_url(request, request.url.path, root_path)
+
+    def _urls(self, request: Request, image_id: str) -> dict:
+        base = f"{self._root(request)}{API_PREFIX}/images/{image_id}"
+        return {"image_url": base, "thumb_url": f"{base}/thumb"}
+
+    def _hit(self, request: Request, h: Hit) -> dict:
+        return {"id": h.id, "score": round(float(h.score), 6), "name": h.name, **self._urls(request, h.id)}
+
+    def _entry(self, request: Request, e: Entry) -> dict:
+        return {"id": e.id, "name": e.name, "added": e.meta.get("added"), "width": e.meta.get("width"),
+                "height": e.meta.get("height"), **self._urls(request, e.id)}
+
+    def _stored(self, path: Path) -> Path:
+        """A path the library gave us, checked to lie inside the library folder (defence in depth)."""
+        root = Path(self.wb.root).resolve()
+        real = Path(path).resolve()
+        if not real.is_relative_to(root) or not real.is_file():
+            raise LibraryError(f"No image with id {real.stem[:12]} on disk; run `python -m core library repair`")
+        return real
+
+    # ------------------------------------------------------------ search
+
+    async def search(self, request: Request, q: str = "", k: int = 10, minus: str = "",
+                     threshold: float | None = None) -> dict:
+        if not q.strip():
+            raise QueryError("Missing query: add ?q=some words, e.g. /api/search?q=a%20cat or ?q=一只猫")
+        if threshold is not None and not math.isfinite(threshold):
+            raise QueryError("threshold must be a number between -1 and 1")
+        query = SearchQuery(text=q, minus=split_terms([minus]), k=_check_k(k), threshold=threshold)
+        result = await self._model(self.wb.search, query)
+        return {"results": [self._hit(request, h) for h in result.hits], "query_used": result.text_used,
+                "note": result.note}
+
+    async def search_image(self, request: Request, image: UploadFile = File(...), k: int = 10) -> dict:
+        query = SearchQuery(image=await self._picture(image), k=_check_k(k))
+        result = await self._model(self.wb.search, query)
+        return {"results": [self._hit(request, h) for h in result.hits]}
+
+    def search_vector(self, request: Request, body: VectorQuery) -> dict:
+        hits = self.wb.search_vector(body.vector, _check_k(body.k))
+        return {"results": [self._hit(request, h) for h in hits]}
+
+    def similar(self, request: Request, image_id: str, k: int = 10) -> dict:
+        entry, hits = self.wb.similar(image_id, _check_k(k))
+        return {"query": self._entry(request, entry), "results": [self._hit(request, h) for h in hits]}
+
+    # ------------------------------------------------------------ classify and add
+
+    async def classify(self, image: UploadFile = File(...), labels: str = Form(...),
+                       templates: str = Form("single"), lang: str = Form("en"), top_k: int = Form(5)) -> dict:
+        if top_k < 1:
+            raise QueryError(f"top_k must be at least 1, got {top_k}")
+        picture = await self._picture(image)
+        top, note = await self._model(self.wb.classify, picture, labels, templates, lang, top_k)
+        return {"labels": [{"label": label, "probability": float(p)} for label, p in top], "note": note}
+
+    async def add(self, files: list[UploadFile] = File(...)) -> dict:
+        if len(files) > MAX_FILES:
+            raise QueryError(f"{len(files)} files in one request; send at most {MAX_FILES} per request")
+        uploads, errors = [], []
+        for f in files:   # one file too big never stops the others
+            try:
+                uploads.append(Upload(*await run_in_threadpool(_read_upload, f, self.max_bytes)))
+            except ImageError as e:
+                errors.append({"name": e.name, "reason": e.reason})
+        report = await self._model(self.wb.add, uploads)
+        errors += [{"name": n, "reason": r} for n, r in report.errors]
+        images = (await run_in_threadpool(self.wb.stats))["images"]
+        return {"added": report.added, "duplicates": report.duplicates, "errors": errors, "images": images,
+                "seconds": round(report.seconds, 3)}
+
+    # ------------------------------------------------------------ cheap reads
+
+    def stats(self) -> dict:
+        stats = {k: v for k, v in self.wb.stats().items() if k != "path"}   # no server paths to clients
+        return {**stats, "notice": self.wb.notice, "max_k": MAX_K, "max_bytes": self.max_bytes}
+
+    def library(self, request: Request, page: int = 1) -> dict:
+        pg = self.wb.page(page)
+        return {"page": pg.page, "pages": pg.pages, "total": pg.total,
+                "entries": [self._entry(request, e) for e in pg.entries]}
+
+    def image(self, image_id: str) -> FileResponse:
+        path = self._stored(self.wb.entry(image_id).path)
+        return _file(path)
+
+    def thumb(self, image_id: str) -> FileResponse:
+        return _file(self._stored(self.wb.thumbnail(self.wb.entry(image_id))))
+
+
+def _file(path: Path) -> FileResponse:
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media, headers={"Cache-Control": _CACHE, "X-Content-Type-Options": "nosniff"})
+
+
+def build_api(wb: Workbench, auth: Auth = None, heavy: int = 2, max_bytes: int = MAX_BYTES) -> APIRouter:
+    """The /api routes over `wb`. `auth`: None (open, like the app without --auth), (user, password),
+    a list of them, or a function (user, password) -> bool, as for gr.Blocks.launch(auth=...).
+    `heavy`: model calls at once; `max_bytes`: the largest accepted image file."""
+    api, users = _Api(wb, heavy, max_bytes), Users(auth)
+    router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(users)], route_class=_JsonErrorRoute,
+                       tags=["workbench"])
+    one_file, many = max_bytes + _FORM_SLACK, MAX_FILES * (max_bytes + _FORM_SLACK)
+    table = [("GET", "/search", api.search, None), ("GET", "/stats", api.stats, None),
+             ("POST", "/search/image", api.search_image, one_file),
+             ("POST", "/search/vector", api.search_vector, 4 * 2 ** 20),
+             ("GET", "/similar/{image_id}", api.similar, None),
+             ("POST", "/classify", api.classify, one_file), ("POST", "/images", api.add, many),
+             ("GET", "/images/{image_id}", api.image, None), ("GET", "/images/{image_id}/thumb", api.thumb, None),
+             ("GET", "/library", api.library, None)]
+    for method, path, endpoint, limit in table:
+        router.add_api_route(path, endpoint, methods=[method], name=f"api_{endpoint.__name__}")
+        router.routes[-1].body_limit = limit   # read by _JsonErrorRoute at request time
+    return router
