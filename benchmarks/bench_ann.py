@@ -1,10 +1,15 @@
-"""ANN index (core.library.ann) vs exact search: latency, recall@10, build/open cost, memory.
+"""A library's ANN index vs exact search: latency, recall@10, build and open cost, memory.
+
+Everything goes through the project's real code: a format-2 library is written on disk
+(mapped columns), opened with `Library`, indexed with `LibraryANN` (core/library/index.py)
+and searched as the app searches; the exact baseline is `ExactIndex` on the same library.
 
 Synthetic vectors made as hard as CLIP features: anisotropic (a random rotation of a
 1/i^0.8 spectrum), a shared mean direction (CLIP's embedding cone), thousands of clusters
 with Zipf-uneven sizes, L2-normalised. Queries come from a SHIFTED distribution (a common
 offset, like CLIP's text/image modality gap, plus noise) and are never database rows.
-Features are written to a .npy in a temp dir and memory-mapped, as a library does.
+open_s is what opening the library costs once its index exists: Library(...) + loading the
+saved index (library_open_s: the Library part alone).
 
     python benchmarks/bench_ann.py --rows 1000000 [--index ivf|hnsw|ivfpq|auto] [--json]
 
@@ -26,7 +31,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.library.ann import build_index, choose_kind, load_index  # noqa: E402
+from core.library.ann import choose_kind  # noqa: E402
+from core.library.index import ExactIndex, LibraryANN  # noqa: E402
+from core.library.store import Library  # noqa: E402
+from core.settings import pick_runtime  # noqa: E402
+from synthetic import write_library  # noqa: E402
+
+MODEL = "bench-synthetic"
 
 CHUNK = 131_072          # rows generated / scanned at a time: 256 MiB of float32 at D=512
 SPECTRUM_POWER = 0.8     # eigenvalue i ~ 1/i^0.8: a few strong directions, a long tail
@@ -75,44 +86,17 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_features(path: Path, synth: Synth, rows: int, dtype: str) -> None:
-    """Generate chunk by chunk into a .npy memmap: memory stays at one chunk."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(rows, synth.dim))
-    for start in range(0, rows, CHUNK):
-        out[start:start + CHUNK] = synth.rows(min(CHUNK, rows - start))
-    out.flush()
-    del out
-
-
 def exact_top(feats, queries: torch.Tensor, k: int) -> torch.Tensor:
     """Ground truth: chunked matmul + running topk over the memmap -> row ids [Q, k]."""
     best_s = torch.full((len(queries), k), -float("inf"))
     best_i = torch.full((len(queries), k), -1, dtype=torch.int64)
     for start in range(0, len(feats), CHUNK):
-        part = torch.from_numpy(np.array(feats[start:start + CHUNK], dtype=np.float32))
+        part = feats[start:start + CHUNK].float()
         s, i = (queries @ part.T).topk(min(k, len(part)), dim=1)
         both_s, both_i = torch.cat([best_s, s], 1), torch.cat([best_i, i + start], 1)
         best_s, order = both_s.topk(k, dim=1)
         best_i = both_i.gather(1, order)
     return best_i
-
-
-def exact_latency_ms(feats, queries: torch.Tensor, limit: int) -> list[float]:
-    """Single-query brute force over the resident float32 matrix (the exact index)."""
-    if len(feats) * feats.shape[1] * 4 > 8 * 2**30:
-        resident = None  # too big to hold: time the chunked scan instead
-    else:
-        resident = torch.from_numpy(np.array(feats, dtype=np.float32))
-    times = []
-    for q in queries[:limit]:
-        start = time.perf_counter()
-        if resident is not None:
-            (resident @ q).topk(10)
-        else:
-            exact_top(feats, q[None], 10)
-        times.append((time.perf_counter() - start) * 1000)
-    del resident
-    return times
 
 
 def timed_searches(index, queries: torch.Tensor) -> tuple[list[float], torch.Tensor]:
@@ -131,62 +115,59 @@ def recall_at_10(found: torch.Tensor, truth: torch.Tensor) -> float:
     return float(np.mean(hits)) / 10
 
 
-def make_rerank(feats):
-    def rerank(ids: np.ndarray) -> np.ndarray:  # ids are row numbers here
-        order = np.argsort(ids)  # sorted reads are kinder to the memmap
-        out = np.empty((len(ids), feats.shape[1]), dtype=np.float32)
-        out[order] = feats[ids[order]]
-        return out
-    return rerank
-
-
 def run(args) -> dict:
     kind = choose_kind(args.rows) if args.index == "auto" else args.index
     if kind == "exact":
         kind = "ivf"  # auto below the threshold: still benchmark the ANN path
     opts = {k: v for k, v in (("nprobe", args.nprobe), ("ef_search", args.ef_search)) if v}
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        root = Path(tmp) / "library"
         synth = Synth(args.dim, args.rows, args.seed)
-        feats_path, index_path = Path(tmp) / "features.npy", Path(tmp) / "index.ann"
-        write_features(feats_path, synth, args.rows, args.dtype)
+        chunks = (torch.from_numpy(synth.rows(min(CHUNK, args.rows - s))) for s in range(0, args.rows, CHUNK))
+        write_library(root, MODEL, chunks, args.rows, args.dim, args.dtype)
         queries = torch.from_numpy(synth.queries(args.queries))
-        feats = np.load(feats_path, mmap_mode="r")
-        truth = exact_top(feats, queries, 10)
-        exact_ms = exact_latency_ms(feats, queries, args.exact_queries or args.queries)
-        ids = torch.arange(args.rows, dtype=torch.int64)
+        library = Library(root, MODEL, args.dim)
+        truth = exact_top(library.view().base, queries, 10)
+        exact_ms, _ = timed_searches(ExactIndex(library, pick_runtime("cpu")), queries[:args.exact_queries or None])
 
         start = time.perf_counter()
-        built = build_index(kind, args.dim, ids, feats, rerank=make_rerank(feats), **opts)
+        built = LibraryANN.build(library, kind, **opts)
         build_s = time.perf_counter() - start
-        built.save(index_path)
-        del built, feats
+        built.save()
+        del built, library
 
         start = time.perf_counter()
-        feats = np.load(feats_path, mmap_mode="r")
-        index = load_index(index_path, rerank=make_rerank(feats))
+        library = Library(root, MODEL, args.dim)
+        library_open_s = time.perf_counter() - start
+        index = LibraryANN.open(library, kind)
         open_s = time.perf_counter() - start
+        ann = index.index
+        for attr, value in opts.items():
+            setattr(ann, attr, value)
         sweep = _sweep(index, queries, truth, args.sweep) if args.sweep else None
         times, found = timed_searches(index, queries)
         return {"rows": args.rows, "index": kind, "dim": args.dim, "queries": args.queries,
                 "p50_ms": _pct(times, 50), "p95_ms": _pct(times, 95),
                 "recall_at_10": round(recall_at_10(found, truth), 4),
                 "exact_p50_ms": _pct(exact_ms, 50), "open_s": round(open_s, 3),
+                "library_open_s": round(library_open_s, 3),
                 "build_s": round(build_s, 2), "rss_gib": _rss_gib(),
-                "nprobe": index.nprobe if kind != "hnsw" else None,
-                "ef_search": index.ef_search if kind == "hnsw" else None,
+                "nprobe": ann.nprobe if kind != "hnsw" else None,
+                "ef_search": ann.ef_search if kind == "hnsw" else None,
                 "dtype": args.dtype, "sweep": sweep}
 
 
 def _sweep(index, queries, truth, values: str) -> list[dict]:
     """Recall and latency at several nprobe / ef_search values, default restored after."""
+    ann = index.index
     attr = "ef_search" if index.kind == "hnsw" else "nprobe"
-    default, out = getattr(index, attr), []
+    default, out = getattr(ann, attr), []
     for v in (int(x) for x in values.split(",")):
-        setattr(index, attr, v)
+        setattr(ann, attr, v)
         times, found = timed_searches(index, queries)
         out.append({attr: v, "p50_ms": _pct(times, 50), "recall_at_10":
                     round(recall_at_10(found, truth), 4)})
-    setattr(index, attr, default)
+    setattr(ann, attr, default)
     return out
 
 

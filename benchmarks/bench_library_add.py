@@ -22,17 +22,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.library.store import Library, NewImage  # noqa: E402
+from synthetic import random_vectors, write_library  # noqa: E402
 
 DIM = 512
 
 
 def synthetic_library(root: Path, n: int) -> None:
     """A library of n rows written straight as a snapshot (images are not needed to time adds)."""
-    lib = Library(root, "bench", DIM)
-    feats = torch.nn.functional.normalize(torch.randn(n, DIM), dim=-1)
-    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
-    files = [f"images/{s[:2]}/{s}.jpg" for s in shas]
-    lib._write_snapshot_locked(feats, files, shas, [{"name": f"{i}.jpg"} for i in range(n)], 0, time.time())
+    write_library(root, "bench", random_vectors(n, DIM), n, DIM)
 
 
 def new_images(count: int, seed: int) -> list[NewImage]:

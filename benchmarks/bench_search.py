@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_library_add import synthetic_library  # noqa: E402
 from bench_text_trim import random_b32  # noqa: E402
 from core.library.store import SNAPSHOT_NAME, Library  # noqa: E402
-from core.library.search import ExactIndex, Searcher, SearchQuery  # noqa: E402
+from core.library.index import ExactIndex  # noqa: E402
+from core.library.search import Searcher, SearchQuery  # noqa: E402
 from core.settings import pick_runtime  # noqa: E402
 from core.zeroshot import ZeroShotClassifier, load_labelset, load_templates  # noqa: E402
 
@@ -52,6 +53,7 @@ def main() -> None:
         root = Path(tmp) / "lib"
         synthetic_library(root, args.rows)
         lib = Library(root, "bench", 512)
+        lib.flush()   # the naive demo reads the one feature file
         searcher = Searcher(enc, lib, ExactIndex(lib, runtime))
 
         def naive(i):
