@@ -341,3 +341,21 @@ def test_caption_in_english_and_chinese(app, client):
         lazy.clear()
         lazy.update(saved)
     assert (en, zh, status) == ("a cat sitting on a couch", "一只坐在沙发上的猫", "Done.")
+
+
+def test_the_user_file_follows_uploads(app, client, tmp_path):
+    """After an upload batch the app rewrites features_library.pth in the background."""
+    import time
+
+    import torch
+    image = make_images(tmp_path / "pth", 1, seed=77)[0]
+    client.predict([handle_file(str(image))], api_name="/add_to_library")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        snap = torch.load(app.wb.root / "features_library.pth", weights_only=True)
+        if any(m.get("name") == image.name for m in snap["meta"]):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("features_library.pth never got the uploaded image")
+    assert snap["features"].shape[0] == len(snap["files"]) == len(snap["ids"])

@@ -43,7 +43,8 @@ def serve(model_path: Path, library_dir: Path, lang: str | None = None,
           auth: tuple[str, str] | None = None) -> Iterator[Served]:
     """The app (and its JSON API at /api/...) on 127.0.0.1 in a background thread; closed on exit.
     `auth` (user, password) requires that login, as demo.py's --auth USER:PASS does."""
-    wb = build_workbench(str(model_path), library_dir, device="cpu", offline=True, fallback=False)
+    wb = build_workbench(str(model_path), library_dir, device="cpu", offline=True, fallback=False,
+                         background=True)   # as demo.py: features_library.pth is rewritten after writes
     demo = build_app(wb, lang=lang)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                 auth=auth, **launch_options(wb, auth))
@@ -51,3 +52,4 @@ def serve(model_path: Path, library_dir: Path, lang: str | None = None,
         yield Served(demo.local_url, wb, demo)
     finally:
         demo.close()
+        wb.close()
