@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import torch
+
 import core
 from core.settings import PROJECT_ROOT
 
@@ -104,7 +106,20 @@ def test_public_api():
 
 def test_ui_reaches_core_only_through_the_front_door():
     """ui/ may import core's public names, its errors and constants, never the library or ingest internals."""
-    allowed = {"core", "core.errors", "core.settings", "core.images", "core.library.search", "core.zeroshot"}
+    allowed = {"core", "core.access", "core.errors", "core.settings", "core.images", "core.library.search",
+               "core.zeroshot"}
     for path in (PROJECT_ROOT / "ui").rglob("*.py"):
         used = {m for m in _all_imports(path) if m.startswith("core")}
         assert used <= allowed, f"{path.name} imports {sorted(used - allowed)}"
+
+
+def test_load_encoder_is_the_documented_entry_point(tiny_clip_path):
+    """`from core import load_encoder`; load_encoder(path, device="cpu") -> encode_texts / encode_images
+    giving L2-normalised float32 [N, D] on the CPU."""
+    from PIL import Image
+    enc = core.load_encoder(str(tiny_clip_path), device="cpu")
+    texts = enc.encode_texts(["a cat", "一只猫", ""])
+    images = enc.encode_images([Image.new("RGB", (40, 30), (200, 10, 10))])
+    for out, n in ((texts, 3), (images, 1)):
+        assert out.shape == (n, enc.dim) and out.dtype == torch.float32 and out.device.type == "cpu"
+        assert torch.allclose(out.norm(dim=-1), torch.ones(n), atol=1e-5)
