@@ -115,14 +115,34 @@ def _read_flickr(root: Path, seed: int, splits: Sequence[str]) -> dict:
 
 def load_pairsets(spec: str, size: int, seed: int, shapes_sizes: tuple[int, int, int] = (5000, 500, 1000),
                   splits: Sequence[str] = ("train", "val", "test")) -> dict[str, PairSet]:
-    """spec "shapes" or "flickr8k:DIR" -> {split: PairSet} with images at size x size."""
+    """spec "shapes", "flickr8k:DIR" or "csv:FILE" -> {split: PairSet} with images at size x size."""
     if spec == "shapes":
         n_train, n_val, n_test = shapes_sizes
         items = shapes.make_splits(shapes.ShapesConfig(n_train, n_val, n_test, seed=seed))
         return {s: _shapes_split(items[s], size) for s in splits}
     if spec.startswith("flickr8k:"):
         return {s: _flickr_split(d, size) for s, d in _read_flickr(Path(spec[9:]), seed, splits).items()}
-    raise ValueError(f"Unknown --data {spec!r}; expected 'shapes' or 'flickr8k:DIR'")
+    if spec.startswith("csv:"):
+        return {s: _captions_split(d, size) for s, d in _split_csv(Path(spec[4:]), seed, splits).items()}
+    raise ValueError(f"Unknown --data {spec!r}; expected 'shapes', 'flickr8k:DIR' or 'csv:FILE'")
+
+
+def _split_csv(path: Path, seed: int, splits: Sequence[str]) -> dict:
+    """A `path,caption` CSV (core/lab/csvpairs.py) split 6:1:1 by image, fixed by `seed`."""
+    from .csvpairs import read_caption_csv
+    everything = read_caption_csv(path)
+    order = list(range(len(everything.images)))
+    random.Random(seed).shuffle(order)
+    n = max(1, len(order) // 8)
+    parts = {"test": order[:n], "val": order[n:2 * n], "train": order[2 * n:]}
+    return {s: everything.subset(parts[s]) for s in splits}
+
+
+def _captions_split(data, size: int) -> PairSet:
+    """As a Flickr8k split, but the captions may be in any language: Recall@K keys read "captions_..."."""
+    pairs = _flickr_split(data, size)
+    pairs.eval_texts = {"captions": pairs.eval_texts["en"]}
+    return pairs
 
 
 @torch.inference_mode()

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-__all__ = ["plot_curves", "plot_retrieval_grid", "plot_tsne", "plot_run", "replot"]
+__all__ = ["plot_curves", "plot_retrieval_grid", "plot_tsne", "plot_run", "replot", "plot_finetune"]
 
 _FONTS = ["DejaVu Sans", "Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei",
           "PingFang SC"]  # first Latin, then any CJK font the machine has
@@ -144,3 +144,28 @@ def replot(run: Path, runtime) -> list[Path]:
     sizes = (0, cfg.get("shapes_val", 500), 0)
     val = load_pairsets(cfg["data"], model.config.image_size, cfg["seed"], sizes, splits=("val",))["val"]
     return plot_run(run, model, tokenizer, val, runtime)
+
+
+def plot_finetune(report: dict, out: Path) -> list[Path]:
+    """A fine-tuning report (core/lab/finetune.py) -> recall.png (Recall@K before/after on the
+    test split) and curves.png (training loss and validation mean recall per epoch)."""
+    _style()
+    keys = [k for k in report["before"] if "_R@" in k] + ["mean_recall"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(keys)), 4))
+    xs = range(len(keys))
+    ax.bar([x - 0.2 for x in xs], [report["before"][k] for k in keys], 0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], [report["after"][k] for k in keys], 0.4, label="after")
+    ax.set_xticks(list(xs), keys, rotation=45, ha="right", fontsize=7)
+    ax.set(title=f"Recall@K (%) on held-out test, {report['init']} → fine-tuned ({report['mode']})")
+    ax.legend()
+    paths = [_save(fig, Path(out) / "recall.png")]
+    log = report["log"]
+    if log:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        epochs = [r["epoch"] for r in log]
+        axes[0].plot(epochs, [r["train_loss"] for r in log], marker="o")
+        axes[0].set(title="training loss (symmetric InfoNCE)", xlabel="epoch")
+        axes[1].plot(epochs, [r["val_mean_recall"] for r in log], marker="o")
+        axes[1].set(title="validation mean recall (%)", xlabel="epoch")
+        paths.append(_save(fig, Path(out) / "curves.png"))
+    return paths

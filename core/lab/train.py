@@ -6,6 +6,7 @@
     python -m core.train plot runs/shapes                  # redraw the PNGs (core/plots.py)
     python -m core.train export runs/shapes/best.pt assets/mini/mini_clip_shapes.pt --bits 4
     python -m core.train evaluate assets/mini/mini_clip_shapes.pt --json metrics.json
+    python -m core.train --init ViT-B/32 --data csv:pairs.csv --epochs 3 --out runs/ft   # fine-tune (core/lab/finetune.py)
 
 Loss: symmetric InfoNCE. On Shapes a caption such as "a red circle" fits every red circle
 in the batch, so all matching images count as positives (targets spread evenly over them);
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from ..models.mini import (MiniCLIP, MiniConfig, MiniEncoder, Tokenizer, load_checkpoint, normalize_pixels,
                    save_checkpoint)
 from .pairs import PairSet, evaluate_pairs, load_pairsets
+from ..errors import WorkbenchError
 from ..settings import Runtime, pick_runtime
 
 __all__ = ["TrainConfig", "PairSet", "train", "load_pairsets", "evaluate_pairs", "contrastive_loss", "main"]
@@ -46,7 +48,7 @@ _NO_DECAY = ("bias", "bn", "norm", "downsample.1", "logit_scale", "position", "t
 
 @dataclass
 class TrainConfig:
-    data: str = "shapes"              # "shapes" or "flickr8k:DIR"
+    data: str = "shapes"              # "shapes", "flickr8k:DIR" or "csv:FILE" (path,caption rows)
     text_encoder: str = "transformer"  # "transformer" or "lstm"
     epochs: int = 10
     batch_size: int = 64              # 64 beat 128 (and lr 2e-3) on Shapes at equal compute: more steps
@@ -307,12 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in ("plot", "export", "evaluate"):
             return _command(argv)
+        if any(a == "--init" or a.startswith("--init=") for a in argv):   # fine-tune a pretrained CLIP
+            from .finetune import main as finetune_main
+            return finetune_main(argv)
         args = vars(_train_parser().parse_args(argv))
         resume, progress = args.pop("resume"), not args.pop("no_progress")
         run = train(TrainConfig(**args), resume=resume, progress=progress)
         print(f"done: {run} (best.pt, log.csv, test_metrics.json)")
         return 0
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, WorkbenchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
