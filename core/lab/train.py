@@ -66,6 +66,7 @@ class TrainConfig:
     resnet_weights: str = ""          # optional local torchvision ResNet18 state dict (e.g. ImageNet)
     name: str = ""                    # model name inside the checkpoint (default: the run folder's name)
     plots: bool = True                # write the PNGs at the end
+    hard_negatives: bool = True       # Shapes: add a caption with the shape swapped as an extra negative per image
 
 
 # ---------------------------------------------------------------- data
@@ -130,11 +131,13 @@ def _batches(train: PairSet, cfg: TrainConfig, epoch: int):
             pixels = _augment(pixels, gen)
         per_image = [train.sample_caption(int(i), rng) for i in idx]
         # captions first (column j belongs to image j), then the hard negatives, if any
-        texts, codes = zip(*[pairs[k] for k in range(len(per_image[0])) for pairs in per_image])
+        kinds = len(per_image[0]) if cfg.hard_negatives else 1
+        texts, codes = zip(*[pairs[k] for k in range(kinds) for pairs in per_image])
         yield idx, pixels, list(texts), torch.tensor(codes)
 
 
-def _train_epoch(model, tokenizer, train: PairSet, cfg, epoch, opt, sched, scaler, runtime: Runtime, progress) -> float:
+def _train_epoch(model, tokenizer, train: PairSet, cfg, epoch, opt, sched, scaler, runtime: Runtime, progress,
+                 on_step: Callable[[int, float], None] | None = None) -> float:
     model.train()
     steps = len(train) // cfg.batch_size
     losses = []
@@ -153,6 +156,8 @@ def _train_epoch(model, tokenizer, train: PairSet, cfg, epoch, opt, sched, scale
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if on_step is not None:
+            on_step(epoch * steps + len(losses), losses[-1])
     return sum(losses) / max(1, len(losses))
 
 
@@ -200,10 +205,13 @@ def _save_epoch(run: Path, model, tokenizer, cfg: TrainConfig, state: dict, metr
 
 
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
-          on_epoch: Callable[[dict], None] | None = None) -> Path:
+          on_epoch: Callable[[dict], None] | None = None,
+          on_step: Callable[[int, float], None] | None = None) -> Path:
     """Run (or continue) training; returns the run folder. Raises ValueError on bad input.
     on_epoch(log_row) is called after each epoch's checkpoint is saved (a UI's progress hook);
-    an exception it raises stops training there, and --resume continues from that epoch."""
+    an exception it raises stops training there, and --resume continues from that epoch.
+    on_step(global step, loss) is called after each optimiser step (live plots); an exception
+    it raises stops training at once (the last finished epoch's checkpoints stay)."""
     cfg, ckpt = _resumed(cfg, resume)
     runtime = pick_runtime(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -226,7 +234,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
         log, start = list(ckpt["log"]), int(ckpt["epoch"])
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        loss = _train_epoch(model, tokenizer, data["train"], cfg, epoch, opt, sched, scaler, runtime, progress)
+        loss = _train_epoch(model, tokenizer, data["train"], cfg, epoch, opt, sched, scaler, runtime, progress, on_step)
         metrics = evaluate_pairs(_training_encoder(model, tokenizer, runtime), data["val"])
         row = {"epoch": epoch + 1, "train_loss": round(loss, 5), "lr": opt.param_groups[0]["lr"],
                "temperature": round(1 / model.logit_scale.exp().item(), 5),
