@@ -177,7 +177,7 @@ def _loss_frame(state) -> pd.DataFrame:
 
 
 def _metrics_frame(state) -> pd.DataFrame:
-    rows = [{"epoch": r["epoch"], "value": r[k], "metric": k.removeprefix("val_")}
+    rows = [{"epoch": int(r["epoch"]), "value": float(r[k]), "metric": k.removeprefix("val_")}
             for r in state.epochs for k in _METRICS if k in r]
     return pd.DataFrame(rows, columns=["epoch", "value", "metric"])
 
@@ -254,8 +254,9 @@ def _train_section(lc: LearnCallbacks, loc, lang_state) -> None:
         loc(gr.Markdown, value="learn.train_help")
         with gr.Row():
             data = loc(gr.Textbox, value="shapes", label="learn.data", info="learn.data_info", scale=2)
-            epochs = loc(gr.Slider, minimum=1, maximum=30, step=1, value=3, label="learn.epochs")
-            images = loc(gr.Slider, minimum=64, maximum=5000, step=64, value=2048, label="learn.images")
+            epochs = loc(gr.Slider, minimum=1, maximum=30, step=1, value=3, label="learn.epochs", elem_id="learn-epochs")
+            images = loc(gr.Slider, minimum=64, maximum=5000, step=64, value=2048, label="learn.images",
+                         elem_id="learn-images")
         with gr.Row():
             batch = loc(gr.Dropdown, choices=[32, 64, 128], value=64, label="learn.batch")
             tower = loc(gr.Radio, choices={"transformer": "learn.transformer", "lstm": "learn.lstm"},
