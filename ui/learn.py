@@ -21,9 +21,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from core import LiveConfig, LiveTrainer
 from core.access import Access
-from core.lab.learn import MAX_PICK
-from core.lab.live import LiveConfig, LiveTrainer
 
 from .callbacks import Callbacks, who
 from .errors import fail, user_errors
@@ -32,6 +31,7 @@ from .i18n import t
 
 __all__ = ["LearnCallbacks", "learn_tab"]
 
+MAX_PICK = 8               # images and texts in a similarity matrix (core.lab.learn.MAX_PICK)
 POLL_S = 1.0               # how often a watcher's plots refresh while a training runs
 PICK_CHOICES = 200         # newest library images offered in the similarity picker
 _THUMB = 72                # pixels of the images in the similarity matrix
@@ -135,7 +135,7 @@ class LearnCallbacks:
         lines = [x for x in (texts or "").splitlines() if x.strip()]
         if not images or not lines:
             raise fail("learn.sim_empty", lang)
-        if len(images) > MAX_PICK or len(lines) > MAX_PICK:
+        if len(images) > MAX_PICK or len(lines) > MAX_PICK:   # core says so too; here before any encoding
             raise fail("learn.sim_many", lang, n=MAX_PICK)
         with user_errors(lang):
             sim = self.wb.learn.similarity(images, lines)

@@ -43,7 +43,7 @@ from ..models import load_encoder
 from ..models.base import Encoder
 from ..settings import pick_runtime
 from .pairs import PairSet, evaluate_pairs, load_pairsets
-from .train import _schedule, contrastive_loss
+from .objective import contrastive_loss, schedule
 
 __all__ = ["FinetuneConfig", "finetune", "main", "REAL_WEIGHTS_NOTE"]
 
@@ -230,7 +230,7 @@ def finetune(cfg: FinetuneConfig, progress: Callable[[dict], None] | None = None
     enc, params, lr = _trainable(encoder, cfg)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, len(data["train"]) // min(cfg.batch_size, len(data["train"])))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps, cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule(s, steps, cfg.warmup))
     log = []
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import random
 import sys
 import time
@@ -37,6 +36,8 @@ from tqdm.auto import tqdm
 
 from ..models.mini import (MiniCLIP, MiniConfig, MiniEncoder, Tokenizer, load_checkpoint, normalize_pixels,
                    save_checkpoint)
+from .finetune import main as finetune_main
+from .objective import contrastive_loss, schedule as _schedule
 from .pairs import PairSet, evaluate_pairs, load_pairsets
 from ..errors import WorkbenchError
 from ..settings import Runtime, pick_runtime
@@ -77,25 +78,6 @@ def _training_encoder(model: MiniCLIP, tokenizer: Tokenizer, runtime: Runtime) -
 
 
 # ---------------------------------------------------------------- training
-
-def contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE with (possibly several) positives and extra negative texts.
-    logits [B_img, B_txt]; positives bool [B_img, B_txt], every image with at least one
-    positive text. Texts that fit no image in the batch (hard negatives) only compete."""
-    pos = positives.float()
-    i2t = F.cross_entropy(logits.float(), pos / pos.sum(dim=1, keepdim=True))
-    fits = pos.sum(dim=0) > 0
-    t2i = F.cross_entropy(logits.float().T[fits], pos.T[fits] / pos.T[fits].sum(dim=1, keepdim=True))
-    return (i2t + t2i) / 2
-
-
-def _schedule(step: int, total: int, warmup: float) -> float:
-    """Learning-rate multiplier: linear warmup, then cosine decay to zero."""
-    warm = max(1, int(total * warmup))
-    if step < warm:
-        return (step + 1) / warm
-    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
 
 def _optimizer(model: MiniCLIP, cfg: TrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
@@ -318,7 +300,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in ("plot", "export", "evaluate"):
             return _command(argv)
         if any(a == "--init" or a.startswith("--init=") for a in argv):   # fine-tune a pretrained CLIP
-            from .finetune import main as finetune_main
             return finetune_main(argv)
         args = vars(_train_parser().parse_args(argv))
         resume, progress = args.pop("resume"), not args.pop("no_progress")
