@@ -8,23 +8,32 @@ Environment variables (all optional):
     CLIP_WB_LIBRARY      default library directory        (./library)
     CLIP_WB_CACHE        model weights cache              (~/.cache/clip-workbench)
     CLIP_WB_DEVICE       "auto" | "cpu" | "cuda" | "cuda:N" (auto)
+    CLIP_WB_RUNTIME      "auto" | "torch" | "onnx" | "onnx-int8": what runs the towers in the
+                         app and the CLI (auto); the Python API's default is torch
     CLIP_WB_MODEL        default model name               (ViT-B/32)
     HF_ENDPOINT          Hugging Face mirror, read by huggingface_hub itself
     HF_HUB_OFFLINE       "1" to never touch the network for Hugging Face models
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:   # torch is imported where a Runtime is made: `python -m core --help` never pays for it
+    import torch
 
-__all__ = ["Runtime", "pick_runtime", "Paths", "default_paths", "DEFAULT_MODEL", "PROJECT_ROOT", "ASSETS_DIR"]
+__all__ = ["Runtime", "pick_runtime", "Paths", "default_paths", "DEFAULT_MODEL", "DEFAULT_RUNTIME", "ENGINES",
+           "RUNTIME_CHOICES", "PROJECT_ROOT", "ASSETS_DIR"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = PROJECT_ROOT / "assets"
 DEFAULT_MODEL = os.environ.get("CLIP_WB_MODEL", "ViT-B/32")
+ENGINES = ("torch", "onnx", "onnx-int8")          # what runs the encoder towers (see Runtime.engine)
+RUNTIME_CHOICES = ("auto",) + ENGINES             # --runtime on demo.py and every encoding CLI command
+DEFAULT_RUNTIME = os.environ.get("CLIP_WB_RUNTIME", "auto")   # the app's and the CLI's default
 
 
 @dataclass(frozen=True)
@@ -32,29 +41,45 @@ class Runtime:
     """Where tensors live and in which precision models run."""
     device: torch.device  # torch.device("cpu") or a CUDA device
     dtype: torch.dtype    # float16 on CUDA (CLIP's own choice, ~10x faster), float32 on CPU (fp16 on CPU is slow)
+    engine: str = "torch"  # "torch" (eager), "onnx" (ONNX Runtime fp32, CPU: text 2.5x, images ~1.05x eager's speed),
+                           # "onnx-int8" (opt-in, checked against fp32 on the user's library before use)
+    engine_auto: bool = False  # the engine was picked by "auto" (a backend without ONNX then falls back quietly)
 
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
     def describe(self) -> str:
+        import torch
+        engine = "" if self.engine == "torch" else f", ONNX Runtime{' int8' if self.engine == 'onnx-int8' else ''}"
         if self.is_cuda:
             return f"{torch.cuda.get_device_name(self.device)} ({self.device}, {str(self.dtype).replace('torch.', '')})"
-        return f"CPU ({torch.get_num_threads()} threads, float32)"
+        return f"CPU ({torch.get_num_threads()} threads, float32{engine})"
 
 
-def pick_runtime(device: str | None = None) -> Runtime:
-    """Choose device and dtype once. `device` is "auto" (default), "cpu", "cuda" or "cuda:N"."""
+def pick_runtime(device: str | None = None, runtime: str | None = None) -> Runtime:
+    """Choose device, dtype and engine once. `device` is "auto" (default), "cpu", "cuda" or "cuda:N";
+    `runtime` is "torch" (default), "onnx", "onnx-int8" or "auto": ONNX Runtime fp32 on the CPU
+    (faster there: benchmarks/bench_runtimes.py), torch + fp16 on CUDA."""
+    import torch
     device = (device or os.environ.get("CLIP_WB_DEVICE") or "auto").strip().lower()
+    engine = (runtime or "torch").strip().lower()
+    if engine not in RUNTIME_CHOICES:
+        raise ValueError(f"Unknown runtime {runtime!r}; expected one of {', '.join(RUNTIME_CHOICES)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"Device {device!r} requested but CUDA is not available; use --device cpu or auto")
+        if engine.startswith("onnx"):
+            raise ValueError(f"--runtime {engine} runs on the CPU; on CUDA use --runtime torch or auto (fp16)")
         return Runtime(torch.device(device), torch.float16)
     if device != "cpu":
         raise ValueError(f"Unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
-    return Runtime(torch.device("cpu"), torch.float32)
+    auto = engine == "auto"
+    if auto:
+        engine = "onnx" if importlib.util.find_spec("onnxruntime") else "torch"
+    return Runtime(torch.device("cpu"), torch.float32, engine, auto)
 
 
 @dataclass(frozen=True)

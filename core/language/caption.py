@@ -17,14 +17,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
-import torch
 from PIL import Image
 
 from ..errors import ModelUnavailableError, UnknownModelError
 from ..models.hf import LazyLoad, is_hub_id, load_pretrained, model_type
 from ..settings import Runtime, pick_runtime
+
+if TYPE_CHECKING:   # imported where used: `python -m core --help` reads CAPTIONERS without torch
+    import torch
 
 __all__ = ["Captioner", "CaptionSettings", "CAPTIONERS", "DEFAULT_CAPTIONER"]
 
@@ -121,6 +123,7 @@ class Captioner:
         for i in range(0, len(images), s.batch_size):
             chunk = [im if im.mode == "RGB" else im.convert("RGB") for im in images[i:i + s.batch_size]]
             pixels = parts.pixels(chunk).to(self.runtime.device, self.runtime.dtype)
+            import torch   # here, not at the top: `python -m core --help` does not need it
             with self._run_lock, torch.inference_mode():
                 ids = parts.model.generate(pixel_values=pixels, num_beams=s.num_beams,
                                            max_new_tokens=s.max_new_tokens, **parts.generate_kwargs)

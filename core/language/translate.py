@@ -23,14 +23,15 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from ..models.hf import LazyLoad, is_hub_id, load_pretrained
 from ..errors import ModelUnavailableError, UnknownModelError
 from .script import source_language
 from ..settings import Runtime, pick_runtime
+
+if TYPE_CHECKING:   # imported where used: `python -m core --help` reads TRANSLATORS without torch
+    import torch
 
 __all__ = ["Translator", "TranslateSettings", "TRANSLATORS", "DEFAULT_TRANSLATOR", "NLLB_CODES"]
 
@@ -223,6 +224,7 @@ class Translator:
 
     def _generate(self, parts: _Parts, texts: list[str], to: str) -> list[str]:
         s, tok, extra = self.settings, parts.tokenizer, {}
+        import torch   # here, not at the top: `python -m core --help` does not need it
         with self._run_lock, torch.inference_mode():
             if parts.kind == "nllb":
                 tok.src_lang = NLLB_CODES["zh" if to == "en" else "en"]  # prefixes the source language code

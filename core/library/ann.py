@@ -35,18 +35,21 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:   # imported where used: `python -m core --help` reads KINDS without torch
+    import torch
 
 __all__ = ["Index", "FaissIndex", "build_index", "load_index", "choose_kind",
-           "EXACT_MAX_ROWS", "KINDS"]
+           "EXACT_MAX_ROWS", "KINDS", "INDEX_KINDS"]
 
 # Below this many rows a brute-force scan (D=512: 50k x 2 KiB = 100 MiB) costs a few ms on
 # 2 CPU cores, is exact, needs no training and removes in O(1): an ANN index buys nothing.
 EXACT_MAX_ROWS = 50_000
 KINDS = ("exact", "ivf", "hnsw", "ivfpq")
+INDEX_KINDS = ("auto",) + KINDS   # what --index accepts (auto: exact below EXACT_MAX_ROWS, ivf above)
 FAISS_KINDS = ("ivf", "hnsw", "ivfpq")
 
 FORMAT_VERSION = 1        # bump with a migration note when the file layout changes
@@ -101,10 +104,12 @@ def _faiss():
 
 
 def _np_ids(ids) -> np.ndarray:
+    import torch
     return np.ascontiguousarray(torch.as_tensor(ids).reshape(-1).numpy(), dtype=np.int64)
 
 
 def _np_vectors(vectors, dim: int) -> np.ndarray:
+    import torch
     arr = np.ascontiguousarray(torch.as_tensor(vectors).float().numpy(), dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"expected vectors of shape [N, {dim}], got {tuple(arr.shape)}")
@@ -260,6 +265,7 @@ class FaissIndex:
     # -- search -----------------------------------------------------------------------
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """queries float32 [Q, D] -> (scores float32 [Q, k'], ids int64 [Q, k']), best first."""
+        import torch
         q = _np_vectors(queries, self.dim)
         k = min(int(k), len(self))
         if k <= 0 or len(q) == 0:
@@ -329,6 +335,7 @@ class FaissIndex:
 
 def _trim(scores: np.ndarray, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """faiss pads with id -1 and -FLT_MAX: make that -inf and drop columns no row filled."""
+    import torch
     missing = ids < 0
     scores = np.where(missing, np.float32(-np.inf), scores).astype(np.float32)
     width = int((~missing).sum(axis=1).max()) if len(ids) else 0
@@ -354,6 +361,7 @@ def build_index(kind: str, dim: int, ids, vectors, **opts) -> FaissIndex:
         raise ValueError("exact index lives in core.library.search")
     if kind not in FAISS_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; available: {KINDS}")
+    import torch
     ids_np = _np_ids(ids)
     vecs = np.asarray(vectors if not isinstance(vectors, torch.Tensor) else vectors.numpy())
     if kind == "hnsw":

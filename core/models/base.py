@@ -3,6 +3,9 @@
     enc.encode_images([pil, ...])     # -> float32 [N, D], L2-normalised, on the CPU
     enc.encode_texts(["a cat", ...])  # -> float32 [N, D], L2-normalised, on the CPU
     enc.encode_pixels(pixels)         # preprocessed [B, 3, H, W] -> float32 [B, D]
+
+`runtime.engine` says what runs the towers: eager torch, or ONNX Runtime (core/models/onnx_runtime.py)
+behind the same interface.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ class Encoder(ABC):
     logit_scale: float = 100.0  # cosine similarity -> logits, as the model was trained
     multilingual: bool = False  # True when the text tower reads Chinese natively
     batch_size: int = 64
+    runtime_note: str | None = None  # why the runtime asked for is not the one used (shown to the user)
+    image_size: int | None = None    # square input side of the image tower, when known (JPEG draft decoding)
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> torch.Tensor:

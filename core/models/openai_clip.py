@@ -2,28 +2,58 @@
 checkpoint files (TorchScript archives as OpenAI ships them, or plain state dicts).
 
 Texts longer than the model's context (77 tokens) are truncated to it.
+
+With `runtime.engine` "onnx" / "onnx-int8" the towers are exported once per checkpoint (keyed by
+its fingerprint) and run by ONNX Runtime (core/models/onnx_runtime.py); once exported, a start
+loads only the ONNX graphs, not the torch weights. ViT models export; a model whose export does
+not reproduce torch (checked at export) runs on torch and says so in `encoder.runtime_note`.
 """
 from __future__ import annotations
 
-import hashlib
+import ast
+import functools
+import importlib.util
 import os
 import pickle
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import ModelUnavailableError, UnknownModelError
-from ..settings import Runtime
+from ..settings import Runtime, default_paths
 from .base import Encoder
+from .fingerprint import file_fingerprint
+from .onnx_runtime import OnnxEncoder, OnnxTowers, export_folder, export_towers, read_meta
 
-__all__ = ["ClipEncoder", "clip_encode_text_trimmed", "load_clip_file", "load_clip_named", "clip_names"]
+__all__ = ["ClipEncoder", "clip_encode_text_trimmed", "clip_tokens", "clip_onnx_towers", "clip_to_onnx",
+           "load_clip_file", "load_clip_named", "clip_names"]
 
 
 def clip_names() -> list[str]:
     """The model names the `clip` package can download (ViT-B/32, RN50, ...)."""
-    import clip
-    return list(clip.available_models())
+    return list(_model_urls())
+
+
+def _clip_source_dir() -> Path:
+    package = importlib.util.find_spec("clip")   # finds the package without importing it
+    if package is None or not package.submodule_search_locations:
+        raise ModelUnavailableError("The `clip` package is not installed: pip install -r requirements.txt")
+    return Path(package.submodule_search_locations[0])
+
+
+@functools.lru_cache(maxsize=1)
+def _model_urls() -> dict[str, str]:
+    """clip's `_MODELS` (name -> download URL), read from its source rather than imported: the
+    import (pkg_resources, torchvision) costs 1-3 s, which a warm start must not pay."""
+    tree = ast.parse((_clip_source_dir() / "clip.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_MODELS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    import clip   # a future clip release laid out differently: pay for the import
+    return dict(clip.clip._MODELS)
 
 
 class ClipEncoder(Encoder):
@@ -39,7 +69,8 @@ class ClipEncoder(Encoder):
         self.dim = int(model.text_projection.shape[1])
         self.logit_scale = float(model.logit_scale.detach().exp())
         self.context_length = int(model.context_length)
-        self._transform = clip.clip._transform(model.visual.input_resolution)
+        self.image_size = int(model.visual.input_resolution)
+        self._transform = clip.clip._transform(self.image_size)
         self._tokenize = clip.tokenize
         mask = model.build_attention_mask()
         self._mask = mask.to(runtime.device, runtime.dtype)
@@ -80,18 +111,144 @@ def clip_encode_text_trimmed(model, tokens: torch.Tensor, mask: torch.Tensor) ->
     return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
 
 
-def _fingerprint(path: Path) -> str:
-    """Short content id of a weights file: the SHA-256 of all of it, so two fine-tunes of one
-    architecture never share a model id (their features must never mix). ~1 s per GB, once per load."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:10]
+@functools.lru_cache(maxsize=1)
+def _bpe():
+    """The clip package's own BPE tokenizer (same file, same tokens), loaded without running
+    `clip/__init__`, whose pkg_resources and torchvision imports cost 1-3 s at every start."""
+    spec = importlib.util.spec_from_file_location("_clip_simple_tokenizer", _clip_source_dir() / "simple_tokenizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SimpleTokenizer()
 
 
-def load_clip_file(path: Path, runtime: Runtime, model_id: str | None = None) -> ClipEncoder:
-    """A TorchScript archive (OpenAI's .pt files) or a plain state dict."""
+def clip_tokens(texts: list[str], context_length: int = 77) -> torch.Tensor:
+    """texts -> int64 token ids [B, L] as clip.tokenize(truncate=True) makes them, cut just after
+    the batch's last end-of-text token (L = the longest row; see clip_encode_text_trimmed)."""
+    bpe = _bpe()
+    sot, eot = bpe.encoder["<|startoftext|>"], bpe.encoder["<|endoftext|>"]
+    rows = [[sot] + bpe.encode(text) + [eot] for text in texts]
+    rows = [r[:context_length - 1] + [eot] if len(r) > context_length else r for r in rows]
+    out = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r)
+    return out
+
+
+class _LazyTransform:
+    """CLIP's image preprocessing, built on first use: a text-only start never imports torchvision."""
+
+    def __init__(self, size: int):
+        self.size, self._transform = size, None
+
+    def __call__(self, image):
+        if self._transform is None:
+            import clip
+            self._transform = clip.clip._transform(self.size)
+        return self._transform(image)
+
+
+def _attend(block, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One ResidualAttentionBlock on batch-first x [B, n, W], attention written out so that the
+    exported graph keeps B and n dynamic (nn.MultiheadAttention's trace freezes them)."""
+    attn, heads = block.attn, block.attn.num_heads
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))   # [B, heads, n, d]
+    w = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        w = w + mask
+    x = x + attn.out_proj((w.softmax(dim=-1) @ v).transpose(1, 2).flatten(2))
+    return x + block.mlp(block.ln_2(x))
+
+
+class _TextTower(torch.nn.Module):
+    """tokens [B, L] (L <= context) -> features [B, D]; reads the EOT (highest id) position."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mask", model.build_attention_mask(), persistent=False)
+
+    def forward(self, tokens):
+        m, n = self.model, tokens.shape[1]
+        x = m.token_embedding(tokens) + m.positional_embedding[:n]
+        for block in m.transformer.resblocks:
+            x = _attend(block, x, self.mask[:n, :n])
+        x = m.ln_final(x)
+        return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ m.text_projection
+
+
+class _VitTower(torch.nn.Module):
+    """pixels [B, 3, H, W] -> features [B, D], as clip.model.VisionTransformer.forward."""
+
+    def __init__(self, visual):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, pixels):
+        v = self.visual
+        x = v.conv1(pixels).flatten(2).transpose(1, 2)                  # [B, grid*grid, width]
+        x = torch.cat([v.class_embedding + torch.zeros_like(x[:, :1]), x], dim=1) + v.positional_embedding
+        x = v.ln_pre(x)
+        for block in v.transformer.resblocks:
+            x = _attend(block, x, None)
+        return v.ln_post(x[:, 0]) @ v.proj
+
+
+def clip_onnx_towers(model) -> OnnxTowers:
+    """The towers of a fp32 clip.model.CLIP in export form (ResNet models export as they are and
+    are checked like the rest; a frozen shape there makes them run on torch)."""
+    import clip
+    model = model.float().cpu().eval()
+    res, context = int(model.visual.input_resolution), int(model.context_length)
+    image = _VitTower(model.visual) if isinstance(model.visual, clip.model.VisionTransformer) else model.visual
+    meta = {"backend": "clip", "dim": int(model.text_projection.shape[1]),
+            "logit_scale": float(model.logit_scale.detach().exp()), "multilingual": False,
+            "input_resolution": res, "context_length": context}
+
+    def tokens(batch: int, length: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(length)
+        ids = torch.randint(1, model.vocab_size - 1, (batch, length), generator=g)
+        ids[torch.arange(batch), torch.arange(batch) % length] = model.vocab_size - 1   # an EOT per row
+        return ids
+    return OnnxTowers(image.eval(), _TextTower(model).eval(), lambda b: torch.randn(b, 3, res, res), tokens, meta)
+
+
+def _onnx_clip(folder: Path, meta: dict, model_id: str, runtime: Runtime) -> OnnxEncoder:
+    context = int(meta["context_length"])
+    return OnnxEncoder(folder, meta, _LazyTransform(int(meta["input_resolution"])),
+                       lambda texts: clip_tokens(texts, context), model_id, runtime)
+
+
+def clip_to_onnx(encoder: ClipEncoder, folder: Path, runtime: Runtime) -> Encoder:
+    """Export (once) and return the ONNX Runtime encoder; the torch encoder with a note when the
+    export does not reproduce torch."""
+    meta = read_meta(folder)
+    if meta is None:
+        try:
+            meta = export_towers(clip_onnx_towers(encoder.model), folder)
+        except ModelUnavailableError as e:
+            encoder.runtime_note = f"ONNX Runtime cannot run {encoder.model_id} ({e}); it runs on torch instead."
+            return encoder
+    return _onnx_clip(folder, meta, encoder.model_id, runtime)
+
+
+def load_clip_file(path: Path, runtime: Runtime, model_id: str | None = None, cache: Path | None = None) -> Encoder:
+    """A TorchScript archive (OpenAI's .pt files) or a plain state dict. With an ONNX engine and
+    the towers already exported, the torch weights are not loaded at all."""
+    cache = Path(cache or default_paths().cache)
+    fingerprint = file_fingerprint(path, cache) if runtime.engine != "torch" or model_id is None else None
+    model_id = model_id or f"clip-file:{path.stem}-{fingerprint}"
+    if runtime.engine != "torch":
+        folder = export_folder(cache, fingerprint)
+        meta = read_meta(folder)
+        if meta is not None:
+            return _onnx_clip(folder, meta, model_id, runtime)
+        return clip_to_onnx(ClipEncoder(_build(path), model_id, replace(runtime, engine="torch")), folder, runtime)
+    return ClipEncoder(_build(path), model_id, runtime)
+
+
+def _build(path: Path):
+    """The fp32 clip.model.CLIP in a checkpoint file."""
     import clip
     try:
         with warnings.catch_warnings():
@@ -109,18 +266,18 @@ def load_clip_file(path: Path, runtime: Runtime, model_id: str | None = None) ->
         model = clip.model.build_model(dict(state_dict)).float()
     except (KeyError, RuntimeError, AttributeError) as e:
         raise UnknownModelError(f"{path} is not an OpenAI CLIP checkpoint ({type(e).__name__}: {e})") from None
-    return ClipEncoder(model, model_id or f"clip-file:{path.stem}-{_fingerprint(path)}", runtime)
+    return model
 
 
-def load_clip_named(name: str, runtime: Runtime, cache: Path, offline: bool) -> ClipEncoder:
-    import clip
-    url = clip.clip._MODELS[name]
+def load_clip_named(name: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:
+    url = _model_urls()[name]
     target = cache / "clip" / os.path.basename(url)
     if not target.is_file():
         if offline:
             raise ModelUnavailableError(
                 f"Model {name} is not in the cache ({target}) and offline mode is on. "
                 f"Copy the checkpoint there, pass --model /path/to/{os.path.basename(url)}, or go online once.")
+        import clip
         try:
             clip.clip._download(url, str(cache / "clip"))  # tqdm progress bar + SHA256 check
         except (OSError, RuntimeError) as e:
@@ -128,4 +285,4 @@ def load_clip_named(name: str, runtime: Runtime, cache: Path, offline: bool) -> 
                 f"Could not download model {name} from {url} into {target} ({e}). "
                 f"Download {os.path.basename(url)} elsewhere and pass --model /path/to/it, "
                 f"or put it in {target.parent}.") from None
-    return load_clip_file(target, runtime, model_id=name)
+    return load_clip_file(target, runtime, model_id=name, cache=cache)

@@ -4,6 +4,7 @@
     enc = load_encoder("chinese-clip", "cuda")     # a named Hugging Face model
     enc = load_encoder("hf:OFA-Sys/chinese-clip-vit-base-patch16")
     enc = load_encoder("/models/my-finetune.pt")   # a local checkpoint file or save_pretrained folder
+    enc = load_encoder("ViT-B/32", runtime="onnx") # towers run by ONNX Runtime (CPU; exported once, cached)
 
 A model spec is one of, tried in this order:
 
@@ -14,13 +15,16 @@ A model spec is one of, tried in this order:
     ORG/NAME          a Hugging Face hub id
 
 Each backend (`BACKENDS`) is one entry: adding a runtime or a hub family is one more entry,
-not another `if`. Weights download once into the cache with progress; every failure names the
+not another `if`. Runtimes (`runtime=`): "torch"; "onnx" and "onnx-int8" (ONNX Runtime on the
+CPU) for the OpenAI CLIP backend — the Hugging Face and mini backends run on torch and say so
+in `encoder.runtime_note` when ONNX was asked for explicitly; "auto" = ONNX fp32 on a CPU, torch
++ fp16 on CUDA (core.settings.pick_runtime). Weights download once into the cache with progress; every failure names the
 model, where it looked, and what to do.
 """
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -49,6 +53,7 @@ class Backend:
     """How one family of models is loaded: load(source, runtime, cache, offline) -> Encoder."""
     load: Callable[[str, Runtime, Path, bool], Encoder]
     help: str
+    onnx: bool = False   # the loader honours runtime.engine "onnx" / "onnx-int8"; else torch runs it
 
 
 def _load_clip(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:
@@ -58,11 +63,11 @@ def _load_clip(source: str, runtime: Runtime, cache: Path, offline: bool) -> Enc
     path = Path(source).expanduser()
     if not path.is_file():
         raise UnknownModelError(f"OpenAI CLIP checkpoint {path} not found")
-    return load_clip_file(path, runtime)
+    return load_clip_file(path, runtime, cache=cache)
 
 
 def _load_hf(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:
-    from .hf import load_hf
+    from .hf_clip import load_hf
     path = Path(source).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
         raise UnknownModelError(f"{path} is a directory without config.json; expected a save_pretrained() folder")
@@ -78,7 +83,7 @@ def _load_mini(source: str, runtime: Runtime, cache: Path, offline: bool) -> Enc
 
 
 BACKENDS: dict[str, Backend] = {
-    "clip": Backend(_load_clip, "OpenAI CLIP: a name (ViT-B/32, RN50, ...) or a checkpoint file"),
+    "clip": Backend(_load_clip, "OpenAI CLIP: a name (ViT-B/32, RN50, ...) or a checkpoint file", onnx=True),
     "hf": Backend(_load_hf, "Hugging Face CLIP / ChineseCLIP / AltCLIP / SigLIP: hub id or save_pretrained folder"),
     "mini": Backend(_load_mini, "the project's mini-CLIP: a checkpoint from `python -m core.train`"),
 }
@@ -120,13 +125,25 @@ def _looks_like_hub_id(spec: str) -> bool:
             and not spec.endswith((".pt", ".pth")))
 
 
-def load_encoder(name: str, device: str | Runtime | None = "cpu", cache: Path | None = None,
-                 offline: bool = False) -> Encoder:
+def load_encoder(name: str, device: str | Runtime | None = "cpu", runtime: str | None = None, *,
+                 cache: Path | None = None, offline: bool = False) -> Encoder:
     """Resolve a model name, path or hub id to a ready Encoder (weights loaded once, eval mode).
-    `device` is "cpu", "cuda", "cuda:N", "auto" or a Runtime (core.settings.pick_runtime)."""
-    runtime = device if isinstance(device, Runtime) else pick_runtime(device)
+    `device` is "cpu", "cuda", "cuda:N", "auto" or a Runtime (core.settings.pick_runtime);
+    `runtime` is "torch" | "onnx" | "onnx-int8" | "auto" (default: the Runtime's engine, else torch).
+    int8 is opt-in: the app checks its agreement with fp32 on the library before using it."""
+    if isinstance(device, Runtime):
+        rt = device if runtime is None else replace(pick_runtime(str(device.device), runtime), dtype=device.dtype)
+    else:
+        rt = pick_runtime(device, runtime)
     backend, source = resolve(name)
-    return BACKENDS[backend].load(source, runtime, Path(cache or default_paths().cache), offline)
+    entry = BACKENDS[backend]
+    if rt.engine != "torch" and not entry.onnx:
+        encoder = entry.load(source, replace(rt, engine="torch"), Path(cache or default_paths().cache), offline)
+        if not rt.engine_auto:
+            encoder.runtime_note = (f"--runtime {rt.engine} is available for OpenAI CLIP models; {name} "
+                                    f"({backend} backend) runs on torch.")
+        return encoder
+    return entry.load(source, rt, Path(cache or default_paths().cache), offline)
 
 
 def _is_mini_checkpoint(path: Path) -> bool:
@@ -146,7 +163,7 @@ def load_encoder_with_fallback(name: str, runtime: Runtime, cache: Path | None =
     Returns (encoder, notice); notice is None when `name` itself loaded, else it says why
     the fallback happened (shown to the user)."""
     try:
-        return load_encoder(name, runtime, cache, offline), None
+        return load_encoder(name, runtime, cache=cache, offline=offline), None
     except ModelUnavailableError as e:
         if not BUNDLED_MINI.is_file() or name == "mini":
             raise
