@@ -219,7 +219,7 @@ def test_library_of_another_model_starts_and_explains(tiny_clip_path, tmp_path):
     text = "\n".join(_markdown_texts(blocks))
     assert "What is wrong" in text and "other_clip" in text
     assert f"python -m core library reindex --model {tiny_clip_path}" in text
-    assert options["allowed_paths"] == [str(ASSETS_DIR)]
+    assert options["allowed_paths"] == [str(ASSETS_DIR / "samples"), str(ASSETS_DIR / "shapes")]   # never the library
 
 
 def test_unknown_model_starts_and_explains(tmp_path):
@@ -241,14 +241,19 @@ def test_fallback_notice_is_shown_in_a_banner(app):
     assert banner and "bundled offline mini model" in banner[0].value
 
 
-def test_share_without_auth_warns(caplog, monkeypatch, tmp_path):
+def test_share_without_auth_is_refused_unless_public(caplog, monkeypatch, tmp_path):
     import demo
+    from ui import launch_options
+    for name in ("CLIP_WB_AUTH", "CLIP_WB_ADMIN", "CLIP_WB_AUTH_FILE"):
+        monkeypatch.delenv(name, raising=False)
     launched = {}
-    monkeypatch.setattr(demo, "build", lambda args: (type("B", (), {"launch": lambda self, **kw: launched.update(kw)})(), {}))
-    demo.main(["--share"])
-    assert "--share without --auth" in caplog.text and launched["share"] is True and launched["auth"] is None
-    demo.main(["--share", "--auth", "teacher:secret"])
-    assert launched["auth"] == ("teacher", "secret")
+    monkeypatch.setattr(demo, "build", lambda args: (type("B", (), {"launch": lambda self, **kw: launched.update(kw)})(),
+                                                     launch_options(None, args.access)))
+    assert demo.main(["--share"]) == 2 and "--share without --auth" in caplog.text and not launched
+    assert demo.main(["--share", "--share-public"]) == 0 and launched["share"] is True and launched["auth"] is None
+    demo.main(["--share", "--auth", "ann:pw1", "--auth", "bob:pw2", "--admin", "teacher:secret"])
+    check = launched["auth"]
+    assert check("ann", "pw1") and check("bob", "pw2") and check("teacher", "secret") and not check("ann", "pw2")
 
 
 def test_docs_api_snippets_run(app, client, tmp_path, monkeypatch, capsys):

@@ -21,6 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # no phoning home f
 
 import gradio as gr  # noqa: E402
 
+from core.access import Access, Accounts, Limits  # noqa: E402
 from core.workbench import Workbench, build_workbench  # noqa: E402
 from ui import build_app, launch_options  # noqa: E402
 
@@ -30,6 +31,7 @@ class Served:
     url: str            # http://127.0.0.1:PORT/
     wb: Workbench
     demo: gr.Blocks
+    access: Access
 
 
 def free_port() -> int:
@@ -40,16 +42,22 @@ def free_port() -> int:
 
 @contextmanager
 def serve(model_path: Path, library_dir: Path, lang: str | None = None,
-          auth: tuple[str, str] | None = None) -> Iterator[Served]:
+          auth: tuple[str, str] | list[tuple[str, str]] | None = None,
+          admin: tuple[str, str] | None = None, limits: Limits | None = None) -> Iterator[Served]:
     """The app (and its JSON API at /api/...) on 127.0.0.1 in a background thread; closed on exit.
-    `auth` (user, password) requires that login, as demo.py's --auth USER:PASS does."""
+    `auth` (user, password) or a list of them: student logins, as demo.py's --auth USER:PASS;
+    `admin`: the teacher's login (--admin); `limits`: quotas (default: Limits())."""
+    students = [auth] if isinstance(auth, tuple) else list(auth or [])
+    accounts = Accounts.parse([f"{u}:{p}" for u, p in students], [f"{u}:{p}" for u, p in ([admin] if admin else [])],
+                              env={})
+    access = Access(accounts, limits)
     wb = build_workbench(str(model_path), library_dir, device="cpu", offline=True, fallback=False,
                          background=True)   # as demo.py: features_library.pth is rewritten after writes
-    demo = build_app(wb, lang=lang)
+    demo = build_app(wb, lang=lang, access=access)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                auth=auth, **launch_options(wb, auth))
+                **launch_options(wb, access))
     try:
-        yield Served(demo.local_url, wb, demo)
+        yield Served(demo.local_url, wb, demo, access)
     finally:
         demo.close()
         wb.close()

@@ -6,21 +6,26 @@ The last input of each is the UI language (a gr.State, so API clients need not p
 from __future__ import annotations
 
 import html
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import gradio as gr
 
 from core import IngestReport, SearchQuery, SearchResult, Workbench
+from core.access import Access, Caller
 from core.errors import ModelUnavailableError, UnknownModelError
 from core.library.search import split_terms
 
 from .errors import fail, user_errors
 from .i18n import t
 
-__all__ = ["Callbacks", "CUSTOM", "UPLOAD_CHUNK"]
+__all__ = ["Callbacks", "UploadJanitor", "CUSTOM", "UPLOAD_CHUNK"]
 
 CUSTOM = "custom"     # dropdown value: the labels / template typed by the user
 UPLOAD_CHUNK = 32     # files read into memory per batch (bounded memory; progress every 32 images)
+UPLOAD_GRACE_S = 60.0  # an ingested upload's temp file is deleted once unused (and not re-sent) this long
 _MB = 2 ** 20
 
 
@@ -31,21 +36,86 @@ def _gallery_label(name: str, image_id: str, meta: dict, lang: str) -> str:
     return f"{name} · {image_id}" + (f"\n{caption}" if caption else "")
 
 
+def who(access: Access, request: gr.Request | None) -> Caller:
+    """The caller of an event: the login name, or the browser session without logins."""
+    return access.caller(getattr(request, "username", None), getattr(request, "session_hash", None))
+
+
+class UploadJanitor:
+    """Deletes Gradio's temp copies of library uploads once ingested: stored images live in the
+    library, and rejected or duplicate ones must not stay on disk. Gradio names uploads by content,
+    so two students sending the same file share one temp file: a file is deleted only when no
+    request is using it and nobody uploaded it again for `grace_s` seconds. Files outside
+    Gradio's upload folder (e.g. bundled samples) are never touched."""
+
+    def __init__(self, grace_s: float | None = None):
+        self.grace_s = UPLOAD_GRACE_S if grace_s is None else grace_s
+        self._using: dict[Path, int] = {}
+        self._done: dict[Path, float] = {}   # path -> when its last user finished
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def using(self, files: list[str]):
+        folder = Path(gr.utils.get_upload_folder()).resolve()
+        paths = [p for p in (Path(f).resolve() for f in files) if p.is_relative_to(folder)]
+        with self._lock:
+            for p in paths:
+                self._using[p] = self._using.get(p, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                for p in paths:
+                    self._using[p] -= 1
+                    if not self._using[p]:
+                        del self._using[p]
+                    self._done[p] = time.time()
+            self.sweep()
+
+    def sweep(self) -> None:
+        now, later = time.time(), False
+        with self._lock:
+            for p, done in list(self._done.items()):
+                try:
+                    age = now - max(done, p.stat().st_mtime)
+                except OSError:
+                    del self._done[p]
+                    continue
+                if p not in self._using and age >= self.grace_s:
+                    p.unlink(missing_ok=True)
+                    del self._done[p]
+                else:
+                    later = True
+            if later and not (self._timer and self._timer.is_alive()):   # one look again after the grace
+                self._timer = threading.Timer(self.grace_s + 1, self._timed_sweep)
+                self._timer.daemon = True   # never blocks shutdown
+                self._timer.start()
+
+    def _timed_sweep(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.sweep()
+
+
 class Callbacks:
-    def __init__(self, wb: Workbench):
-        self.wb = wb
+    def __init__(self, wb: Workbench, access: Access | None = None):
+        self.wb, self.access = wb, access or Access()
+        self.janitor = UploadJanitor()
 
     # ------------------------------------------------------------ zero-shot
 
     def classify(self, image: str | None, labelset: str, labels: str, templates: str, custom_template: str,
-                 add: bool, lang: str):
+                 add: bool, lang: str, request: gr.Request = None):
         """-> ({label: probability} top 5, status markdown)"""
         if not image:
             raise fail("err.no_image", lang)
         with user_errors(lang):
-            top, note = self.wb.classify(image, labels if labelset == CUSTOM else labelset,
+            picture = self.wb.image(image)   # core's safe loader: the same error for every bad file
+            top, note = self.wb.classify(picture, labels if labelset == CUSTOM else labelset,
                                          custom_template if templates == CUSTOM else templates, lang)
-            status = t("zs.added", lang, summary=self._summary(self._ingest([image]), lang)) if add else ""
+            added = self._ingest([image], who(self.access, request)) if add else None
+            status = t("zs.added", lang, summary=self._summary(added, lang)) if added else ""
             status = "\n\n".join(s for s in (note and f"ℹ️ {note}", status) if s)
         return {label: p for label, p in top}, status
 
@@ -56,7 +126,7 @@ class Callbacks:
         if not (text or "").strip() and not image:
             raise fail("err.empty_query", lang)
         with user_errors(lang):
-            query = SearchQuery(text=text or "", image=image or None, minus=split_terms([minus or ""]), k=int(k),
+            query = SearchQuery(text=text or "", image=self.wb.image(image) if image else None, minus=split_terms([minus or ""]), k=int(k),
                                 threshold=float(threshold) or None)
             result = self.wb.search(query)
         info = self._search_info(result, query.text, lang)
@@ -109,19 +179,21 @@ class Callbacks:
 
     # ------------------------------------------------------------ library
 
-    def add_to_library(self, files: list[str] | None, lang: str, progress=gr.Progress()):
-        """Many uploaded files -> summary markdown (added / already present / unreadable with reasons)."""
+    def add_to_library(self, files: list[str] | None, lang: str, request: gr.Request = None, progress=gr.Progress()):
+        """Many uploaded files -> summary markdown (added / already present / unreadable with reasons).
+        Within the caller's quota and the library's budget; the temp copies are deleted either way."""
         if not files:
             raise fail("lib.no_files", lang)
-        with user_errors(lang):
-            report = self._ingest(files, progress=progress, desc=t("lib.progress", lang))
+        with self.janitor.using(files), user_errors(lang):
+            report = self._ingest(files, who(self.access, request), progress=progress, desc=t("lib.progress", lang))
         if report.errors:   # a toast too: the summary may be scrolled out of view on a projector
             gr.Warning(self._toast(report, lang), title=t("warn.title", lang))
         return self._summary(report, lang)
 
-    def seed_library(self, lang: str, progress=gr.Progress()):
-        """Add the bundled sample images -> summary markdown."""
+    def seed_library(self, lang: str, request: gr.Request = None, progress=gr.Progress()):
+        """Add the bundled sample images -> summary markdown (the teacher only)."""
         with user_errors(lang):
+            self.access.require_admin(who(self.access, request), "seed the library")
             report = self.wb.seed(progress=self._progress(progress, None, t("lib.progress", lang)))
         return self._summary(report, lang)
 
@@ -138,12 +210,18 @@ class Callbacks:
         return t("lib.stats", lang, n=s["images"], model=s["model_id"], dim=s["dim"], path=s["path"],
                  images_mb=s["image_bytes"] / _MB, feats_mb=s["features_bytes"] / _MB)
 
-    def remove_image(self, image_id: str, lang: str) -> str:
+    def remove_image(self, image_id: str, lang: str, request: gr.Request = None) -> str:
         if not (image_id or "").strip():
             raise fail("lib.no_selection", lang)
         with user_errors(lang):
+            self.access.require_admin(who(self.access, request), "delete images")
             entry, = self.wb.remove([image_id])
         return t("lib.removed", lang, name=entry.name, id=entry.id, n=len(self.wb))
+
+    def teacher_controls(self, request: gr.Request = None):
+        """On page load: the delete / maintenance buttons only for the teacher (core checks again)."""
+        admin = who(self.access, request).admin
+        return [gr.update(visible=admin)] * 4
 
     def verify_library(self, lang: str) -> str:
         with user_errors(lang):
@@ -153,24 +231,27 @@ class Callbacks:
                      finite=r["features_finite"])
         return t("lib.verify_ok", lang, rows=r["rows"])
 
-    def compact_library(self, lang: str) -> str:
+    def compact_library(self, lang: str, request: gr.Request = None) -> str:
         with user_errors(lang):
+            self.access.require_admin(who(self.access, request), "compact the library")
             self.wb.compact()
         return t("lib.compacted", lang, n=len(self.wb))
 
-    def repair_library(self, lang: str) -> str:
+    def repair_library(self, lang: str, request: gr.Request = None) -> str:
         """Rows without files removed, files without rows re-added (never deleted) -> summary."""
         with user_errors(lang):
+            self.access.require_admin(who(self.access, request), "repair the library")
             r = self.wb.repair()
         return t("lib.repaired", lang, removed=r["rows_removed"], readded=r["images_readded"], n=len(self.wb))
 
     # ------------------------------------------------------------ helpers
 
-    def _ingest(self, files: list[str], progress=None, desc: str = "") -> IngestReport:
-        """Ingest uploaded files (core reads a batch at a time), reporting progress per batch.
-        Gradio keeps each upload under its original name: core reads that name for display only."""
-        return self.wb.add([Path(f) for f in files], progress=self._progress(progress, len(files), desc),
-                           batch_size=UPLOAD_CHUNK)
+    def _ingest(self, files: list[str], caller: Caller, progress=None, desc: str = "") -> IngestReport:
+        """Ingest uploaded files (core reads a batch at a time) within the caller's quota, reporting
+        progress per batch. Gradio keeps each upload under its original name: core reads that name
+        for display only."""
+        return self.access.add(self.wb, caller, [Path(f) for f in files],
+                               progress=self._progress(progress, len(files), desc), batch_size=UPLOAD_CHUNK)
 
     @staticmethod
     def _progress(progress, total: int | None, desc: str):

@@ -5,14 +5,15 @@ from contextlib import contextmanager
 
 import gradio as gr
 
-from core.errors import (ImageError, LabelError, LibraryError, ModelUnavailableError, QueryError,
-                         UnknownModelError)
+from core.errors import (ImageError, LabelError, LibraryError, ModelUnavailableError, PermissionDenied, QueryError,
+                         QuotaError, UnknownModelError)
 
 from .i18n import t
 
 __all__ = ["user_errors", "error_text", "fail", "DOMAIN_ERRORS"]
 
-DOMAIN_ERRORS = (ImageError, QueryError, LabelError, LibraryError, ModelUnavailableError, UnknownModelError)
+DOMAIN_ERRORS = (ImageError, QueryError, LabelError, LibraryError, ModelUnavailableError, UnknownModelError,
+                 PermissionDenied, QuotaError)
 
 
 def error_text(e: Exception, lang: str) -> str:
@@ -20,7 +21,8 @@ def error_text(e: Exception, lang: str) -> str:
     if isinstance(e, ImageError):
         return t("err.image", lang, name=e.name, reason=e.reason)
     key = {QueryError: "err.query", LabelError: "err.labels", LibraryError: "err.library",
-           ModelUnavailableError: "err.model", UnknownModelError: "err.model"}
+           ModelUnavailableError: "err.model", UnknownModelError: "err.model", PermissionDenied: "err.permission",
+           QuotaError: "err.quota"}
     for cls, k in key.items():
         if isinstance(e, cls):
             return t(k, lang, detail=str(e))

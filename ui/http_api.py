@@ -9,7 +9,7 @@
     POST /api/images                 multipart `files` (one or more)  add to the library
     GET  /api/images/{id}  /api/images/{id}/thumb  /api/library?page=N
 
-`build_api(wb, auth)` returns a FastAPI `APIRouter`; `ui.app.launch_options` hands its routes
+`build_api(wb, access)` returns a FastAPI `APIRouter`; `ui.app.launch_options` hands its routes
 to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`), so `demo.launch()` keeps
 serving everything: --share, --auth, the queue. A thin adapter: every call goes to the
 Workbench; core's domain errors become JSON {"error", "kind"} (400, 404 for an unknown id);
@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import mimetypes
-import secrets
 from pathlib import Path
-from typing import Callable, Sequence
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -37,9 +35,12 @@ from gradio.route_utils import get_root_url
 from pydantic import BaseModel
 
 from core import Entry, Hit, SearchQuery, Upload, Workbench
+from core.access import Access, Caller
 from core.errors import ImageError, LibraryError, PermissionDenied, QueryError, QuotaError, WorkbenchError
 from core.images import MAX_BYTES
 from core.library.search import MAX_K, split_terms
+
+from .guard import client_address
 
 __all__ = ["build_api", "Users", "API_PREFIX", "MAX_FILES"]
 
@@ -48,7 +49,6 @@ MAX_FILES = 64               # files per POST /api/images (send a bigger folder 
 _FORM_SLACK = 64 * 1024      # multipart headers and text fields around one file
 _CACHE = "private, max-age=86400"   # stored files never change (content-addressed), but may need a login
 _STATUS = {PermissionDenied: 403, QuotaError: 413}   # any other WorkbenchError: 400
-Auth = Callable[[str, str], bool] | tuple[str, str] | Sequence[tuple[str, str]] | None
 
 
 class ApiProblem(Exception):
@@ -104,28 +104,35 @@ def _check_length(request: Request, limit: int | None) -> None:
 
 
 class Users:
-    """The dependency that resolves who is calling: None when the app is open, else the user
-    name from HTTP Basic auth or from the Gradio login cookie; 401 otherwise. A role check
-    (student / admin) belongs here, in one place."""
+    """The dependency that resolves who is calling, as a core `Caller` (roles and quotas are core's
+    `Access`): without accounts, an anonymous client (the address stands for the session); else
+    the user from HTTP Basic auth or from the Gradio login cookie; 401 otherwise, 429 after too
+    many failed attempts from one address."""
 
-    def __init__(self, auth: Auth = None):
-        if callable(auth) or auth is None:
-            self.check = auth
-        else:
-            pairs = [auth] if isinstance(auth, tuple) and len(auth) == 2 and isinstance(auth[0], str) else auth
-            accounts = {str(u): str(p) for u, p in pairs}
-            self.check = lambda user, password: (
-                user in accounts and secrets.compare_digest(accounts[user].encode(), password.encode()))
+    def __init__(self, access: Access):
+        self.access = access
 
     def __call__(self, request: Request,
-                 basic: HTTPBasicCredentials | None = Depends(HTTPBasic(auto_error=False))) -> str | None:
-        if self.check is None:
-            return None
-        if basic is not None and self.check(basic.username, basic.password):
-            return basic.username
+                 basic: HTTPBasicCredentials | None = Depends(HTTPBasic(auto_error=False))) -> Caller:
+        request.state.caller = caller = self._resolve(request, basic)   # endpoints read it from there
+        return caller
+
+    def _resolve(self, request: Request, basic: HTTPBasicCredentials | None) -> Caller:
+        client = client_address(request.scope)
+        if self.access.open:
+            return self.access.caller(None, f"api:{client}")
+        wait = self.access.throttle.retry_after(client)
+        if wait > 0:
+            raise ApiProblem(429, f"Too many failed logins; try again in {int(wait) + 1} s", "TooManyLogins",
+                             {"Retry-After": str(int(wait) + 1)})
+        if basic is not None:
+            if self.access.accounts.check(basic.username, basic.password):
+                self.access.throttle.succeeded(client)
+                return self.access.caller(basic.username)
+            self.access.throttle.failed(client)
         user = _gradio_session_user(request)
         if user:
-            return user
+            return self.access.caller(user)
         raise ApiProblem(401, "Log in: send HTTP Basic credentials (the app's --auth user:password)",
                          "Unauthorized", {"WWW-Authenticate": 'Basic realm="CLIP Workbench"'})
 
@@ -165,8 +172,8 @@ def _read_upload(upload: UploadFile, limit: int) -> tuple[str, bytes]:
 class _Api:
     """The endpoints, each a few lines over one Workbench method."""
 
-    def __init__(self, wb: Workbench, heavy: int, max_bytes: int):
-        self.wb, self.max_bytes = wb, max_bytes
+    def __init__(self, wb: Workbench, access: Access, heavy: int, max_bytes: int):
+        self.wb, self.access, self.max_bytes = wb, access, max_bytes
         self.heavy = asyncio.Semaphore(heavy)   # model calls at once (the event loop's, see _model)
 
     async def _model(self, fn, *args):
@@ -243,7 +250,7 @@ class _Api:
         top, note = await self._model(self.wb.classify, picture, labels, templates, lang, top_k)
         return {"labels": [{"label": label, "probability": float(p)} for label, p in top], "note": note}
 
-    async def add(self, files: list[UploadFile] = File(...)) -> dict:
+    async def add(self, request: Request, files: list[UploadFile] = File(...)) -> dict:
         if len(files) > MAX_FILES:
             raise QueryError(f"{len(files)} files in one request; send at most {MAX_FILES} per request")
         uploads, errors = [], []
@@ -252,7 +259,7 @@ class _Api:
                 uploads.append(Upload(*await run_in_threadpool(_read_upload, f, self.max_bytes)))
             except ImageError as e:
                 errors.append({"name": e.name, "reason": e.reason})
-        report = await self._model(self.wb.add, uploads)
+        report = await self._model(self.access.add, self.wb, request.state.caller, uploads)
         errors += [{"name": n, "reason": r} for n, r in report.errors]
         images = (await run_in_threadpool(self.wb.stats))["images"]
         return {"added": report.added, "duplicates": report.duplicates, "errors": errors, "images": images,
@@ -282,11 +289,11 @@ def _file(path: Path) -> FileResponse:
     return FileResponse(path, media_type=media, headers={"Cache-Control": _CACHE, "X-Content-Type-Options": "nosniff"})
 
 
-def build_api(wb: Workbench, auth: Auth = None, heavy: int = 2, max_bytes: int = MAX_BYTES) -> APIRouter:
-    """The /api routes over `wb`. `auth`: None (open, like the app without --auth), (user, password),
-    a list of them, or a function (user, password) -> bool, as for gr.Blocks.launch(auth=...).
-    `heavy`: model calls at once; `max_bytes`: the largest accepted image file."""
-    api, users = _Api(wb, heavy, max_bytes), Users(auth)
+def build_api(wb: Workbench, access: Access | None = None, heavy: int = 2, max_bytes: int = MAX_BYTES) -> APIRouter:
+    """The /api routes over `wb`. `access`: accounts, roles and quotas shared with the UI (None: open,
+    like the app without --auth). `heavy`: model calls at once; `max_bytes`: the largest image file."""
+    access = access or Access()
+    api, users = _Api(wb, access, heavy, max_bytes), Users(access)
     router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(users)], route_class=_JsonErrorRoute,
                        tags=["workbench"])
     one_file, many = max_bytes + _FORM_SLACK, MAX_FILES * (max_bytes + _FORM_SLACK)

@@ -14,7 +14,7 @@ from core.library.search import MAX_K
 from .callbacks import CUSTOM, Callbacks
 from .i18n import choices, has_key, t
 
-__all__ = ["Localizer", "classify_tab", "search_tab", "caption_tab", "library_tab"]
+__all__ = ["Localizer", "SafeImage", "classify_tab", "search_tab", "caption_tab", "library_tab"]
 
 LABEL_SETS = {CUSTOM: "zs.set.custom", "imagenet1k": "zs.set.imagenet1k", "cifar10": "zs.set.cifar10",
               "cifar100": "zs.set.cifar100"}
@@ -23,8 +23,26 @@ TEMPLATES = {"single": "zs.tpl.single", "selected7": "zs.tpl.selected7", "ensemb
 SEARCH_K = (1, min(100, MAX_K), 12)       # slider min, max, default
 CHEAP = 16                                # concurrent runs of cheap events (paging, stats): no model involved
 MODEL = {"concurrency_id": "model"}       # classify + search share one queue (limit: the app's default)
-INGEST = {"concurrency_id": "ingest"}     # uploads queue apart, so a long upload never stalls the class's searches
+INGEST = {"concurrency_id": "ingest", "concurrency_limit": 8}   # uploads queue apart: a long upload never
+                                                               # stalls the class's searches (their encodes batch)
 _PRIVATE = {"api_visibility": "private"}
+
+
+def SafeImage(**kwargs) -> gr.Image:  # noqa: N802  (used like a component class)
+    """gr.Image(type="filepath") that hands the uploaded file to the callback untouched: Gradio's own
+    preprocessing opens it with PIL (a non-image or an empty file then fails with a traceback, a
+    12k x 12k PNG is decoded before any limit, 16-bit greyscale is clipped to white). Core's safe
+    loader decodes it instead, with its limits and one clear error for every bad file.
+    (An instance override, not a subclass: Gradio writes a .pyi stub beside every subclass.)"""
+    image = gr.Image(type="filepath", image_mode=None, **kwargs)
+    gradio_preprocess = image.preprocess
+
+    def preprocess(payload):
+        if payload is None or (payload.url or "").startswith("data:") or payload.path is None:
+            return gradio_preprocess(payload)   # pasted data URLs: Gradio writes them to a file
+        return str(payload.path)
+    image.preprocess = preprocess
+    return image
 
 
 class Localizer:
@@ -67,7 +85,7 @@ class Localizer:
 def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[list[str]]) -> None:
     with gr.Row():
         with gr.Column():
-            image = loc(gr.Image, label="zs.image", type="filepath", sources=["upload", "clipboard"], height=320,
+            image = loc(SafeImage, label="zs.image", sources=["upload", "clipboard"], height=320,
                         elem_id="zs-image")
             if samples:
                 examples = gr.Examples(samples, [image], label=t("zs.examples", loc.lang), examples_per_page=12)
@@ -95,7 +113,7 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             text = loc(gr.Textbox, label="search.text", placeholder="search.text_ph")
-            image = loc(gr.Image, label="search.image", type="filepath", sources=["upload", "clipboard"], height=200,
+            image = loc(SafeImage, label="search.image", sources=["upload", "clipboard"], height=200,
                         elem_id="search-image")
             minus = loc(gr.Textbox, label="search.minus", placeholder="search.minus_ph")
             k = loc(gr.Slider, label="search.k", minimum=SEARCH_K[0], maximum=SEARCH_K[1], value=SEARCH_K[2], step=1)
@@ -121,7 +139,7 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
 def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
     with gr.Row():
         with gr.Column():
-            image = loc(gr.Image, label="cap.image", type="filepath", sources=["upload", "clipboard"], height=320,
+            image = loc(SafeImage, label="cap.image", sources=["upload", "clipboard"], height=320,
                         elem_id="cap-image")
             button = loc(gr.Button, value="cap.button", variant="primary")
         with gr.Column():
@@ -131,8 +149,9 @@ def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
     button.click(cb.caption, [image, lang], [en, zh, status], api_name="caption", concurrency_limit=1)
 
 
-def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
-    """Lays out the library tab; returns the event kwargs that refresh gallery, page info and stats."""
+def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> tuple[dict, list]:
+    """Lays out the library tab; returns the event kwargs that refresh gallery, page info and stats,
+    and the teacher-only buttons (hidden from students on load)."""
     ids = gr.State([])
     with gr.Row():
         with gr.Column(scale=2):
@@ -179,7 +198,7 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> dict:
     verify.click(cb.verify_library, [lang], [report], api_name="verify_library", **cheap)
     compact.click(cb.compact_library, [lang], [report], api_name="compact_library", concurrency_limit=1)
     fix.click(cb.repair_library, [lang], [report], api_name="repair_library", **INGEST).then(**refresh)
-    return refresh
+    return refresh, [seed, compact, fix, remove]
 
 
 def _shown_if_custom(choice: str):

@@ -38,11 +38,14 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, write) -> None:
     """write(f) into a temp file beside `path`, fsync, rename over `path`, fsync the directory."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)   # a failed write (e.g. disk full) leaves nothing behind
     fsync_dir(path.parent)
 
 
