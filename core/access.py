@@ -43,7 +43,8 @@ class Limits:
     """Fair use for a class. Sizes are of the stored image files (what fills the disk)."""
     quota_mb: float = float(os.environ.get("CLIP_WB_QUOTA_MB", 100))             # per student / session
     budget_mb: float = float(os.environ.get("CLIP_WB_LIBRARY_BUDGET_MB", 4096))  # the whole library's images
-    failed_logins: int = 5          # failed logins per client address ...
+    failed_logins: int = 5          # failed logins for one name from one address ...
+    failed_logins_per_address: int = 100   # ... or for any names from one address (a class shares a school's) ...
     login_window_s: float = 300.0   # ... within this many seconds, then refused until the window passes
 
 
@@ -91,31 +92,45 @@ class Accounts:
 
 
 class LoginThrottle:
-    """Failed logins per client address in a sliding window; more than allowed are refused."""
+    """Failed logins in a sliding window, per (address, name) and per address: a student's typos
+    lock out only that name from that address, while a class behind one school address can
+    still log in unless someone there guesses at many names."""
 
-    def __init__(self, limit: int, window_s: float):
-        self.limit, self.window_s = limit, window_s
-        self._failures: dict[str, list[float]] = {}
+    def __init__(self, limit: int, window_s: float, per_address: int | None = None):
+        self.limit, self.window_s, self.per_address = limit, window_s, per_address or 20 * limit
+        self._failures: dict[tuple, list[float]] = {}
         self._lock = threading.Lock()
 
-    def retry_after(self, client: str) -> float:
-        """Seconds until this client may try again (0: now)."""
+    def retry_after(self, client: str, user: str | None = None) -> float:
+        """Seconds until this client (and name) may try again (0: now)."""
         with self._lock:
-            recent = self._recent(client)
-            return 0.0 if len(recent) < self.limit else max(0.0, recent[0] + self.window_s - time.monotonic())
+            waits = [self._wait((client, None), self.per_address)]
+            if user is not None:
+                waits.append(self._wait((client, user), self.limit))
+            return max(waits)
 
-    def failed(self, client: str) -> None:
+    def failed(self, client: str, user: str | None = None) -> None:
         with self._lock:
-            self._recent(client).append(time.monotonic())
+            now = time.monotonic()
+            self._recent((client, None)).append(now)
+            if user is not None:
+                self._recent((client, user)).append(now)
 
-    def succeeded(self, client: str) -> None:
+    def succeeded(self, client: str, user: str | None = None) -> None:
         with self._lock:
-            self._failures.pop(client, None)
+            self._failures.pop((client, user), None)
+            if user is None:   # clear everything of this address (an operator's reset)
+                for key in [k for k in self._failures if k[0] == client]:
+                    del self._failures[key]
 
-    def _recent(self, client: str) -> list[float]:
+    def _wait(self, key: tuple, limit: int) -> float:
+        recent = self._recent(key)
+        return 0.0 if len(recent) < limit else max(0.0, recent[0] + self.window_s - time.monotonic())
+
+    def _recent(self, key: tuple) -> list[float]:
         cutoff = time.monotonic() - self.window_s
-        times = [t for t in self._failures.get(client, []) if t > cutoff]
-        self._failures[client] = times
+        times = [t for t in self._failures.get(key, []) if t > cutoff]
+        self._failures[key] = times
         return times
 
 
@@ -124,7 +139,8 @@ class Access:
 
     def __init__(self, accounts: Accounts | None = None, limits: Limits | None = None):
         self.accounts, self.limits = accounts or Accounts(), limits or Limits()
-        self.throttle = LoginThrottle(self.limits.failed_logins, self.limits.login_window_s)
+        self.throttle = LoginThrottle(self.limits.failed_logins, self.limits.login_window_s,
+                                      self.limits.failed_logins_per_address)
         self._used: dict[str, int] = {}       # bytes stored (or in flight) per caller key
         self._in_flight = 0                   # bytes reserved by uploads still running
         self._lock = threading.Lock()

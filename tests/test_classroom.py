@@ -153,7 +153,7 @@ def test_without_logins_the_one_local_user_may_do_everything(open_app, tmp_path)
     assert "Deleted" in client.predict(image_id, api_name="/remove_image")
 
 
-def test_failed_logins_are_throttled_per_client(class_app):
+def test_failed_logins_are_throttled_per_client_and_name(class_app):
     throttle = class_app.access.throttle
     try:
         with httpx.Client(base_url=class_app.url, timeout=30) as http:
@@ -163,6 +163,8 @@ def test_failed_logins_are_throttled_per_client(class_app):
             r = http.post("login", data={"username": "ann", "password": STUDENT[1]})   # even the right one, for now
             assert r.status_code == 429 and "Retry-After" in r.headers and "登录" in r.json()["detail"]
             assert http.get("api/stats", auth=STUDENT).status_code == 429   # the JSON API shares the counter
+            # a classmate behind the same school address is not locked out by ann's typos
+            assert http.post("login", data={"username": "bob", "password": "pw-bob"}).status_code == 200
     finally:
         throttle.succeeded("127.0.0.1")
     with httpx.Client(base_url=class_app.url, timeout=30) as http:

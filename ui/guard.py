@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import gradio as gr
 
@@ -55,8 +56,9 @@ def client_address(scope: dict) -> str:
 
 
 class LoginLimiter:
-    """ASGI middleware: POST .../login from a client over its failure limit gets 429; each 400
-    (wrong password) from Gradio's login route counts as a failure, a success clears them."""
+    """ASGI middleware: POST .../login from a client (and name) over its failure limit gets 429;
+    each 400 (wrong password) from Gradio's login route counts as a failure, a success clears
+    that name's. The small login form is read here and handed on unchanged."""
 
     def __init__(self, app, throttle: LoginThrottle):
         self.app, self.throttle = app, throttle
@@ -64,19 +66,38 @@ class LoginLimiter:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith("/login"):
             return await self.app(scope, receive, send)
-        client = client_address(scope)
-        wait = self.throttle.retry_after(client)
+        client, body = client_address(scope), await _read_body(receive)
+        user = (parse_qs(body.decode("utf-8", "replace")).get("username") or [""])[0].strip()
+        wait = self.throttle.retry_after(client, user)
         if wait > 0:
             return await _too_many(send, wait)
 
         async def watch(message):
             if message["type"] == "http.response.start":
                 if message["status"] == 400:
-                    self.throttle.failed(client)
+                    self.throttle.failed(client, user)
                 elif message["status"] < 300:
-                    self.throttle.succeeded(client)
+                    self.throttle.succeeded(client, user)
             await send(message)
-        await self.app(scope, receive, watch)
+
+        async def replay():
+            nonlocal body
+            message, body = {"type": "http.request", "body": body, "more_body": False}, b""
+            return message
+        await self.app(scope, replay, watch)
+
+
+async def _read_body(receive, limit: int = 64 * 1024) -> bytes:
+    """The request body (a login form is tiny; more than `limit` is cut, the login then fails)."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        more = message.get("more_body", False) and size < limit
+    return b"".join(chunks)[:limit]
 
 
 async def _too_many(send, wait: float) -> None:

@@ -121,15 +121,16 @@ class Users:
         client = client_address(request.scope)
         if self.access.open:
             return self.access.caller(None, f"api:{client}")
-        wait = self.access.throttle.retry_after(client)
+        name = basic.username if basic is not None else None
+        wait = self.access.throttle.retry_after(client, name)
         if wait > 0:
             raise ApiProblem(429, f"Too many failed logins; try again in {int(wait) + 1} s", "TooManyLogins",
                              {"Retry-After": str(int(wait) + 1)})
         if basic is not None:
             if self.access.accounts.check(basic.username, basic.password):
-                self.access.throttle.succeeded(client)
+                self.access.throttle.succeeded(client, name)
                 return self.access.caller(basic.username)
-            self.access.throttle.failed(client)
+            self.access.throttle.failed(client, name)
         user = _gradio_session_user(request)
         if user:
             return self.access.caller(user)
