@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from ..settings import Runtime
-from .ann import EXACT_MAX_ROWS, FAISS_KINDS, KINDS, build_index, choose_kind, load_index
+from .ann import EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, build_index, choose_kind, load_index
 from .store import STORE_DIR, Library
 
 __all__ = ["ExactIndex", "LibraryANN", "open_index", "resolve_kind", "INDEX_KINDS"]
 
-INDEX_KINDS = ("auto",) + KINDS
 _SCAN_CHUNK = 262_144   # rows scored at once from a float16 snapshot (converted per chunk)
+_TRAIN_SAMPLE = 100_000  # rows an index is trained on (k-means on more barely moves the centroids)
 
 
 def resolve_kind(kind: str | None, rows: int) -> str:
@@ -113,9 +113,18 @@ class LibraryANN:
 
     @classmethod
     def build(cls, library: Library, kind: str, **opts) -> "LibraryANN":
-        ids, vectors = library.rows_after(-1)
-        index = build_index(kind, library.dim, ids, vectors, **_rerank_opts(library, kind), **opts)
-        return cls(library, index, int(ids.max()) if len(ids) else -1)
+        """Train on a uniform sample of the rows, then add the rest a chunk at a time: memory
+        stays at one chunk of float32 even for 10M rows stored as float16."""
+        live = library.live_ids()
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(live, size=min(len(live), _TRAIN_SAMPLE), replace=False))
+        index = build_index(kind, library.dim, torch.from_numpy(sample), library.vectors_of(sample),
+                            **_rerank_opts(library, kind), **opts)
+        for ids, vectors in library.iter_rows():
+            rest = ~np.isin(ids.numpy(), sample)
+            if rest.any():
+                index.add(ids[torch.from_numpy(rest)], vectors[torch.from_numpy(rest)])
+        return cls(library, index, int(live.max()) if len(live) else -1)
 
     @classmethod
     def open(cls, library: Library, kind: str) -> "LibraryANN":

@@ -21,7 +21,9 @@ A library directory holds:
     sha256          list[str] (N)        content hash of each stored image (dedupe key)
     ids             int64 [N]            permanent row ids (never reused; the index keys)
     meta            list[dict] (N)       {"name": original file name (display only), "added": unix time,
-                                          "width", "height", "bytes", optional "caption_en", "caption_zh"}
+                                          "width", "height", "bytes", optional "caption_en", "caption_zh",
+                                          optional "ref": the original path of an image stored by
+                                          reference (its files[i] is then "../..", relative too)}
     generation      int                  compactions so far
     created         float                unix time the library was created
 
@@ -50,7 +52,9 @@ Versions: 1 = one torch pickle (features_library.pth) as the snapshot, read on e
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import itertools
 import json
 import os
 import pickle
@@ -59,6 +63,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -124,9 +129,15 @@ class Library:
     other processes' appends are picked up by `refresh()`, which search calls first).
     """
 
-    def __init__(self, root: str | os.PathLike, model_id: str, dim: int, dtype: str = "float32"):
+    def __init__(self, root: str | os.PathLike, model_id: str, dim: int, dtype: str | None = None):
+        """dtype: "float32" | "float16" for the snapshot's features from the next compaction on
+        (float16 halves disk and page cache; None keeps what the library has, float32 for a new one)."""
         self.root = Path(root)
-        self.model_id, self.dim, self.dtype = model_id, dim, dtype   # dtype of a new snapshot: float32 | float16
+        self.model_id, self.dim = model_id, dim
+        if dtype not in (None, "float32", "float16"):
+            raise LibraryError(f"Feature dtype {dtype!r}: expected float32 or float16")
+        self._want_dtype = dtype
+        self.dtype = dtype or "float32"
         self._lock = threading.RLock()
         self._cols: Columns | None = None
         self.version = 0            # bumped on every change (indexes sync on it)
@@ -181,11 +192,8 @@ class Library:
     def alive(self, rowids: np.ndarray) -> np.ndarray:
         """bool [n]: which of these row ids are live now."""
         with self._lock:
-            out = np.zeros(len(rowids), dtype=bool)
-            for i, r in enumerate(rowids):
-                slot = self._slot_of_id(int(r))
-                out[i] = slot is not None and bool(self._alive[slot])
-            return out
+            slots = self._slots_of_ids(np.asarray(rowids, dtype=np.int64))
+            return (slots >= 0) & self._alive[np.maximum(slots, 0)]
 
     def rows_after(self, rowid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids int64 [n], vectors float32 [n, D]) of the live rows with id > rowid (index sync)."""
@@ -193,6 +201,17 @@ class Library:
             view = self.view()
             slots = np.flatnonzero((view.ids > rowid) & view.alive)
             return torch.from_numpy(view.ids[slots].copy()), self._vectors(slots)
+
+    def iter_rows(self, chunk: int = 131_072):
+        """Yield (ids int64 [n], vectors float32 [n, D]) of every live row, `chunk` rows at a time
+        (building an index over 10M rows without holding them all in float32 at once)."""
+        with self._lock:
+            view = self.view()
+        slots = np.flatnonzero(view.alive)
+        for start in range(0, len(slots), chunk):
+            part = slots[start:start + chunk]
+            with self._lock:
+                yield torch.from_numpy(view.ids[part].copy()), self._vectors(part)
 
     @property
     def removal_count(self) -> int:
@@ -214,13 +233,13 @@ class Library:
         return np.setdiff1d(np.arange(rowid + 1, dtype=np.int64), self.live_ids(), assume_unique=True)
 
     def vectors_of(self, rowids: np.ndarray) -> torch.Tensor:
-        """float32 [n, D] stored embeddings of these live row ids (zeros for dead ones)."""
+        """float32 [n, D] stored embeddings of these row ids (zeros for ids that never existed)."""
         with self._lock:
-            slots = [self._slot_of_id(int(r)) for r in rowids]
+            slots = self._slots_of_ids(np.asarray(rowids, dtype=np.int64))
             out = torch.zeros(len(slots), self.dim)
-            good = [i for i, s in enumerate(slots) if s is not None]
-            if good:
-                out[good] = self._vectors(np.array([slots[i] for i in good]))
+            good = slots >= 0
+            if good.any():
+                out[torch.from_numpy(good)] = self._vectors(slots[good])
             return out
 
     def find(self, id_prefix: str) -> Entry:
@@ -356,6 +375,44 @@ class Library:
             self.model_id, self.dim = model_id, int(features.shape[1])
             self._write_generation_locked(entries, [features.float()], self._generation + 1)
 
+    def add_bulk(self, shas: list[str], files: list[str], metas: list[dict],
+                 vectors: Callable[[np.ndarray], Iterable[torch.Tensor]]) -> np.ndarray:
+        """Add many rows in one step with one compaction (merging embedding shards): one new
+        snapshot generation, no journal record per image. files[i] is row i's image path
+        relative to the library: images/ab/<sha>.<ext> already written by the caller, or a
+        reference ("../photos/x.jpg", meta "ref") to a file that stays where it is.
+        `vectors(keep)` yields the [n, D] float32 vectors of the kept rows, in order.
+        Returns keep, bool [len(shas)]: True where added, False where the image was already
+        stored (or came earlier in this call). Nothing is visible until store.json switches
+        to the new generation; a crash before that leaves the library as it was, and copies
+        written beforehand are orphan files until the merge is re-run (or `repair`)."""
+        with self._lock, self._process_lock():
+            self._catch_up_locked()
+            keep, seen = np.zeros(len(shas), dtype=bool), set()
+            for i, sha in enumerate(shas):
+                keep[i] = sha not in seen and self._slot_of_sha(sha) is None
+                seen.add(sha)
+            if not keep.any():
+                return keep
+            slots, first = self._live_slots(), self._next_id
+            new = [Entry(first + j, shas[i], self.root / files[i], metas[i]) for j, i in enumerate(np.flatnonzero(keep))]
+            old = (self._vectors(slots[i:i + 65536]) for i in range(0, len(slots), 65536))
+            self._next_id = first + len(new)
+            try:
+                self._write_generation_locked([self._entry(int(s)) for s in slots] + new,
+                                              itertools.chain(old, vectors(keep)), self._generation + 1)
+            except BaseException:
+                self._reload_after_failure()
+                raise
+            return keep
+
+    def _reload_after_failure(self) -> None:
+        """After a failed bulk write: take the state back from disk (store.json decides)."""
+        try:
+            self._load_locked(recover=False)
+        except (OSError, LibraryError):
+            self._next_id = max(self._next_id, int(self._read_manifest().get("next_id", 0)))
+
     # ------------------------------------------------------------------ internals: state
 
     def _entry(self, slot: int) -> Entry:
@@ -387,6 +444,18 @@ class Library:
             return slot
         t = self._tail_of_id.get(rowid)
         return None if t is None else len(self._cols) + t
+
+    def _slots_of_ids(self, rowids: np.ndarray) -> np.ndarray:
+        """int64 [n] slot of each row id, -1 where there is none (vectorised: ANN re-rank and filters)."""
+        ids = self._cols.ids
+        pos = np.searchsorted(ids, rowids)
+        safe = np.minimum(pos, max(len(ids) - 1, 0))
+        found = (pos < len(ids)) & (ids[safe] == rowids) if len(ids) else np.zeros(len(rowids), dtype=bool)
+        slots = np.where(found, pos, -1).astype(np.int64)
+        for i in np.flatnonzero(~found):
+            t = self._tail_of_id.get(int(rowids[i]))
+            slots[i] = -1 if t is None else len(self._cols) + t
+        return slots
 
     def _slot_of_sha(self, sha: str) -> int | None:
         """The live slot holding this sha, or None."""
@@ -449,7 +518,8 @@ class Library:
         return str(rel)
 
     def _delete_files(self, sha: str, rel: str) -> None:
-        (self.root / rel).unlink(missing_ok=True)
+        if str(rel).startswith("images/"):   # a reference (add_bulk) names the user's own file: never delete it
+            (self.root / rel).unlink(missing_ok=True)
         thumb_path(self.root, sha).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ internals: disk
@@ -504,7 +574,8 @@ class Library:
         if self._cols is not None:
             self._cols.close()
         self._cols, self._generation = cols, gen
-        self.dim, self.dtype = int(manifest["dim"]), manifest.get("dtype", "float32")
+        self.dim = int(manifest["dim"])
+        self.dtype = self._want_dtype or manifest.get("dtype", "float32")
         self._created, self._next_id = float(manifest["created"]), int(manifest["next_id"])
         self._reset_tail()
         self.version += 1
@@ -557,21 +628,30 @@ class Library:
         return end
 
     def _commit_adds(self, fresh: list[NewImage]) -> None:
-        records = []
-        for i, img in enumerate(fresh):
-            rel = f"images/{img.sha256[:2]}/{img.sha256}{img.ext}"
-            staged = self.root / "staging" / Path(rel).name
-            with open(staged, "wb") as f:
-                f.write(img.data)
-                f.flush()
-                os.fsync(f.fileno())
-            head = {"op": "add", "sha": img.sha256, "id": self._next_id + i, "file": rel, "meta": img.meta}
-            records.append((img, rel, head["id"], encode_record(head, img.vector)))
-        fsync_dir(self.root / "staging")
-        self._append(b"".join(r[3] for r in records), len(records))   # the acknowledgement point
+        records, staged_files = [], []
+        try:
+            for i, img in enumerate(fresh):
+                rel = f"images/{img.sha256[:2]}/{img.sha256}{img.ext}"
+                staged = self.root / "staging" / Path(rel).name
+                staged_files.append(staged)
+                with open(staged, "wb") as f:
+                    f.write(img.data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                head = {"op": "add", "sha": img.sha256, "id": self._next_id + i, "file": rel, "meta": img.meta}
+                records.append((img, rel, head["id"], encode_record(head, img.vector)))
+            fsync_dir(self.root / "staging")
+            self._append(b"".join(r[3] for r in records), len(records))   # the acknowledgement point
+        except OSError as e:   # e.g. the disk is full: nothing of this batch was acknowledged, none of it stays
+            for staged in staged_files:
+                staged.unlink(missing_ok=True)
+            raise _disk_error(e, f"storing {len(fresh)} new image(s); none of them was added") from None
         for img, rel, rowid, _ in records:
             self._apply_add(img.sha256, rel, img.meta, img.vector, rowid)
-            self._finish_move(rel)
+            try:
+                self._finish_move(rel)
+            except OSError:   # acknowledged: the image waits in staging/ and the next open moves it
+                pass
 
     def _append(self, blob: bytes, records: int) -> None:
         with open(self.root / JOURNAL_NAME, "ab") as f:
@@ -605,11 +685,18 @@ class Library:
 
     def _clear_staging(self) -> None:
         for p in (self.root / "staging").iterdir():
-            p.unlink(missing_ok=True)   # written but never acknowledged
+            slot = self._slot_of_sha(p.stem)
+            if slot is not None and self._alive[slot]:   # acknowledged, its move failed (e.g. disk full)
+                self._finish_move(str(self._entry(slot).path.relative_to(self.root)))
+            else:
+                p.unlink(missing_ok=True)   # written but never acknowledged
 
     def _maybe_compact_locked(self) -> None:
         if self._journal_records > max(COMPACT_MIN_RECORDS, COMPACT_FRACTION * self._live):
-            self._compact_locked()
+            try:
+                self._compact_locked()
+            except LibraryError:   # e.g. disk full: the add before it is acknowledged; compact later
+                pass
 
     def _compact_locked(self) -> None:
         self._write_generation_locked(None, None, self._generation + 1)
@@ -623,10 +710,23 @@ class Library:
         if vectors is None:
             vectors = (self._vectors(slots[i:i + 65536]) for i in range(0, len(slots), 65536))
         old = self._generation
-        write_columns(self.root / STORE_DIR, gen, rows, vectors, self.dim, self.dtype)
-        self._write_manifest(gen)          # the switch
+        try:
+            write_columns(self.root / STORE_DIR, gen, rows, vectors, self.dim, self.dtype)
+            self._write_manifest(gen)          # the switch
+        except OSError as e:   # e.g. the disk is full: unless store.json already names gen, nothing changed
+            if int(self._read_manifest()["generation"]) != gen:
+                remove_generation(self.root / STORE_DIR, gen)
+                raise _disk_error(e, "compacting the library; it is unchanged") from None
         self._generation = gen
-        self._new_journal_locked()
+        try:
+            self._new_journal_locked()
+        except OSError:   # the old journal's records are all in generation gen: empty it in place (no new space)
+            with open(self.root / JOURNAL_NAME, "r+b") as f:
+                f.truncate(JOURNAL_HEADER.size)
+                f.seek(0)
+                f.write(JOURNAL_HEADER.pack(JOURNAL_MAGIC, FORMAT_VERSION, gen))
+                f.flush()
+                os.fsync(f.fileno())
         self._load_locked(recover=False)
         remove_generation(self.root / STORE_DIR, old)
 
@@ -645,7 +745,10 @@ class Library:
                 "features": self.features.contiguous(), "files": [str(e.path.relative_to(self.root)) for e in entries],
                 "sha256": [e.sha256 for e in entries], "ids": torch.tensor([e.rowid for e in entries], dtype=torch.int64),
                 "meta": [e.meta for e in entries], "generation": self._generation, "created": self._created}
-        write_atomic(self.root / SNAPSHOT_NAME, lambda f: torch.save(snap, f))
+        try:
+            write_atomic(self.root / SNAPSHOT_NAME, lambda f: torch.save(snap, f))
+        except OSError as e:
+            raise _disk_error(e, f"rewriting {SNAPSHOT_NAME}; the library itself is intact") from None
         self._flushed = (self._generation, self.version)
 
     def _create_or_migrate_locked(self) -> None:
@@ -687,6 +790,13 @@ class Library:
         self._journal_records = 0
         self._open_journal(recover=True)
         self._write_generation_locked(None, None, self._generation + 1)
+
+
+def _disk_error(e: OSError, doing: str) -> LibraryError:
+    """A write that failed (most often ENOSPC: the disk is full) as a message that says what to do."""
+    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return LibraryError(f"Could not write to the library while {doing}: {why}. Free some disk space "
+                        "(or ask the teacher to delete images), then try again.")
 
 
 def _empty_columns(dim: int) -> Columns:
