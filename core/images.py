@@ -19,10 +19,12 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-__all__ = ["load_image", "iter_image_files", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES"]
+__all__ = ["load_image", "decode_image", "iter_image_files", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES",
+           "NOT_A_FILE"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_PIXELS = int(os.environ.get("CLIP_WB_MAX_PIXELS", 100_000_000))  # 100 MP: bigger is almost surely a bomb
+NOT_A_FILE = "not a regular file (a folder, pipe or device with an image-like name); skipped"
 MAX_BYTES = int(os.environ.get("CLIP_WB_MAX_BYTES", 100 * 1024 * 1024))  # 100 MiB per file
 
 # Never let PIL quietly decode half a file: a truncated JPEG must be reported, not embedded.
@@ -33,13 +35,22 @@ Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or 0)
 
 
 
+def _grey_scale(mode: str, arr: np.ndarray) -> float:
+    """Factor to 0..255 for wide greyscale: 16-bit full range, float in [0, 1] (or already 0..255)."""
+    if mode.startswith("I;16"):
+        return 255 / 65535
+    peak = float(arr.max()) if arr.size else 0.0
+    if mode == "F" and peak <= 1.0:
+        return 255.0
+    return 1.0 if peak <= 255 else 255 / 65535   # "I": 8-bit values kept, else a 16-bit range (PNG 16-bit)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / float greyscale: rescale to 8 bits instead of clipping to white
+        # 16-bit / 32-bit / float greyscale -> 8 bits on the type's own scale (not clipped to white,
+        # not stretched: a uniform mid-grey stays mid-grey, a dark photo stays dark)
         arr = np.asarray(img, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+        img = Image.fromarray(np.clip(np.rint(arr * _grey_scale(img.mode, arr)), 0, 255).astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent -> white, as viewers show it
@@ -54,6 +65,8 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
     else:
         path = Path(source)
         name = name or path.name
+        if path.exists() and not path.is_file():   # a folder named x.jpg, a pipe, a device: never read (a pipe blocks)
+            raise ImageError(name, NOT_A_FILE)
         try:
             size = path.stat().st_size
             if size > MAX_BYTES:
@@ -64,7 +77,9 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
     return decode_image(data, name, max_pixels)
 
 
-def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> Image.Image:
+    """`draft`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT scaling, several times faster)
+    as long as both sides stay >= draft pixels — for a consumer that shrinks it anyway."""
     if not data:
         raise ImageError(name, "file is empty (0 bytes)")
     try:
@@ -74,6 +89,8 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.
             if img.width * img.height > max_pixels:
                 raise ImageError(name, f"image is {img.width}x{img.height} pixels, over the {max_pixels:,} pixel limit")
             img.seek(0)  # animated GIF/WebP/APNG: first frame
+            if draft and img.format in ("JPEG", "MPO"):
+                img.draft("RGB", (draft, draft))
             img.load()
             img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
@@ -91,13 +108,17 @@ def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     """Expand files and folders (recursively, sorted, hidden entries skipped) into image file paths.
 
     Files given explicitly are yielded whatever their extension, so a wrong-type file gets a
-    clear error later instead of being silently ignored; folders yield only image extensions.
+    clear error later instead of being silently ignored; folders yield only image extensions,
+    including entries that only look like images (a folder named x.jpg, a pipe, a broken link):
+    the reader then names each with its reason instead of skipping it silently. A folder named
+    like an image file is never walked, so it is reported the same way however it was reached.
     """
     for p in map(Path, paths):
-        if p.is_dir():
+        if p.is_dir() and p.suffix.lower() not in IMAGE_EXTENSIONS:
             for root, dirs, files in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for f in sorted(files):
+                looks_like_images = [d for d in dirs if Path(d).suffix.lower() in IMAGE_EXTENSIONS]
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in looks_like_images)
+                for f in sorted(files + looks_like_images):
                     if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS:
                         yield Path(root) / f
         else:

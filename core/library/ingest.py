@@ -1,8 +1,14 @@
 """Adding images to a library: read, hash, dedupe, decode, embed and store, in batches.
 
-Decoding and preprocessing run in a thread pool while the encoder works on the previous
-batch. One bad file never stops a batch: it is reported with its reason. Duplicates (same
-bytes) are recognised by hash before any decoding or encoding.
+A three-stage pipeline, so the encoder never waits for files:
+
+    decode pool (threads)  read, hash, dedupe, decode (JPEGs in draft mode), preprocess  batch i+1
+    calling thread         encode (and annotate, e.g. captions)                          batch i
+    writer thread          journal append (library.add), thumbnails                      batch i-1
+
+One bad file never stops a batch: it is reported with its reason. Duplicates (same bytes,
+in the library or earlier in the same run) are recognised by hash before any decoding.
+`progress(n)` is called from the calling thread as each batch is stored.
 """
 from __future__ import annotations
 
@@ -23,9 +29,9 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, LibraryError
-from ..images import MAX_BYTES, decode_image, iter_image_files
+from ..images import MAX_BYTES, NOT_A_FILE, decode_image, iter_image_files
 from .store import MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
-from .thumbs import write_thumbnail
+from .thumbs import THUMB_SIZE, write_thumbnail
 from ..settings import ASSETS_DIR
 
 __all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "repair", "seed",
@@ -33,6 +39,7 @@ __all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "re
 
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "MPO": ".jpg"}
 _WORKERS = min(8, os.cpu_count() or 1)
+_WORKER_NICE = 10   # decode/writer threads' niceness increment (0 = as urgent as the encoder, 19 = idle only)
 SAMPLE_DIRS = (ASSETS_DIR / "samples", ASSETS_DIR / "shapes")   # licensed photos + the mini model's Shapes
 
 
@@ -59,9 +66,10 @@ class _Prepared:
     name: str
     data: bytes
     sha256: str
-    image: Image.Image | None = None
+    image: Image.Image | None = None     # decoded RGB (maybe draft-reduced: for thumbnails only)
     pixels: torch.Tensor | None = None
     ext: str = ".jpg"
+    size: tuple[int, int] = (0, 0)       # full (width, height), upright, as stored in the metadata
 
 
 def safe_display_name(name: str, limit: int = 120) -> str:
@@ -95,6 +103,8 @@ def _read(source: str | os.PathLike | Upload) -> tuple[str, bytes]:
         return safe_display_name(source.name), source.data
     path = Path(source)
     name = safe_display_name(path.name)
+    if path.exists() and not path.is_file():   # a folder named x.jpg, a pipe (reading it would block)
+        raise ImageError(name, NOT_A_FILE)
     try:
         if path.stat().st_size > MAX_BYTES:
             raise ImageError(name, f"file is over the {MAX_BYTES / 2**20:.0f} MiB limit")
@@ -103,15 +113,47 @@ def _read(source: str | os.PathLike | Upload) -> tuple[str, bytes]:
         raise ImageError(name, f"cannot read file ({e.strerror or e})") from None
 
 
-def _prepare(source, library: Library, encoder) -> _Prepared | tuple[str, str]:
+class _Seen:
+    """Hashes met in this run (thread-safe): the second copy of a file is a duplicate, never decoded."""
+
+    def __init__(self):
+        self._shas, self._lock = set(), threading.Lock()
+
+    def first(self, sha: str) -> bool:
+        with self._lock:
+            new = sha not in self._shas
+            self._shas.add(sha)
+            return new
+
+
+def _draft_size(encoder) -> int | None:
+    """Smallest decode size that loses nothing: the image tower's input and the thumbnail."""
+    size = getattr(encoder, "image_size", None)
+    return max(int(size), THUMB_SIZE) if size else None
+
+
+def _upright_size(data: bytes) -> tuple[str | None, tuple[int, int]]:
+    """(format, (width, height) after EXIF rotation) from the header alone."""
+    head = Image.open(io.BytesIO(data))
+    w, h = head.size
+    try:
+        if head.getexif().get(0x0112) in (5, 6, 7, 8):   # rotated a quarter turn
+            w, h = h, w
+    except (OSError, SyntaxError, ValueError):
+        pass
+    return head.format, (w, h)
+
+
+def _prepare(source, library: Library, encoder, seen: _Seen, draft: int | None) -> _Prepared | tuple[str, str]:
     """Read + hash; decode + preprocess only if new. Returns _Prepared or (name, error reason)."""
     try:
         name, data = _read(source)
         item = _Prepared(name, data, hashlib.sha256(data).hexdigest())
-        if library.contains(item.sha256):
+        if library.contains(item.sha256) or not seen.first(item.sha256):
             return item
-        item.image = decode_image(data, name)
-        item.ext = _FORMAT_EXT.get(Image.open(io.BytesIO(data)).format, ".img")
+        item.image = decode_image(data, name, draft=draft)
+        fmt, item.size = _upright_size(data)
+        item.ext = _FORMAT_EXT.get(fmt, ".img")
         item.pixels = encoder.preprocess(item.image)
         return item
     except ImageError as e:
@@ -128,17 +170,44 @@ def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
     report, start = IngestReport(), time.perf_counter()
     sources = list(sources)   # may be a generator: it is read twice below
     sources = [s for s in sources if isinstance(s, Upload)] + list(iter_image_files(s for s in sources if not isinstance(s, Upload)))
-    with ThreadPoolExecutor(_WORKERS) as pool:
-        for i in range(0, len(sources), batch_size):
-            prepared = list(pool.map(lambda s: _prepare(s, library, encoder), sources[i:i + batch_size]))
-            _store_batch(library, encoder, prepared, report, annotate)
-            if progress:
-                progress(len(prepared))
+    seen, draft = _Seen(), _draft_size(encoder)
+    batches = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
+    with ThreadPoolExecutor(_WORKERS, initializer=_yield_to_encoder) as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="ingest-writer", initializer=_yield_to_encoder) as writer:
+        submit = lambda chunk: [pool.submit(_prepare, s, library, encoder, seen, draft) for s in chunk]  # noqa: E731
+        ahead = submit(batches[0]) if batches else []
+        writing = None                     # (future, files in it): the previous batch being stored
+        for b in range(len(batches)):
+            prepared = [f.result() for f in ahead]
+            ahead = submit(batches[b + 1]) if b + 1 < len(batches) else []   # decoded while this one encodes
+            fresh, news = _encode_batch(encoder, prepared, report, annotate)
+            writing = _finish(writing, progress)
+            writing = (writer.submit(_write_batch, library, fresh, news, report), len(prepared))
+        _finish(writing, progress)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _store_batch(library: Library, encoder, prepared: Sequence, report: IngestReport, annotate) -> None:
+def _yield_to_encoder() -> None:
+    """Lower this worker thread's scheduling priority (Linux: per thread): the encoder's threads
+    meet at a barrier after every operation, so a decode thread preempting one of them stalls
+    them all; at a lower priority decoding fills the gaps instead. The threads end with the ingest."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _WORKER_NICE)
+    except (AttributeError, OSError):
+        pass   # not Linux, or not permitted: the pipeline still overlaps, only less politely
+
+
+def _finish(writing, progress) -> None:
+    """Wait for the batch being written (its errors are raised here) and report its progress."""
+    if writing is not None:
+        writing[0].result()
+        if progress:
+            progress(writing[1])
+    return None
+
+
+def _encode_batch(encoder, prepared: Sequence, report: IngestReport, annotate) -> tuple[list, list]:
     fresh = []
     for item in prepared:
         if isinstance(item, tuple):
@@ -148,13 +217,20 @@ def _store_batch(library: Library, encoder, prepared: Sequence, report: IngestRe
         else:
             fresh.append(item)
     if not fresh:
-        return
+        return [], []
     vectors = encoder.encode_pixels(torch.stack([p.pixels for p in fresh]))
     extra = annotate([p.image for p in fresh]) if annotate else [{}] * len(fresh)
     now = time.time()
-    news = [NewImage(p.data, p.sha256, p.ext, v, {"name": p.name, "added": now, "width": p.image.width,
-                                                   "height": p.image.height, "bytes": len(p.data), **x})
+    news = [NewImage(p.data, p.sha256, p.ext, v, {"name": p.name, "added": now, "width": p.size[0],
+                                                   "height": p.size[1], "bytes": len(p.data), **x})
             for p, v, x in zip(fresh, vectors, extra)]
+    return fresh, news
+
+
+def _write_batch(library: Library, fresh: list, news: list, report: IngestReport) -> None:
+    """Journal append (fsync'd by the library) and thumbnails, on the writer thread."""
+    if not fresh:
+        return
     for p, added in zip(fresh, library.add(news)):
         if added:
             report.added.append(p.sha256[:12])

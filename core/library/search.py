@@ -99,6 +99,32 @@ def _caption_match(meta: dict, terms: list[str]) -> float:
     return sum(t in caption for t in terms) / len(terms) if caption.strip() else 0.0
 
 
+class _CaptionTracker:
+    """Whether any stored image has a caption, so a library without captions never pays for the
+    re-rank pool. Each row is looked at once (the first call scans, later ones only rows added
+    since); once a caption is seen the answer stays yes (a stale yes only costs the pool)."""
+
+    def __init__(self, library: Library):
+        self.library, self._lock = library, threading.Lock()
+        self._seen, self._upto, self._version = False, -1, None
+
+    def any(self) -> bool:
+        with self._lock:
+            if self._seen or self.library.version == self._version:
+                return self._seen
+            self._version = self.library.version
+            ids = self.library.live_ids()
+            for rowid in ids[ids > self._upto].tolist():
+                try:
+                    self._seen = "caption_en" in self.library.entry(rowid).meta
+                except KeyError:   # removed meanwhile
+                    continue
+                if self._seen:
+                    break
+            self._upto = max(self._upto, int(ids.max()) if len(ids) else -1)
+            return self._seen
+
+
 class Searcher:
     """Runs queries against one library with one encoder. `plan(text)` may rewrite a query
     (e.g. translate Chinese for an English-only encoder) and returns (text_used, note)."""
@@ -110,6 +136,7 @@ class Searcher:
         self.plan = plan or (lambda text: (text, None))
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
+        self._captions = _CaptionTracker(library)
 
     def embed_text(self, text: str) -> torch.Tensor:
         """[D] embedding of one text, from an LRU cache when asked before."""
@@ -147,7 +174,7 @@ class Searcher:
         if not 1 <= q.k <= MAX_K:
             raise QueryError(f"k must be between 1 and {MAX_K}, got {q.k}")
         vec, used, note = self.query_vector(q)
-        words = _caption_terms(q.text) if q.use_captions and not q.minus else []
+        words = _caption_terms(q.text) if q.use_captions and not q.minus and self._captions.any() else []
         pool = self.nearest(vec, max(q.k, _RERANK_POOL) if words else q.k, None if words else q.threshold)
         if not words or not any("caption_en" in h.meta for h in pool):
             kept = [h for h in pool if q.threshold is None or h.score >= q.threshold]
