@@ -1,12 +1,14 @@
 """CLIP Workbench 图文多模态工作台: parse flags, build the services once, build the UI, launch.
 
     python demo.py                                   # ViT-B/32 (or the bundled mini model offline)
-    python demo.py --lang zh --share --auth teacher:secret
+    python demo.py --lang zh --share --admin teacher:secret --auth ann:pw1 --auth bob:pw2
     python demo.py --model /models/ViT-B-32.pt --library ~/my-library --offline
 
 With no arguments it also runs as a Hugging Face Space (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT
 are read by Gradio itself). If the model or the library cannot be opened, the app still
-starts and explains what is wrong and how to fix it.
+starts and explains what is wrong and how to fix it. For a class on one link: students log in
+with --auth (repeatable), the teacher with --admin; on a Space, put the logins in the secrets
+CLIP_WB_AUTH / CLIP_WB_ADMIN ("user:pass,user:pass") or a file named by CLIP_WB_AUTH_FILE.
 """
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import sys
 import threading
 
 from core import build_workbench
+from core.access import Access, Accounts, Limits
 from core.errors import LibraryError, ModelUnavailableError, UnknownModelError
 from core.library.index import INDEX_KINDS
-from core.settings import DEFAULT_MODEL
+from core.settings import DEFAULT_MODEL, DEFAULT_RUNTIME, RUNTIME_CHOICES
 
 log = logging.getLogger("demo")
 
@@ -35,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default $CLIP_WB_MODEL or ViT-B/32)")
     p.add_argument("--library", default=None, help="library folder (default ./library or $CLIP_WB_LIBRARY)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=RUNTIME_CHOICES,
+                   help="torch | onnx (ONNX Runtime, CPU) | onnx-int8 (opt-in, checked against fp32 on the library) | "
+                        f"auto = onnx on a CPU, torch fp16 on CUDA (default {DEFAULT_RUNTIME}; $CLIP_WB_RUNTIME)")
     p.add_argument("--offline", action="store_true", help="never try to download weights")
     p.add_argument("--captioner", default=None, help="vit-gpt2 | blip | a local save_pretrained() folder")
     p.add_argument("--translator", default=None, help="nllb | marian | a local save_pretrained() folder")
@@ -42,52 +48,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="UI language at start (default: the browser's language)")
     p.add_argument("--host", default=None, help="e.g. 0.0.0.0 to serve the local network (default $GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="default $GRADIO_SERVER_PORT or 7860")
-    p.add_argument("--share", action="store_true", help="create a public *.gradio.live link (use with --auth)")
-    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login (recommended with --share)")
+    p.add_argument("--share", action="store_true", help="create a public *.gradio.live link (needs --auth/--admin)")
+    p.add_argument("--share-public", action="store_true",
+                   help="allow --share without any login: anyone with the link may delete images")
+    p.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                   help="a student login (repeatable; also $CLIP_WB_AUTH, $CLIP_WB_AUTH_FILE)")
+    p.add_argument("--admin", action="append", default=[], metavar="USER:PASS",
+                   help="a teacher login: may delete, compact, repair, re-index and seed (repeatable; also $CLIP_WB_ADMIN)")
+    p.add_argument("--quota-mb", type=float, default=Limits.quota_mb,
+                   help=f"upload quota per student (per browser session without logins), MiB (default {Limits.quota_mb:g})")
+    p.add_argument("--library-budget-mb", type=float, default=Limits.budget_mb,
+                   help=f"disk budget of the library's images, MiB (default {Limits.budget_mb:g})")
     p.add_argument("--index", default="auto", choices=INDEX_KINDS,
                    help="search index: exact, or FAISS ivf | hnsw | ivfpq (auto: exact for small libraries)")
     args = p.parse_args(argv)
-    if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
-        p.error("--auth must look like user:password")
+    try:
+        args.access = access(args)
+    except (ValueError, OSError) as e:
+        p.error(str(e))
     return args
 
 
-def login(args: argparse.Namespace) -> tuple[str, str] | None:
-    """--auth USER:PASS as the (user, password) pair launch() and the JSON API take."""
-    return tuple(args.auth.split(":", 1)) if args.auth else None
+def access(args: argparse.Namespace) -> Access:
+    """Logins (flags + environment / secrets file) and limits: one policy for the UI and the JSON API."""
+    return Access(Accounts.parse(args.auth, args.admin), Limits(quota_mb=args.quota_mb, budget_mb=args.library_budget_mb))
 
 
 def build(args: argparse.Namespace):
     """(Blocks, launch options): the full app with its JSON API at /api/..., or an explanation page
-    if the model/library failed. The API takes the same --auth login as the app."""
+    if the model/library failed. The API takes the same logins, roles and quotas as the app."""
     from ui import build_app, build_error_app, launch_options
-    auth = login(args)
     try:
         wb = build_workbench(args.model, args.library, args.device, args.offline,
-                             captioner=args.captioner, translator=args.translator, index=args.index,
+                             captioner=args.captioner, translator=args.translator, index=args.index, runtime=args.runtime,
                              background=True)
         atexit.register(wb.close)   # on shutdown, features_library.pth gets what the flusher has not written
     except STARTUP_ERRORS as e:
         log.error("cannot start the workbench: %s", e)
-        return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None, auth)
+        return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None, args.access)
     if wb.notice:
         log.warning("%s", wb.notice)
     # An English-only CLIP translates Chinese queries: load the translator while the page opens.
     threading.Thread(target=wb.preload_translator, name="preload-translator", daemon=True).start()
-    return build_app(wb, lang=args.lang), launch_options(wb, auth)
+    return build_app(wb, lang=args.lang, access=args.access), launch_options(wb, args.access)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    if args.share and not args.auth:
-        log.warning("--share without --auth: anyone with the link can use the app and add or delete library "
-                    "images. Add --auth user:password.")
-    demo, options = build(args)
-    auth = login(args)   # the same login guards the app and its JSON API (see build)
-    from ui.i18n import AUTH_MESSAGE
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, auth=auth,
-                auth_message=AUTH_MESSAGE if auth else None, **options)
+    if args.share and args.access.open:
+        if not args.share_public:
+            log.error("--share without --auth/--admin: anyone with the link could delete library images and fill "
+                      "the disk. Add --admin teacher:PASS (and --auth student:PASS), or --share-public on purpose.")
+            return 2
+        log.warning("--share-public: anyone with the link can use the app and add or delete library images.")
+    demo, options = build(args)   # options carry the login: the same one guards the app and its JSON API
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, **options)
     return 0
 
 

@@ -7,7 +7,7 @@
     python -m core classify photo.jpg --labels "cat,dog,小鸟" --templates ensemble80
     python -m core library stats|list|seed|remove ID|compact|verify|repair|reindex|build-index
 
-Every command takes --model, --library, --device, --offline and --index.
+Every command takes --model, --library, --device, --runtime, --offline and --index.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from .images import iter_image_files, load_image
 from .language.caption import CAPTIONERS, DEFAULT_CAPTIONER, CaptionSettings, Captioner
 from .language.query import caption_metadata
 from .language.translate import DEFAULT_TRANSLATOR, TRANSLATORS, Translator
-from .library.index import EXACT_MAX_ROWS, INDEX_KINDS
-from .library.search import SearchQuery, split_terms
-from .settings import DEFAULT_MODEL, pick_runtime
-from .workbench import build_workbench, reindex_library
-from .zeroshot import load_labelset, load_templates
+from .library.ann import EXACT_MAX_ROWS, INDEX_KINDS
+from .settings import DEFAULT_MODEL, DEFAULT_RUNTIME, RUNTIME_CHOICES, pick_runtime
+
+# Everything above is light (no torch): `python -m core --help` answers at once. The engine
+# (workbench, search, zero-shot) is imported by the commands that use it.
 
 _EXPECTED = (*EXPECTED_ERRORS, ValueError)   # ValueError: a bad --device
 
@@ -38,6 +38,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="clip name (ViT-B/32, RN50, ...), checkpoint file, Hugging Face id or folder, mini or mini:PATH")
     p.add_argument("--library", default=None, help="library folder (default: ./library or $CLIP_WB_LIBRARY)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--runtime", default=DEFAULT_RUNTIME, choices=RUNTIME_CHOICES,
+                   help="what runs the encoder: torch | onnx (ONNX Runtime, CPU) | onnx-int8 (opt-in, checked "
+                        "against fp32 on your library) | auto = onnx on a CPU, torch fp16 on CUDA "
+                        f"(default {DEFAULT_RUNTIME}; $CLIP_WB_RUNTIME)")
     p.add_argument("--offline", action="store_true", help="never try to download weights")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of using the bundled mini model")
     p.add_argument("--index", default="auto", choices=INDEX_KINDS,
@@ -46,15 +50,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _workbench(args):
+    from .workbench import build_workbench
     wb = build_workbench(args.model, args.library, args.device, args.offline, fallback=not args.no_fallback,
                          captioner=getattr(args, "captioner", None), translator=getattr(args, "translator", None),
-                         index=args.index)
+                         index=args.index, runtime=args.runtime)
     if wb.notice:
         print(f"note: {wb.notice}", file=sys.stderr)
     return wb
 
 
 def cmd_index(args) -> int:
+    if args.engine == "ray" or args.from_shards or args.from_embeddings:
+        from .scale.command import index_scaled   # loaded (and Ray imported) only on this path
+        return index_scaled(args)
+    if not args.paths:
+        raise LibraryError("Give the image files or folders to index")
     wb = _workbench(args)
     files = list(iter_image_files(args.paths))
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -71,6 +81,7 @@ def cmd_index(args) -> int:
 
 def cmd_search(args) -> int:
     wb = _workbench(args)
+    from .library.search import SearchQuery, split_terms
     image = load_image(args.image) if args.image else None
     q = SearchQuery(text=args.query or "", image=image, minus=split_terms(args.minus), k=args.k,
                     text_weight=args.text_weight, image_weight=args.image_weight, threshold=args.threshold)
@@ -88,6 +99,7 @@ def cmd_search(args) -> int:
 
 def cmd_classify(args) -> int:
     wb = _workbench(args)
+    from .zeroshot import load_labelset, load_templates
     load_labelset(args.labels, args.lang), load_templates(args.templates, args.lang)   # bad input fails before any image
     status = 0
     for path in args.images:
@@ -106,7 +118,9 @@ def cmd_classify(args) -> int:
 def cmd_library(args) -> int:
     if args.action == "reindex":
         bar = tqdm(unit="img", desc="re-encoding")
-        lib = reindex_library(args.library, args.model, args.device, args.offline, progress=bar.update)
+        from .workbench import reindex_library
+        lib = reindex_library(args.library, args.model, args.device, args.offline, progress=bar.update,
+                              runtime=args.runtime)
         print(f"re-encoded {len(lib)} images with {lib.model_id}")
         return 0
     wb = _workbench(args)
@@ -175,18 +189,39 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def _add_scale(p: argparse.ArgumentParser) -> None:
+    """index past one machine (core/scale): a Ray job writes embedding shards, merged in one step."""
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="ray: decode on Ray tasks, encode on Ray actors, write Parquet shards, merge them")
+    p.add_argument("--ray-address", default=None,
+                   help="with --engine ray: the cluster (HOST:6379 of `ray start --head`, or auto); "
+                        "default: a local Ray instance sized to this machine")
+    p.add_argument("--actors", type=int, default=None, help="CPU encoder actors when the cluster has no GPU (default 1)")
+    p.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per CPU encoder actor")
+    p.add_argument("--part-size", type=int, default=1000, help="images per shard (the unit of resume)")
+    p.add_argument("--shards", default=None, help="shard folder (default: LIBRARY/shards/job-<hash of the sources>)")
+    p.add_argument("--no-merge", action="store_true", help="only write the shards; merge later with --from-shards")
+    p.add_argument("--from-shards", default=None, metavar="DIR", help="merge the shards in DIR (no job)")
+    p.add_argument("--from-embeddings", default=None, metavar="DIR",
+                   help="import clip-retrieval output (img_emb/*.npy + metadata/*.parquet) made by --model, by reference")
+    p.add_argument("--by-reference", action="store_true",
+                   help="merge: keep each image where it is (path + SHA-256) instead of copying it into the library")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="CLIP workbench 图文多模态工作台")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="add image files and folders to the library")
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="*", help="image files and folders; with --engine ray also list files "
+                                            "(.txt/.csv/.parquet of paths or URLs) and WebDataset .tar shards")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--caption", action="store_true",
                    help="also caption each new image (English + Chinese) and keep the captions in the library")
     p.add_argument("--captioner", default="vit-gpt2", help="with --caption: vit-gpt2 | blip | a save_pretrained() folder")
     p.add_argument("--translator", default="nllb", help="with --caption: nllb | marian | a save_pretrained() folder")
+    _add_scale(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="text→image / image→image search")

@@ -27,16 +27,19 @@ from typing import Callable, Iterable, Sequence
 import torch
 from PIL import Image
 
+from .batching import BatchingEncoder
 from .errors import LibraryError, ModelMismatchError, ModelUnavailableError, UnknownModelError
 from .images import load_image
 from .language.caption import DEFAULT_CAPTIONER, Captioner
 from .language.query import caption_metadata, prepare_query
 from .language.translate import DEFAULT_TRANSLATOR, Translator
 from .library.index import ExactIndex, LibraryANN, open_index, resolve_kind
+from .library.int8check import check_int8
 from .library.ingest import IngestReport, ingest, open_library, reindex, repair, sample_files
 from .library.search import Hit, Searcher, SearchQuery, SearchResult
 from .library.store import Entry, Library
 from .library.thumbs import thumb_for
+from .lab.learn import Learn
 from .models import Encoder, load_encoder, load_encoder_with_fallback
 from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
 from .zeroshot import ZeroShotClassifier, plan_prompts
@@ -115,6 +118,8 @@ class Workbench:
         background=True (the app): an ANN index is loaded or built in a thread while exact
         search serves, and features_library.pth is rewritten in the background after writes;
         False (the CLI, scripts): both happen in the calling thread, `flush()` when asked."""
+        if background:   # a shared server: concurrent requests share forward passes (core/batching.py)
+            encoder = BatchingEncoder(encoder)
         self.runtime, self.encoder, self.library = runtime, encoder, library
         self.notice = notice                 # why a fallback model / library is in use, shown to the user
         self.offline = offline
@@ -314,6 +319,24 @@ class Workbench:
     def __len__(self) -> int:
         return len(self.library)
 
+    # ------------------------------------------------------------ the Learn tab (core/lab/learn.py)
+
+    @property
+    def learn(self) -> Learn:
+        """Embedding map, similarity matrix, zero-shot vs linear probe over this encoder and library."""
+        return self._get("learn", lambda: Learn(self))
+
+    def with_model(self, model: str, library_dir: str | Path, seed: bool = True) -> "Workbench":
+        """A new Workbench over another model (e.g. a checkpoint just trained) with its OWN library
+        in `library_dir` (features of two models never mix); same device and runtime, in the
+        background mode of this one. seed=True adds the bundled samples to a new, empty library."""
+        wb = build_workbench(model, library_dir, device=str(self.runtime.device), offline=self.offline,
+                             fallback=False, captioner=self.captioner_name, translator=self.translator_name,
+                             background=self._flusher is not None, runtime=self.runtime.engine)
+        if seed and not len(wb):
+            wb.seed()
+        return wb
+
     # ------------------------------------------------------------ housekeeping
 
     def remove(self, image_ids: Sequence[str]) -> list[Entry]:
@@ -354,17 +377,20 @@ def _open_for(root: Path, encoder: Encoder, fallback_used: bool) -> tuple[Librar
 def build_workbench(model: str | None = None, library_dir: str | Path | None = None, device: str | None = None,
                     offline: bool = False, fallback: bool = True, cache: Path | None = None,
                     captioner: str | None = None, translator: str | None = None, index: str = "auto",
-                    background: bool = False) -> Workbench:
-    """Load the encoder (with the bundled mini model as fallback), open the library, wire the services."""
-    runtime = pick_runtime(device)
+                    background: bool = False, runtime: str | None = None) -> Workbench:
+    """Load the encoder (with the bundled mini model as fallback), open the library, wire the services.
+    runtime: "torch" (default) | "onnx" | "onnx-int8" | "auto" (see core.settings.pick_runtime); with
+    onnx-int8 the quantised encoder is checked against fp32 on this library first (refused below par)."""
+    rt = pick_runtime(device, runtime)
     name = model or DEFAULT_MODEL
     if fallback:
-        encoder, notice = load_encoder_with_fallback(name, runtime, cache, offline)
+        encoder, notice = load_encoder_with_fallback(name, rt, cache, offline)
     else:
-        encoder, notice = load_encoder(name, runtime, cache, offline), None
+        encoder, notice = load_encoder(name, rt, cache=cache, offline=offline), None
     library, library_note = _open_for(Path(library_dir or default_paths().library), encoder, fallback_used=bool(notice))
-    notice = " ".join(n for n in (notice, library_note) if n) or None
-    wb = Workbench(runtime, encoder, library, notice=notice, offline=offline, captioner=captioner,
+    int8_note = check_int8(encoder, library) if encoder.runtime.engine == "onnx-int8" else None
+    notice = " ".join(n for n in (notice, encoder.runtime_note, library_note, int8_note) if n) or None
+    wb = Workbench(rt, encoder, library, notice=notice, offline=offline, captioner=captioner,
                    translator=translator, index=index, background=background)
     if captioner:
         wb.captioner   # noqa: B018  an unknown name fails here, at start, not inside the first request
@@ -374,9 +400,9 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
 
 
 def reindex_library(library_dir: str | Path | None, model: str, device: str | None = None, offline: bool = False,
-                    progress: Callable[[int], None] | None = None) -> Library:
+                    progress: Callable[[int], None] | None = None, runtime: str | None = None) -> Library:
     """Re-encode every stored image with `model` and switch the library to it."""
-    encoder = load_encoder(model, pick_runtime(device), offline=offline)
+    encoder = load_encoder(model, pick_runtime(device, runtime), offline=offline)
     root = Path(library_dir or default_paths().library)
     if not root.exists():
         raise LibraryError(f"No library at {root}")

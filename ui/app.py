@@ -1,7 +1,9 @@
-"""The Gradio Blocks app over a Workbench: four tabs, a language switch, a queue for a classroom.
+"""The Gradio Blocks app over a Workbench: five tabs (the fifth, Learn, in ui/learn.py), a language
+switch, a queue for a classroom.
 
-    demo = build_app(build_workbench(...), lang="zh")
-    demo.launch(**launch_options(wb))
+    access = Access(Accounts.parse(students=["ann:pw"], admins=["teacher:secret"]), Limits())
+    demo = build_app(wb, lang="zh", access=access)
+    demo.launch(server_name=..., **launch_options(wb, access))   # login, served folders, /api, throttle
 
 All model work happens in core/ through `ui.callbacks.Callbacks`; this module only lays
 out components and wires events. Every public event has a stable `api_name`
@@ -14,14 +16,19 @@ from typing import Callable
 
 import gradio as gr
 
+from fastapi.middleware import Middleware
+
+from core.access import Access
 from core.errors import ModelMismatchError, ModelUnavailableError
 from core.images import MAX_BYTES
 from core.settings import ASSETS_DIR
 from core import Workbench
 
 from .callbacks import Callbacks
-from .http_api import Auth, build_api
-from .i18n import DEFAULT_LANG, pick_lang, t
+from .guard import LoginLimiter, blocked_paths, served_paths
+from .http_api import build_api
+from .i18n import AUTH_MESSAGE, DEFAULT_LANG, pick_lang, t
+from .learn import learn_tab
 from .tabs import Localizer, caption_tab, classify_tab, library_tab, search_tab
 
 __all__ = ["build_app", "build_error_app", "launch_options", "QueueConfig"]
@@ -38,17 +45,20 @@ _DETECT_LANG_JS = "(current) => ((navigator.language || 'en').toLowerCase().star
 
 
 class QueueConfig:
-    """How many requests of each kind run at once. Model calls share the CPU/GPU, so running
-    more of them at once only makes each slower; a class of 40 waits in a visible queue."""
-    heavy_cpu = 2         # model inference at once on a CPU (torch already uses every core)
-    heavy_gpu = 4         # ... on a GPU (small batches overlap well)
+    """How many requests of each kind run at once. Model requests in flight share forward passes
+    (core/batching.py): more of them at once make bigger batches, not more passes fighting for
+    the cores, so the limit is high; the rest of a class waits in a visible queue. Measured with
+    benchmarks/bench_classroom.py (benchmarks/RESULTS.md, "A class on one link")."""
+    heavy_cpu = 16        # search / classify requests in flight on a CPU (batched together)
+    heavy_gpu = 16        # ... on a GPU
     max_size = 200        # waiting requests before new ones are refused ("queue full")
 
 
-def build_app(wb: Workbench, lang: str | None = None) -> gr.Blocks:
-    """The app for one Workbench. `lang` ("zh" | "en") fixes the start language; None follows the browser."""
+def build_app(wb: Workbench, lang: str | None = None, access: Access | None = None) -> gr.Blocks:
+    """The app for one Workbench. `lang` ("zh" | "en") fixes the start language; None follows the browser.
+    `access`: roles and quotas (the same object goes to launch_options); None = open, default limits."""
     start = pick_lang(lang) if lang else DEFAULT_LANG
-    cb, loc = Callbacks(wb), Localizer(start)
+    cb, loc = Callbacks(wb, access), Localizer(start)
     heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         lang_state = gr.State(start)
@@ -63,10 +73,15 @@ def build_app(wb: Workbench, lang: str | None = None) -> gr.Blocks:
         with loc(gr.Tab, label="tab.caption"):
             caption_tab(cb, loc, lang_state)
         with loc(gr.Tab, label="tab.library") as lib_tab:
-            refresh = library_tab(cb, loc, lang_state)
+            refresh, teacher_only = library_tab(cb, loc, lang_state)
         lib_tab.select(**refresh)
+        with loc(gr.Tab, label="tab.learn") as learn:   # the fifth tab (ui/learn.py)
+            pickers = learn_tab(cb, loc, lang_state, demo)
+        learn.select(**pickers)
         _language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[refresh])
         demo.load(**refresh)
+        demo.load(cb.teacher_controls, None, teacher_only, api_visibility="private", show_progress="hidden",
+                  concurrency_limit=None)
     return demo.queue(default_concurrency_limit=heavy, max_size=QueueConfig.max_size)
 
 
@@ -92,17 +107,22 @@ def build_error_app(problem: Exception, lang: str | None = None, model: str = "M
     return demo.queue()
 
 
-def launch_options(wb: Workbench | None = None, auth: Auth = None) -> dict:
-    """Keyword arguments for demo.launch() besides the address and the login: only the library and
-    assets folders are served and, with a workbench, the JSON API at /api/... (docs/API.md#json-http-api)
-    goes first into Gradio's own FastAPI app, guarded by `auth`, the login also given to launch()."""
-    allowed = [str(ASSETS_DIR)] + ([str(Path(wb.root).resolve())] if wb is not None else [])
-    options = {"allowed_paths": allowed, "css": CSS, "theme": gr.themes.Soft(),
-               "max_file_size": MAX_BYTES}   # refuse oversized uploads before they are read (core's own limit)
+def launch_options(wb: Workbench | None = None, access: Access | None = None) -> dict:
+    """Keyword arguments for demo.launch() besides the address: the login (`access`'s accounts;
+    none = open), only stored images, thumbnails and bundled samples served (ui/guard.py), failed
+    logins throttled per client and, with a workbench, the JSON API at /api/... (docs/API.md#json-http-api)
+    first in Gradio's own FastAPI app, under the same roles and quotas as the UI."""
+    access = access or Access()
+    root = Path(wb.root) if wb is not None else None
+    options = {"allowed_paths": served_paths(root), "blocked_paths": blocked_paths(root), "css": CSS,
+               "theme": gr.themes.Soft(), "max_file_size": MAX_BYTES,   # oversized uploads refused before read
+               "auth": None if access.open else access.accounts.check,
+               "auth_message": None if access.open else AUTH_MESSAGE}
+    app_kwargs = {"middleware": [Middleware(LoginLimiter, throttle=access.throttle)]}
     if wb is not None:
         heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
-        options["app_kwargs"] = {"routes": build_api(wb, auth, heavy=heavy).routes}
-    return options
+        app_kwargs["routes"] = build_api(wb, access, heavy=heavy).routes
+    return {**options, "app_kwargs": app_kwargs}
 
 
 def _header(loc: "Localizer", start: str, subtitle: Callable[[str], str]) -> gr.Radio:
@@ -131,5 +151,5 @@ def _language_events(demo: gr.Blocks, radio: gr.Radio, lang_state: gr.State, loc
 
 
 def _samples() -> list[list[str]]:
-    folder = ASSETS_DIR / "samples"
+    folder = ASSETS_DIR / "samples"   # served: see ui/guard.py
     return [[str(p)] for p in sorted(folder.glob("*.jpg"))][:12]

@@ -151,8 +151,132 @@ _S: dict[str, tuple[str, str]] = {
                         "Empty query: type some words (e.g. 'a cat on a sofa') or give a query image."),
     "err.labels": ("标签无效：{detail}", "Invalid labels: {detail}"),
     "err.library": ("图库错误：{detail}", "Library error: {detail}"),
+    "err.permission": ("没有权限（仅限教师）：{detail}", "Not allowed (teacher only): {detail}"),
+    "err.quota": ("超出上传限额：{detail}", "Over the upload limit: {detail}"),
     "err.model": ("模型不可用：{detail}", "Model unavailable: {detail}"),
 }
+
+
+# the Learn tab (ui/learn.py)
+_S.update({
+    "tab.learn": ("学习", "Learn"),
+    "learn.intro": ("### 看 CLIP 如何学习\n训练一个迷你 CLIP 并实时观察损失曲线，查看图库的嵌入空间，"
+                    "画出图文相似度矩阵，比较零样本分类与线性探针，并在自己的图文对上微调。",
+                    "### Watch a CLIP learn\nTrain a mini-CLIP and watch its loss live, look at the library's "
+                    "embedding space, draw the image–text similarity matrix, compare zero-shot with a linear probe, "
+                    "and fine-tune on your own pairs."),
+    "learn.train_title": ("① 实时训练迷你 CLIP", "① Train a mini-CLIP live"),
+    "learn.train_help": ("在内置的 Shapes 数据集（或服务器上的 Flickr8k 文件夹）上从零训练。同一时间只能运行一个训练；"
+                         "共享应用中只有教师可以开始训练。双核 CPU 上 Shapes 约需几分钟。",
+                         "Trains from scratch on the bundled Shapes set (or a Flickr8k folder on the server). One "
+                         "training runs at a time; on a shared app only the teacher may start one. Shapes takes a "
+                         "few minutes on a 2-core CPU."),
+    "learn.data": ("数据", "Data"),
+    "learn.data_info": ("shapes 或 flickr8k:服务器上的文件夹", "shapes, or flickr8k:FOLDER on the server"),
+    "learn.epochs": ("训练轮数", "Epochs"),
+    "learn.images": ("训练图片数（Shapes）", "Training images (Shapes)"),
+    "learn.batch": ("批大小", "Batch size"),
+    "learn.text_tower": ("文本编码器", "Text tower"),
+    "learn.transformer": ("Transformer", "Transformer"),
+    "learn.lstm": ("LSTM", "LSTM"),
+    "learn.hard": ("困难负样本（换掉形状的描述）", "Hard negatives (captions with the shape swapped)"),
+    "learn.start": ("开始训练", "Start training"),
+    "learn.stop": ("停止", "Stop"),
+    "learn.watch": ("查看进度", "Watch"),
+    "learn.use": ("使用此模型", "Use this model"),
+    "learn.loss_plot": ("训练损失（每步）", "Training loss (per step)"),
+    "learn.metric_plot": ("验证集指标（每轮，%）", "Held-out metrics (per epoch, %)"),
+    "learn.bad_data": ("数据只能是 shapes 或 flickr8k:文件夹。", "Data must be shapes or flickr8k:FOLDER."),
+    "learn.busy": ("已有一个训练在运行；请等待它结束或先停止它。", "A training is already running; wait for it or stop it first."),
+    "learn.idle": ("当前没有训练在运行。", "No training is running."),
+    "learn.stopping": ("正在停止（当前这一步结束后）……", "Stopping after the current step…"),
+    "learn.running": ("⏳ 训练中：`{run}`", "⏳ Training: `{run}`"),
+    "learn.stopped": ("⏹️ 已停止：`{run}`（可用 `python -m core.train --resume` 继续）",
+                      "⏹️ Stopped: `{run}` (continue with `python -m core.train --resume`)"),
+    "learn.failed": ("❌ 训练失败：{error}", "❌ Training failed: {error}"),
+    "learn.done": ("✅ 训练完成：`{run}`", "✅ Training finished: `{run}`"),
+    "learn.progress": ("第 {step} / {total} 步，已完成 {epochs} 轮", "Step {step} of {total}, {epochs} epochs done"),
+    "learn.last_epoch": ("最近一轮：平均召回率 {recall:.1f}%，形状零样本 top-1 {top1:.1f}%",
+                         "Last epoch: mean recall {recall:.1f}%, zero-shot shape top-1 {top1:.1f}%"),
+    "learn.can_use": ("最佳模型：`{best}`。点击“使用此模型”让整个应用改用它（它有自己单独的图库）。",
+                      "Best model: `{best}`. Press “Use this model” to switch the whole app to it (with its own library)."),
+    "learn.no_model": ("还没有训练好的模型：先完成至少一轮训练（且训练已结束）。",
+                       "No trained model yet: finish at least one epoch (and let the training end) first."),
+    "learn.switched": ("✅ 应用已改用模型 `{model}`，图库位于 `{path}`（{n} 张图片，已加入示例图片）。所有标签页的下一次操作都会使用它。",
+                       "✅ The app now uses `{model}`, with its own library in `{path}` ({n} images, samples added). "
+                       "Every tab's next action uses it."),
+    "learn.map_title": ("② 嵌入空间地图", "② The embedding space"),
+    "learn.map_help": ("把图库中每张图片的向量投影到二维：PCA 立即完成，t-SNE 需要几秒。输入标签可按零样本结果着色；"
+                       "输入一句话可看它落在哪里。鼠标悬停查看缩略图，框选一段查看其中的图片。",
+                       "Each library image's embedding projected to 2-D: PCA is instant, t-SNE takes seconds. Type "
+                       "labels to colour points by their zero-shot label; type a sentence to see where it lands. "
+                       "Hover for a thumbnail; drag across the plot to list the images in that range."),
+    "learn.method": ("投影方法", "Projection"),
+    "learn.pca": ("PCA（立即）", "PCA (instant)"),
+    "learn.tsne": ("t-SNE（较慢）", "t-SNE (slower)"),
+    "learn.map_labels": ("着色标签（可选）", "Colour by labels (optional)"),
+    "learn.map_labels_ph": ("例如：圆形, 正方形, 星形", "e.g. circle, square, star"),
+    "learn.map_query": ("文字查询（可选）", "Text query (optional)"),
+    "learn.map_query_ph": ("例如：红色圆形", "e.g. a red circle"),
+    "learn.map_draw": ("画出地图", "Draw the map"),
+    "learn.map_plot": ("图库嵌入（二维投影）", "Library embeddings (2-D projection)"),
+    "learn.map_picked": ("框选范围内的图片", "Images in the selected range"),
+    "learn.map_image": ("图片", "image"),
+    "learn.map_count": ("显示 {shown} / {total} 张图片（{method}）。", "Showing {shown} of {total} images ({method})."),
+    "learn.map_empty": ("图库是空的：先在“图库”标签页添加图片。", "The library is empty: add images in the Library tab first."),
+    "learn.map_sampled": ("图库有 {total} 张图片，超过上限：随机抽取了 {n} 张（固定种子，每次相同）。",
+                          "The library holds {total} images, above the limit: a fixed random sample of {n} is shown."),
+    "learn.map_knn": ("t-SNE 无法投影新的点：查询显示在与它最相近的 5 张图片的平均位置。",
+                      "t-SNE cannot project a new point: the query is shown at the mean position of its 5 nearest images."),
+    "learn.sim_title": ("③ 相似度矩阵", "③ Similarity matrix"),
+    "learn.sim_help": ("选最多 8 张图片、写最多 8 句描述（中文或英文，每行一句），得到 CLIP 的余弦相似度热图，"
+                       "与 CLIP 官方 notebook 中的图一样。",
+                       "Pick up to 8 images and write up to 8 captions (Chinese or English, one per line) to get "
+                       "CLIP's cosine-similarity heat map, as in CLIP's own notebook."),
+    "learn.sim_pick": ("图库中的图片", "Library images"),
+    "learn.sim_pick_info": ("从列表中选，或输入图片 id", "choose from the list, or type an image id"),
+    "learn.sim_files": ("或上传图片", "Or upload images"),
+    "learn.sim_texts": ("描述（每行一句）", "Captions (one per line)"),
+    "learn.sim_texts_ph": ("一只猫\na red circle", "a cat\n红色圆形"),
+    "learn.sim_go": ("计算相似度", "Compute the similarity"),
+    "learn.sim_empty": ("请至少选择一张图片并写一句描述。", "Pick at least one image and write at least one caption."),
+    "learn.sim_many": ("最多 {n} 张图片和 {n} 句描述。", "At most {n} images and {n} captions."),
+    "learn.sim_caption": ("列：图片；行：描述；格中为余弦相似度（颜色越深越相似）。",
+                          "Columns: images; rows: captions; each cell is the cosine similarity (darker = more similar)."),
+    "learn.probe_title": ("④ 零样本 vs 线性探针", "④ Zero-shot vs linear probe"),
+    "learn.probe_help": ("输入类别名。默认用文件名或已存描述中含有类别名的图库图片作为标注；也可以逐行写“类别: 图片id id …”。"
+                         "每类留出一半作测试，在已存特征上训练逻辑回归探针，与零样本准确率对比（CLIP 论文中的比较）。",
+                         "Type class names. By default every library image whose file name or stored caption contains "
+                         "one class name is labelled with it; or write lines 'class: id id …'. Half of each class is "
+                         "held out; a logistic-regression probe trains on the stored features and is compared with "
+                         "zero-shot accuracy (the CLIP paper's comparison)."),
+    "learn.probe_classes": ("类别（逗号分隔）", "Classes (comma-separated)"),
+    "learn.probe_classes_ph": ("例如：circle, square, star", "e.g. circle, square, star"),
+    "learn.probe_assign": ("手动标注（可选）", "Manual labels (optional)"),
+    "learn.probe_assign_ph": ("circle: 3f2a9c0e11d4 9b1c2d3e4f50", "circle: 3f2a9c0e11d4 9b1c2d3e4f50"),
+    "learn.probe_go": ("训练探针并比较", "Train the probe and compare"),
+    "learn.probe_head": ("**线性探针 {probe:.1f}%** vs **零样本 {zs:.1f}%**（{train} 张训练，{test} 张测试）",
+                         "**Linear probe {probe:.1f}%** vs **zero-shot {zs:.1f}%** ({train} training, {test} held-out images)"),
+    "learn.probe_cols": ("| 类别 | 训练 | 测试 | 探针 | 零样本 |", "| class | train | test | probe | zero-shot |"),
+    "learn.probe_few": ("⚠️ “{label}” 只有 {n} 张标注图片（至少需要 2 张），未参与比较。",
+                        "⚠️ '{label}' has {n} labelled images (2 needed) and is left out."),
+    "learn.probe_scan": ("ℹ️ 只读取了前 {n} 张图片来寻找标注。", "ℹ️ Only the first {n} images were read for labels."),
+    "learn.probe_why": ("探针从你的标注中学习，零样本只读类别名：标注越多，探针通常越好。",
+                        "The probe learns from your labels; zero-shot reads only the class names. With more labels "
+                        "the probe usually wins."),
+    "learn.ft_title": ("⑤ 在自己的图文对上微调", "⑤ Fine-tune on your own pairs"),
+    "learn.ft_body": ("在服务器上运行（会输出微调前后的 Recall@K、报告和图表）：\n\n"
+                      "```\npython -m core.train --init ViT-B/32 --data csv:我的图文对.csv --epochs 3 --out runs/ft\n"
+                      "python -m core.train --init ViT-B/32 --data flickr8k:/data/flickr8k --mode adapter --epochs 10 --out runs/ft\n```\n\n"
+                      "CSV 每行 `图片路径,描述`。`--mode full` 以小学习率微调全部权重；`--mode adapter` 只训练一个轻量适配层。"
+                      "然后用 `python demo.py --model runs/ft/finetuned.pt` 使用它。",
+                      "Run on the server (prints Recall@K before and after, writes a report and plots):\n\n"
+                      "```\npython -m core.train --init ViT-B/32 --data csv:my_pairs.csv --epochs 3 --out runs/ft\n"
+                      "python -m core.train --init ViT-B/32 --data flickr8k:/data/flickr8k --mode adapter --epochs 10 --out runs/ft\n```\n\n"
+                      "The CSV has one `image path,caption` per row. `--mode full` tunes every weight with a small "
+                      "learning rate; `--mode adapter` trains a light adapter only. Then serve it with "
+                      "`python demo.py --model runs/ft/finetuned.pt`."),
+})
 
 
 def t(key: str, lang: str, **fields) -> str:
