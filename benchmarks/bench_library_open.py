@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from synthetic import random_vectors, write_library  # noqa: E402
 
 DIM = 512
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
 import torch
 from core.library.store import Library
@@ -41,7 +40,8 @@ else:
     rows = {{s: i for i, s in enumerate(snap["sha256"])}}      # ... and built its row map
     n = len(snap["files"])
 took = time.perf_counter() - start
-print(json.dumps({{"s": took, "n": n, "rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}}))
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))   # this process's own peak
+print(json.dumps({{"s": took, "n": n, "rss_gib": int(hwm.split()[1]) / 2**20}}))
 """
 
 
