@@ -41,6 +41,7 @@ from .library.store import Entry, Library
 from .library.thumbs import thumb_for
 from .lab.learn import Learn
 from .models import Encoder, load_encoder, load_encoder_with_fallback
+from .starters import Starters, starters
 from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
 from .zeroshot import ZeroShotClassifier, plan_prompts
 
@@ -113,8 +114,9 @@ class Workbench:
 
     def __init__(self, runtime: Runtime, encoder: Encoder, library: Library, notice: str | None = None,
                  offline: bool = False, captioner: str | None = None, translator: str | None = None,
-                 index: str = "auto", background: bool = False):
-        """index: "auto" | "exact" | "ivf" | "hnsw" | "ivfpq" (see core.library.index).
+                 index: str = "auto", background: bool = False, fallback: bool = False):
+        """fallback=True: the model asked for could not be had and the bundled mini model stands in.
+        index: "auto" | "exact" | "ivf" | "hnsw" | "ivfpq" (see core.library.index).
         background=True (the app): an ANN index is loaded or built in a thread while exact
         search serves, and features_library.pth is rewritten in the background after writes;
         False (the CLI, scripts): both happen in the calling thread, `flush()` when asked."""
@@ -122,6 +124,7 @@ class Workbench:
             encoder = BatchingEncoder(encoder)
         self.runtime, self.encoder, self.library = runtime, encoder, library
         self.notice = notice                 # why a fallback model / library is in use, shown to the user
+        self.fallback = fallback             # the bundled mini model stands in for the model asked for
         self.offline = offline
         self.captioner_name = captioner or DEFAULT_CAPTIONER
         self.translator_name = translator or DEFAULT_TRANSLATOR
@@ -251,6 +254,16 @@ class Workbench:
         """Image→image from an image already in the library (no re-encoding)."""
         entry = self.library.find(image_id)
         return entry, self._searchable().similar_to(entry.id, k)
+
+    def unknown_words(self, *texts: str) -> list[str]:
+        """Words of labels / queries the model has no token for (only a narrow model knows its
+        vocabulary, e.g. the bundled mini model: coloured shapes); its scores for them are noise."""
+        return self.encoder.unknown_words([t for t in texts if t])
+
+    @property
+    def starters(self) -> Starters:
+        """Example images, default labels and search suited to this model (core/starters.py)."""
+        return starters(self.encoder.domain)
 
     def classify(self, image: ImageInput, labels: str, templates: str = "single", lang: str = "en",
                  top_k: int = 5) -> tuple[list[tuple[str, float]], str | None]:
@@ -387,11 +400,12 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
         encoder, notice = load_encoder_with_fallback(name, rt, cache, offline)
     else:
         encoder, notice = load_encoder(name, rt, cache=cache, offline=offline), None
-    library, library_note = _open_for(Path(library_dir or default_paths().library), encoder, fallback_used=bool(notice))
+    fallback_used = bool(notice)
+    library, library_note = _open_for(Path(library_dir or default_paths().library), encoder, fallback_used)
     int8_note = check_int8(encoder, library) if encoder.runtime.engine == "onnx-int8" else None
     notice = " ".join(n for n in (notice, encoder.runtime_note, library_note, int8_note) if n) or None
     wb = Workbench(rt, encoder, library, notice=notice, offline=offline, captioner=captioner,
-                   translator=translator, index=index, background=background)
+                   translator=translator, index=index, background=background, fallback=fallback_used)
     if captioner:
         wb.captioner   # noqa: B018  an unknown name fails here, at start, not inside the first request
     if translator:

@@ -41,17 +41,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(model_path: Path, library_dir: Path, lang: str | None = None,
+def serve(model_path: Path | str, library_dir: Path, lang: str | None = None,
           auth: tuple[str, str] | list[tuple[str, str]] | None = None,
-          admin: tuple[str, str] | None = None, limits: Limits | None = None) -> Iterator[Served]:
+          admin: tuple[str, str] | None = None, limits: Limits | None = None,
+          fallback_cache: Path | None = None) -> Iterator[Served]:
     """The app (and its JSON API at /api/...) on 127.0.0.1 in a background thread; closed on exit.
     `auth` (user, password) or a list of them: student logins, as demo.py's --auth USER:PASS;
-    `admin`: the teacher's login (--admin); `limits`: quotas (default: Limits())."""
+    `admin`: the teacher's login (--admin); `limits`: quotas (default: Limits()).
+    `fallback_cache`: start as demo.py does offline with this (empty) model cache, so a named model
+    such as "ViT-B/32" is missing and the bundled mini model stands in (the offline first start)."""
     students = [auth] if isinstance(auth, tuple) else list(auth or [])
     accounts = Accounts.parse([f"{u}:{p}" for u, p in students], [f"{u}:{p}" for u, p in ([admin] if admin else [])],
                               env={})
     access = Access(accounts, limits)
-    wb = build_workbench(str(model_path), library_dir, device="cpu", offline=True, fallback=False,
+    wb = build_workbench(str(model_path), library_dir, device="cpu", offline=True,
+                         fallback=fallback_cache is not None, cache=fallback_cache,
                          background=True)   # as demo.py: features_library.pth is rewritten after writes
     demo = build_app(wb, lang=lang, access=access)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,

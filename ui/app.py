@@ -21,7 +21,6 @@ from fastapi.middleware import Middleware
 from core.access import Access
 from core.errors import ModelMismatchError, ModelUnavailableError
 from core.images import MAX_BYTES
-from core.settings import ASSETS_DIR
 from core import Workbench
 
 from .callbacks import Callbacks
@@ -64,12 +63,12 @@ def build_app(wb: Workbench, lang: str | None = None, access: Access | None = No
         lang_state = gr.State(start)
         radio = _header(loc, start, subtitle=lambda l: t("app.subtitle", l, model=wb.encoder.model_id,
                                                           device=wb.runtime.describe()))
-        if wb.notice:
-            loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=wb.notice), elem_id="notice")
+        _banner(wb, loc)
+        starters = wb.starters
         with loc(gr.Tab, label="tab.classify"):
-            classify_tab(cb, loc, lang_state, samples=_samples())
+            classify_tab(cb, loc, lang_state, samples=[[str(p)] for p in starters.images], labels=starters.labels)
         with loc(gr.Tab, label="tab.search"):
-            search_tab(cb, loc, lang_state)
+            search_tab(cb, loc, lang_state, query=starters.query)
         with loc(gr.Tab, label="tab.caption"):
             caption_tab(cb, loc, lang_state)
         with loc(gr.Tab, label="tab.library") as lib_tab:
@@ -125,6 +124,17 @@ def launch_options(wb: Workbench | None = None, access: Access | None = None) ->
     return {**options, "app_kwargs": app_kwargs}
 
 
+def _banner(wb: Workbench, loc: "Localizer") -> None:
+    """Why the app runs as it does: after a fallback to the bundled model, a short bilingual
+    explanation and the way to the real model, with the technical reason folded away."""
+    if wb.fallback:
+        loc(gr.Markdown, value="app.offline", elem_id="notice")
+        with loc(gr.Accordion, label="app.details", open=False, elem_id="notice-details"):
+            gr.Markdown(wb.notice, elem_id="notice-detail")
+    elif wb.notice:
+        loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=wb.notice), elem_id="notice")
+
+
 def _header(loc: "Localizer", start: str, subtitle: Callable[[str], str]) -> gr.Radio:
     with gr.Row(equal_height=True):
         loc(gr.Markdown, value="app.title")
@@ -149,7 +159,3 @@ def _language_events(demo: gr.Blocks, radio: gr.Radio, lang_state: gr.State, loc
         # js only (no server round trip): the radio is set as the page mounts, before anyone can click it
         demo.load(None, [radio], [radio], js=_DETECT_LANG_JS, api_visibility="private", show_progress="hidden")
 
-
-def _samples() -> list[list[str]]:
-    folder = ASSETS_DIR / "samples"   # served: see ui/guard.py
-    return [[str(p)] for p in sorted(folder.glob("*.jpg"))][:12]

@@ -116,7 +116,8 @@ class Callbacks:
                                          custom_template if templates == CUSTOM else templates, lang)
             added = self._ingest([image], who(self.access, request)) if add else None
             status = t("zs.added", lang, summary=self._summary(added, lang)) if added else ""
-            status = "\n\n".join(s for s in (note and f"ℹ️ {note}", status) if s)
+            unknown = self._unknown(labels if labelset == CUSTOM else "", lang)
+            status = "\n\n".join(s for s in (unknown, note and f"ℹ️ {note}", status) if s)
         return {label: p for label, p in top}, status
 
     # ------------------------------------------------------------ search
@@ -146,11 +147,16 @@ class Callbacks:
         """Gallery click -> the id of the clicked image."""
         return ids[evt.index] if ids and 0 <= evt.index < len(ids) else ""
 
+    def _unknown(self, text: str, lang: str) -> str:
+        """A warning naming the words the model never saw ("" when it knows them all)."""
+        words = self.wb.unknown_words(text)
+        return t("warn.unknown_words", lang, words=", ".join(words)) if words else ""
+
     def _gallery(self, hits) -> list[tuple[str, str]]:
         return [(str(self.wb.thumbnail(h)), f"{h.score:.3f} · {h.name}") for h in hits]
 
     def _search_info(self, result: SearchResult, asked: str, lang: str) -> str:
-        lines = []
+        lines = [w for w in (self._unknown(asked, lang),) if w]
         if result.note:   # core's note is bilingual already, e.g. "英文查询 (English query): 'a cat'"
             lines.append(t("search.note", lang, note=result.note))
         elif result.text_used and result.text_used != asked.strip():

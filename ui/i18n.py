@@ -27,6 +27,21 @@ _S: dict[str, tuple[str, str]] = {
                      "image library. Model: `{model}`, device: {device}"),
     "app.lang": ("界面语言 / Language", "界面语言 / Language"),
     "app.notice": ("⚠️ **注意：** {notice}", "⚠️ **Note:** {notice}"),
+    "app.offline": ("⚠️ **离线模式：** 无法获取所需的模型，现在使用内置的小模型——它只认识彩色几何图形"
+                    "（圆形、三角形、正方形、五角星、六边形、十字），请用下方的图形示例试试。\n\n"
+                    "**如何获得 ViT-B/32：** 联网启动一次（权重只下载一次并缓存）；在国内可设置 "
+                    "`HF_ENDPOINT=https://hf-mirror.com`（会从 Hugging Face 镜像获取同一模型）；或下载 `ViT-B-32.pt` 后用 "
+                    "`--model /路径/ViT-B-32.pt`。**读中文的模型：** `--model chinese-clip`。",
+                    "⚠️ **No network: using the small built-in model**, which only knows coloured shapes "
+                    "(circle, triangle, square, star, hexagon, cross) — try the shape examples below.\n\n"
+                    "**To get ViT-B/32:** start once with a network connection (the weights download once into "
+                    "the cache); or set `HF_ENDPOINT` to a Hugging Face mirror (the same weights come from the hub); "
+                    "or download `ViT-B-32.pt` and pass `--model /path/to/ViT-B-32.pt`. "
+                    "**A model that reads Chinese:** `--model chinese-clip`."),
+    "app.details": ("技术细节", "Technical details"),
+    "warn.unknown_words": ("⚠️ 当前模型从未见过这些词：{words}。它只认识彩色图形，对这些词的打分只是猜测。",
+                           "⚠️ The current model has never seen these words: {words}. It only knows coloured "
+                           "shapes, so its scores for them are guesses."),
     "app.broken_title": ("# 图文多模态工作台无法启动模型", "# The CLIP Workbench could not start its model"),
     "app.broken_body": ("**出了什么问题：** {problem}\n\n**如何解决：** {fix}\n\n修复后重新运行 `python demo.py`。",
                         "**What is wrong:** {problem}\n\n**How to fix it:** {fix}\n\nThen run `python demo.py` again."),

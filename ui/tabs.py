@@ -82,7 +82,9 @@ class Localizer:
 
 # ---------------------------------------------------------------- tabs
 
-def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[list[str]]) -> None:
+def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[list[str]], labels: str) -> None:
+    """samples and labels: the model's starters (core/starters.py; coloured shapes for the mini model)."""
+    default_labels = labels
     with gr.Row():
         with gr.Column():
             image = loc(SafeImage, label="zs.image", sources=["upload", "clipboard"], height=320,
@@ -93,7 +95,7 @@ def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[li
         with gr.Column():
             labelset = loc(gr.Dropdown, label="zs.labelset", choices=LABEL_SETS, value=CUSTOM)
             labels = loc(gr.Textbox, label="zs.labels", placeholder="zs.labels_ph", lines=3,
-                         value="cat, dog, bird, car, 猫, 汽车", elem_id="zs-labels")
+                         value=default_labels, elem_id="zs-labels")
             templates = loc(gr.Dropdown, label="zs.templates", choices=TEMPLATES, value="single")
             custom = loc(gr.Textbox, label="zs.custom_tpl", value="a photo of a {c}.", visible=False)
             add = loc(gr.Checkbox, label="zs.add", value=False)
@@ -108,11 +110,12 @@ def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[li
     templates.change(_shown_if_custom, [templates], [custom], **quick)
 
 
-def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
+def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -> None:
+    """query: a default search suited to the model ("blue star" for the mini model)."""
     ids = gr.State([])
     with gr.Row():
         with gr.Column(scale=1):
-            text = loc(gr.Textbox, label="search.text", placeholder="search.text_ph")
+            text = loc(gr.Textbox, label="search.text", placeholder="search.text_ph", value=query)
             image = loc(SafeImage, label="search.image", sources=["upload", "clipboard"], height=200,
                         elem_id="search-image")
             minus = loc(gr.Textbox, label="search.minus", placeholder="search.minus_ph")

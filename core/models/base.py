@@ -35,6 +35,12 @@ class Encoder(ABC):
     batch_size: int = 64
     runtime_note: str | None = None  # why the runtime asked for is not the one used (shown to the user)
     image_size: int | None = None    # square input side of the image tower, when known (JPEG draft decoding)
+    domain: str | None = None        # what a narrow model was trained on ("shapes"); None = open-world
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        """Words in `texts` the text tower has no token for, in first-seen order ([] = none, or
+        unknown: subword tokenizers read every word). A narrow model's guess for them is noise."""
+        return []
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> torch.Tensor:

@@ -95,6 +95,11 @@ class Tokenizer:
     def __len__(self) -> int:
         return len(self.vocab)
 
+    def unknown(self, texts: Iterable[str]) -> list[str]:
+        """Tokens of `texts` outside the vocabulary (each once, first-seen order)."""
+        seen = dict.fromkeys(t for text in texts for t in self.split(text) if t not in self._ids)
+        return list(seen)
+
     def encode(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
         """texts -> long [B, context_length]: [BOS] tokens [EOS] [PAD]...; truncation keeps [EOS]."""
         out = torch.full((len(texts), context_length), PAD, dtype=torch.long)
@@ -272,9 +277,11 @@ class MiniEncoder(Encoder):
     """A trained MiniCLIP behind the project's Encoder interface."""
     multilingual = True
 
-    def __init__(self, model: MiniCLIP, tokenizer: Tokenizer, model_id: str, runtime: Runtime):
+    def __init__(self, model: MiniCLIP, tokenizer: Tokenizer, model_id: str, runtime: Runtime,
+                 domain: str | None = None):
         self.model = model.to(runtime.device, runtime.dtype).eval()
         self.tokenizer, self.model_id, self.runtime = tokenizer, model_id, runtime
+        self.domain = domain   # the training data's name, e.g. "shapes" (the checkpoint's meta["data"])
         self.config = model.config
         self.dim = model.config.embed_dim
         self.logit_scale = float(model.logit_scale.detach().float().clamp(max=math.log(100)).exp())
@@ -284,6 +291,9 @@ class MiniEncoder(Encoder):
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
+
+    def unknown_words(self, texts: Sequence[str]) -> list[str]:
+        return self.tokenizer.unknown(texts)
 
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer.encode(texts, self.config.context_length).to(self.runtime.device)
@@ -295,4 +305,5 @@ def load_mini_encoder(path: Path, runtime: Runtime) -> MiniEncoder:
     path = Path(path)
     model, tokenizer, ckpt = load_checkpoint(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    return MiniEncoder(model, tokenizer, f"mini:{ckpt.get('name') or path.stem}-{digest}", runtime)
+    return MiniEncoder(model, tokenizer, f"mini:{ckpt.get('name') or path.stem}-{digest}", runtime,
+                       domain=(ckpt.get("meta") or {}).get("data"))

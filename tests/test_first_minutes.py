@@ -1,0 +1,82 @@
+"""The first minutes offline (issue 11, item 1): the bundled mini model stands in for ViT-B/32,
+the banner says so in both languages with the technical reason folded away, the examples,
+labels and default search are coloured shapes, and words the model never saw are flagged."""
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+from gradio_client import Client, handle_file
+
+from core.models.registry import BUNDLED_MINI
+from core.settings import ASSETS_DIR
+from core.starters import starters
+from ui import build_app
+from ui_server import serve
+
+SHAPES = ASSETS_DIR / "shapes"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("first_minutes")
+    with serve("ViT-B/32", root / "library", lang="en", fallback_cache=root / "empty-cache") as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+def test_mini_model_lists_the_words_it_never_saw(app):
+    assert app.wb.fallback and app.wb.encoder.domain == "shapes"
+    assert app.wb.unknown_words("cat, dog, red circle", "猫, 红色圆形") == ["cat", "dog", "猫"]
+    assert app.wb.unknown_words("blue star, 蓝色五角星") == []
+
+
+def test_open_world_models_flag_nothing(tiny_clip_path, tmp_path):
+    from core.workbench import build_workbench
+    wb = build_workbench(str(tiny_clip_path), tmp_path / "lib", device="cpu", offline=True, fallback=False)
+    assert not wb.fallback and wb.unknown_words("zebra on a unicycle") == []
+    assert wb.starters == starters(None) and "cat" in wb.starters.labels
+
+
+def _blocks(app, lang):
+    blocks = build_app(app.wb, lang=lang)
+    return {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}, blocks
+
+
+@pytest.mark.parametrize("lang, words", [("en", "only knows coloured shapes"), ("zh", "只认识彩色几何图形")])
+def test_banner_is_short_bilingual_and_folds_the_detail(app, lang, words):
+    by_id, _ = _blocks(app, lang)
+    banner = by_id["notice"].value
+    assert words in banner and "ViT-B/32" in banner and "chinese-clip" in banner and "HF_ENDPOINT" in banner
+    assert "Errno" not in banner and "offline mode" not in banner    # the raw reason is not in the banner...
+    details = by_id["notice-details"]
+    assert isinstance(details, gr.Accordion) and details.open is False
+    assert "ViT-B/32" in by_id["notice-detail"].value                  # ...but one click away
+
+
+def test_examples_labels_and_search_are_shapes(app):
+    by_id, blocks = _blocks(app, "en")
+    assert "red circle" in by_id["zs-labels"].value and "cat" not in by_id["zs-labels"].value
+    datasets = [b for b in blocks.blocks.values() if isinstance(b, gr.Dataset)]
+    shown = [str(s) for d in datasets for row in d.raw_samples for s in row]
+    assert shown and all(str(SHAPES) in s and s.endswith(".png") for s in shown)
+    assert any(isinstance(b, gr.Textbox) and b.value == "blue star" for b in blocks.blocks.values())
+
+
+def test_classify_warns_about_unknown_labels(client):
+    image = handle_file(str(SHAPES / "09_blue_star.png"))
+    top, status = client.predict(image, "custom", "cat, dog, 猫", "single", "", False, api_name="/classify")
+    assert "never seen these words: cat, dog, 猫" in status
+    top, status = client.predict(image, "custom", "blue star, red circle", "single", "", False, api_name="/classify")
+    assert "never seen" not in status and top["label"] == "blue star"
+
+
+def test_search_warns_about_unknown_words(app, client):
+    app.wb.add([SHAPES / "09_blue_star.png", SHAPES / "19_red_circle.png"])
+    _, info = client.predict("a cat", None, "", 2, 0, api_name="/search")
+    assert "never seen these words: cat" in info
+    gallery, info = client.predict("blue star", None, "", 1, 0, api_name="/search")
+    assert "never seen" not in info and "blue_star" in gallery[0]["caption"]

@@ -1,0 +1,65 @@
+"""The offline first start in Chromium, in both languages (issue 11): the short banner, its folded
+detail, the shape examples and the unknown-word warning. Screenshots in test-artifacts/first_*.png."""
+from __future__ import annotations
+
+import pytest
+
+from core.settings import ASSETS_DIR
+from ui_server import serve
+
+SHAPES = ASSETS_DIR / "shapes"
+from test_ui_browser import ARTIFACTS, TIMEOUT_MS, browser, shot  # noqa: F401  (the shared fixture)
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.queueing")]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("first_browser")
+    with serve("ViT-B/32", root / "library", lang=None, fallback_cache=root / "empty-cache") as served:
+        yield served
+
+
+@pytest.fixture
+def page(browser, app):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = context.new_page()
+    pg.goto(app.url)
+    pg.get_by_role("tab", name="Library").wait_for()
+    yield pg
+    context.close()
+
+
+def _classify_first_example(page, button: str) -> None:
+    page.locator("#zs-image input[type=file]").set_input_files(str(SHAPES / "09_blue_star.png"))
+    page.get_by_role("button", name=button, exact=True).click()
+    page.locator("#zs-result").get_by_text("%").first.wait_for()
+
+
+def test_offline_banner_and_shapes_in_english(page):
+    page.locator("#notice").get_by_text("using the small built-in model").wait_for()
+    page.get_by_text("Technical details").click()
+    page.locator("#notice-detail").get_by_text("ViT-B/32").first.wait_for()
+    _classify_first_example(page, "Classify")
+    shot(page, "first_offline_en")
+    page.locator("#zs-labels textarea").fill("cat, dog, red circle")
+    page.get_by_role("button", name="Classify", exact=True).click()
+    page.locator("#zs-status").get_by_text("never seen these words: cat, dog").wait_for()
+    shot(page, "first_unknown_words_en")
+
+
+def test_offline_banner_and_shapes_in_chinese(page):
+    page.locator("#lang").get_by_text("中文").click()
+    page.locator("#notice").get_by_text("只认识彩色几何图形").wait_for()
+    page.get_by_text("技术细节").click()
+    _classify_first_example(page, "分类")
+    page.locator("#zs-labels textarea").fill("猫, 红色圆形")
+    page.get_by_role("button", name="分类", exact=True).click()
+    page.locator("#zs-status").get_by_text("从未见过这些词：猫").wait_for()
+    shot(page, "first_offline_zh")
+    page.get_by_role("tab", name="以文搜图").click()
+    page.get_by_role("button", name="搜索", exact=True).click()
+    page.locator("#search-info").get_by_text("图库是空的").or_(page.locator("#search-info").get_by_text("张")).first.wait_for()
+    shot(page, "first_search_zh")
