@@ -403,7 +403,8 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
     fallback_used = bool(notice)
     library, library_note = _open_for(Path(library_dir or default_paths().library), encoder, fallback_used)
     int8_note = check_int8(encoder, library) if encoder.runtime.engine == "onnx-int8" else None
-    notice = " ".join(n for n in (notice, encoder.runtime_note, library_note, int8_note) if n) or None
+    notes = (notice, encoder.source_note, encoder.runtime_note, library_note, int8_note)
+    notice = " ".join(n for n in notes if n) or None
     wb = Workbench(rt, encoder, library, notice=notice, offline=offline, captioner=captioner,
                    translator=translator, index=index, background=background, fallback=fallback_used)
     if captioner:

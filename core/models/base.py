@@ -34,6 +34,7 @@ class Encoder(ABC):
     multilingual: bool = False  # True when the text tower reads Chinese natively
     batch_size: int = 64
     runtime_note: str | None = None  # why the runtime asked for is not the one used (shown to the user)
+    source_note: str | None = None   # where the weights came from when not the usual place (shown to the user)
     image_size: int | None = None    # square input side of the image tower, when known (JPEG draft decoding)
     domain: str | None = None        # what a narrow model was trained on ("shapes"); None = open-world
 

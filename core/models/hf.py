@@ -12,7 +12,12 @@ from typing import Any, Callable, Sequence
 from ..errors import ModelUnavailableError, UnknownModelError
 from ..settings import default_paths
 
-__all__ = ["hub_kwargs", "load_pretrained", "model_type", "is_hub_id", "LazyLoad"]
+__all__ = ["hub_endpoint", "hub_kwargs", "load_pretrained", "model_type", "is_hub_id", "LazyLoad"]
+
+
+def hub_endpoint() -> str:
+    """The hub address in use: HF_ENDPOINT (a mirror such as https://hf-mirror.com) or the hub itself."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 
 
 def hub_kwargs(source: str, cache: Path | None, offline: bool) -> dict[str, Any]:
@@ -37,8 +42,7 @@ def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]
         if Path(source).is_dir():
             where = f"the local directory {source}"
         else:
-            endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-            where = f"the Hugging Face hub ({endpoint}) and the cache {kwargs['cache_dir']}"
+            where = f"the Hugging Face hub ({hub_endpoint()}) and the cache {kwargs['cache_dir']}"
             if "local_files_only" in kwargs:
                 where += " (offline mode: cache only)"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")

@@ -39,6 +39,15 @@ __all__ = ["load_encoder", "load_encoder_with_fallback", "available_models", "re
 
 BUNDLED_MINI = ASSETS_DIR / "mini" / "mini_clip_shapes.pt"
 
+# The same OpenAI weights published on the Hugging Face hub: tried when OpenAI's own URL cannot be
+# reached (many users reach the hub through a mirror, HF_ENDPOINT, but not openaipublic.azureedge.net).
+HUB_COPIES: dict[str, str] = {
+    "ViT-B/32": "openai/clip-vit-base-patch32",
+    "ViT-B/16": "openai/clip-vit-base-patch16",
+    "ViT-L/14": "openai/clip-vit-large-patch14",
+    "ViT-L/14@336px": "openai/clip-vit-large-patch14-336",
+}
+
 # (backend, source, what it is). The OpenAI names come from the clip package itself (see _named).
 MODELS: dict[str, tuple[str, str, str]] = {
     "mini": ("mini", str(BUNDLED_MINI), "the bundled offline model (coloured shapes, en + zh)"),
@@ -59,11 +68,34 @@ class Backend:
 def _load_clip(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:
     from .openai_clip import clip_names, load_clip_file, load_clip_named
     if source in clip_names():
-        return load_clip_named(source, runtime, cache, offline)
+        try:
+            return load_clip_named(source, runtime, cache, offline)
+        except ModelUnavailableError as openai_error:
+            if source not in HUB_COPIES:
+                raise
+            return _load_hub_copy(source, runtime, cache, offline, openai_error)
     path = Path(source).expanduser()
     if not path.is_file():
         raise UnknownModelError(f"OpenAI CLIP checkpoint {path} not found")
     return load_clip_file(path, runtime, cache=cache)
+
+
+def _load_hub_copy(name: str, runtime: Runtime, cache: Path, offline: bool,
+                   openai_error: ModelUnavailableError) -> Encoder:
+    """OpenAI's download failed: the same weights from the Hugging Face hub (HF_ENDPOINT honoured),
+    through the transformers backend (torch). The encoder's source_note says where they came from."""
+    from .hf import hub_endpoint
+    repo = HUB_COPIES[name]
+    try:
+        encoder = _load_hf(repo, replace(runtime, engine="torch"), cache, offline)
+    except ModelUnavailableError as hub_error:
+        raise ModelUnavailableError(f"{openai_error} The same weights on the Hugging Face hub ({repo}) "
+                                    f"could not be had either: {hub_error}") from None
+    encoder.source_note = (f"{name} was loaded from the Hugging Face hub ({hub_endpoint()}, {repo}): "
+                           f"OpenAI's download was not reachable.")
+    if runtime.engine != "torch" and not runtime.engine_auto:
+        encoder.runtime_note = f"--runtime {runtime.engine} is not available for the hub copy of {name}; it runs on torch."
+    return encoder
 
 
 def _load_hf(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:

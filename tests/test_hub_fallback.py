@@ -1,0 +1,100 @@
+"""ViT-B/32 from the Hugging Face hub when OpenAI's URL fails (issue 11, item 2). Both sources are
+mocked at their download functions: clip's `_download` (OpenAI's URL) and the hub fetches that
+transformers makes (`hf_hub_download` / `snapshot_download`), which here serve a tiny local CLIP
+in the hub cache layout. Nothing touches the network."""
+from __future__ import annotations
+
+import shutil
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from core.errors import ModelUnavailableError
+from core.models import load_encoder
+from core.workbench import build_workbench
+from tiny_models import make_tiny_clip_file, make_tiny_hf_clip_dir
+
+REVISION = "0" * 40
+
+
+@pytest.fixture(scope="module")
+def tiny_hub_repo(tmp_path_factory) -> Path:
+    return make_tiny_hf_clip_dir(tmp_path_factory.mktemp("hub") / "clip-vit-base-patch32")
+
+
+class FakeHub:
+    """transformers' hub fetches, answered from a local folder in the hub cache layout."""
+
+    def __init__(self, repo_dir: Path | None):
+        self.repo_dir, self.calls = repo_dir, []
+
+    def fetch(self, repo_id, filename=None, *, cache_dir=None, allow_patterns=None, **_):
+        import os
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+        self.calls.append((repo_id, os.environ.get("HF_ENDPOINT")))
+        if self.repo_dir is None:
+            raise LocalEntryNotFoundError("Connection error: cannot reach the hub")
+        repo = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(REVISION)
+        snapshot = repo / "snapshots" / REVISION
+        snapshot.mkdir(parents=True, exist_ok=True)
+        names = [filename] if filename else list(allow_patterns or [])
+        for name in names:
+            if (self.repo_dir / name).is_file():
+                shutil.copy(self.repo_dir / name, snapshot / name)
+            elif filename:
+                raise EntryNotFoundError(f"{name} not in {repo_id}")
+        return str(snapshot / names[0]) if filename else str(snapshot)
+
+
+def _mock(monkeypatch, openai_ok: bool, hub_dir: Path | None, tmp_path: Path) -> FakeHub:
+    import clip
+    import transformers.utils.hub as tf_hub
+
+    def openai_download(url, root):
+        if not openai_ok:
+            raise urllib.error.URLError("[Errno -2] Name or service not known")
+        target = Path(root) / Path(url).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return str(make_tiny_clip_file(target))
+    monkeypatch.setattr(clip.clip, "_download", openai_download)
+    hub = FakeHub(hub_dir)
+    monkeypatch.setattr(tf_hub, "hf_hub_download", hub.fetch)
+    monkeypatch.setattr(tf_hub, "snapshot_download", hub.fetch)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example")
+    return hub
+
+
+def test_openai_url_first(monkeypatch, tmp_path, tiny_hub_repo):
+    hub = _mock(monkeypatch, openai_ok=True, hub_dir=tiny_hub_repo, tmp_path=tmp_path)
+    enc = load_encoder("ViT-B/32", "cpu", cache=tmp_path / "cache")
+    assert enc.model_id == "ViT-B/32" and enc.source_note is None and not hub.calls
+
+
+def test_hub_copy_when_openai_fails(monkeypatch, tmp_path, tiny_hub_repo):
+    hub = _mock(monkeypatch, openai_ok=False, hub_dir=tiny_hub_repo, tmp_path=tmp_path)
+    enc = load_encoder("ViT-B/32", "cpu", cache=tmp_path / "cache")
+    assert enc.model_id == "hf:openai/clip-vit-base-patch32"
+    assert hub.calls and all(c == ("openai/clip-vit-base-patch32", "https://hf-mirror.example") for c in hub.calls)
+    assert "Hugging Face hub (https://hf-mirror.example" in enc.source_note
+    assert enc.encode_texts(["a photo of a cat"]).shape == (1, 24)
+
+
+def test_workbench_says_which_source_and_is_no_fallback(monkeypatch, tmp_path, tiny_hub_repo):
+    _mock(monkeypatch, openai_ok=False, hub_dir=tiny_hub_repo, tmp_path=tmp_path)
+    wb = build_workbench("ViT-B/32", tmp_path / "lib", device="cpu", cache=tmp_path / "cache")
+    assert not wb.fallback and wb.encoder.model_id == "hf:openai/clip-vit-base-patch32"
+    assert "loaded from the Hugging Face hub" in wb.notice
+
+
+def test_both_sources_fail_then_the_mini_model_and_both_reasons(monkeypatch, tmp_path):
+    hub = _mock(monkeypatch, openai_ok=False, hub_dir=None, tmp_path=tmp_path)
+    with pytest.raises(ModelUnavailableError) as err:
+        load_encoder("ViT-B/32", "cpu", cache=tmp_path / "cache")
+    assert "openaipublic" in str(err.value) and "openai/clip-vit-base-patch32" in str(err.value)
+    assert "https://hf-mirror.example" in str(err.value)
+    wb = build_workbench("ViT-B/32", tmp_path / "lib", device="cpu", cache=tmp_path / "cache")
+    assert wb.fallback and wb.encoder.domain == "shapes" and "openai/clip-vit-base-patch32" in wb.notice
+    assert hub.calls
