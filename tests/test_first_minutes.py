@@ -80,3 +80,27 @@ def test_search_warns_about_unknown_words(app, client):
     assert "never seen these words: cat" in info
     gallery, info = client.predict("blue star", None, "", 1, 0, api_name="/search")
     assert "never seen" not in info and "blue_star" in gallery[0]["caption"]
+
+
+def test_weak_matches_are_cut_unless_all_k_is_asked(app, client):
+    from core.library.search import SearchQuery, count_strong
+    app.wb.add(sorted(SHAPES.glob("*.png")))
+    hits = app.wb.search(SearchQuery(text="blue star", k=10)).hits
+    strong = count_strong(hits)
+    assert 0 < strong < 10, [h.score for h in hits]
+    gallery, info = client.predict("blue star", None, "", 10, 0, False, api_name="/search")
+    assert len(gallery) == strong and "weaker matches hidden" in info
+    assert not any(g["caption"].startswith("◌") for g in gallery)
+    gallery, info = client.predict("blue star", None, "", 10, 0, True, api_name="/search")
+    assert len(gallery) == 10 and f"{10 - strong} results marked ◌" in info
+    assert [g["caption"].startswith("◌") for g in gallery] == [i >= strong for i in range(10)]
+
+
+def test_count_strong_is_relative_to_the_best():
+    from core.library.search import Hit, count_strong
+
+    def hits(*scores):
+        return [Hit(rowid=i, id=str(i), sha256="", path="", name="", score=s, meta={}) for i, s in enumerate(scores)]
+    assert count_strong(hits(0.32, 0.30, 0.29, 0.20)) == 3
+    assert count_strong(hits(0.9, 0.85, 0.47)) == 2
+    assert count_strong(hits(-0.1, -0.2)) == 2 and count_strong([]) == 0

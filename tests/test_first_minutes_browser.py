@@ -63,3 +63,24 @@ def test_offline_banner_and_shapes_in_chinese(page):
     page.get_by_role("button", name="搜索", exact=True).click()
     page.locator("#search-info").get_by_text("图库是空的").or_(page.locator("#search-info").get_by_text("张")).first.wait_for()
     shot(page, "first_search_zh")
+
+
+def test_clicked_result_stays_in_the_preview(page, app):
+    app.wb.add(sorted(SHAPES.glob("*.png")))
+    page.get_by_role("tab", name="Search").click()
+    page.get_by_role("button", name="Search", exact=True).click()       # the default search: "blue star"
+    info = page.locator("#search-info")
+    info.get_by_text("weaker matches hidden").wait_for()
+    gallery = page.locator("#search-gallery")
+    first_caption = gallery.get_by_text("blue_star").first
+    first_caption.wait_for()
+    gallery.locator("img").first.click()
+    page.wait_for_timeout(1500)                 # time for a (formerly chained) "similar" search to land
+    assert "similar to" not in info.inner_text()
+    preview = gallery.locator("img").first.get_attribute("src")
+    assert "blue_star" in gallery.inner_text() and preview
+    shot(page, "first_search_preview_en")
+    page.get_by_label("Show weak matches too (all K)").check()
+    page.get_by_role("button", name="Search", exact=True).click()
+    info.get_by_text("marked ◌").wait_for()
+    shot(page, "first_search_all_k_en")

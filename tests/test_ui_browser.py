@@ -96,7 +96,8 @@ def test_search_ranks_the_image(page, app):
     first = page.locator("#search-gallery").get_by_text(re.compile(r"\d\.\d{3} · ")).first
     assert re.fullmatch(r"1\.000 · coffee\.jpg", first.inner_text().strip())   # the same image ranks first
     shot(page, "search_en")
-    page.locator("#search-gallery img").first.click()          # clicking a result searches by that image
+    page.locator("#search-gallery img").first.click()          # clicking a result selects it (the preview stays)
+    page.get_by_role("button", name="Find images similar to this one").click()   # ...searching with it is asked for
     page.locator("#search-info").get_by_text("Images similar to coffee.jpg").wait_for()
 
 

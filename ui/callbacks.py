@@ -16,7 +16,7 @@ import gradio as gr
 from core import IngestReport, SearchQuery, SearchResult, Workbench
 from core.access import Access, Caller
 from core.errors import ModelUnavailableError, UnknownModelError
-from core.library.search import split_terms
+from core.library.search import WEAK_RATIO, count_strong, split_terms
 
 from .errors import fail, user_errors
 from .i18n import t
@@ -122,16 +122,20 @@ class Callbacks:
 
     # ------------------------------------------------------------ search
 
-    def search(self, text: str, image: str | None, minus: str, k: float, threshold: float, lang: str):
-        """-> (gallery items, hit ids, info markdown)"""
+    def search(self, text: str, image: str | None, minus: str, k: float, threshold: float, all_k: bool = False,
+               lang: str = "en"):
+        """-> (gallery items, hit ids, info markdown). Weak hits (core's count_strong) are left out
+        unless `all_k`, then marked ◌."""
         if not (text or "").strip() and not image:
             raise fail("err.empty_query", lang)
         with user_errors(lang):
             query = SearchQuery(text=text or "", image=self.wb.image(image) if image else None, minus=split_terms([minus or ""]), k=int(k),
                                 threshold=float(threshold) or None)
             result = self.wb.search(query)
-        info = self._search_info(result, query.text, lang)
-        return self._gallery(result.hits), [h.id for h in result.hits], info
+        strong = count_strong(result.hits)
+        hits = result.hits if all_k else result.hits[:strong]
+        info = self._search_info(result, query.text, lang, weak=len(result.hits) - strong, shown_all=all_k)
+        return self._gallery(hits, strong), [h.id for h in hits], info
 
     def search_similar(self, image_id: str, k: float, lang: str):
         """Image→image from a library image id -> (gallery items, hit ids, info markdown)"""
@@ -152,10 +156,13 @@ class Callbacks:
         words = self.wb.unknown_words(text)
         return t("warn.unknown_words", lang, words=", ".join(words)) if words else ""
 
-    def _gallery(self, hits) -> list[tuple[str, str]]:
-        return [(str(self.wb.thumbnail(h)), f"{h.score:.3f} · {h.name}") for h in hits]
+    def _gallery(self, hits, strong: int | None = None) -> list[tuple[str, str]]:
+        """Thumbnails captioned "score · name"; hits from index `strong` on are marked ◌ (weak)."""
+        strong = len(hits) if strong is None else strong
+        return [(str(self.wb.thumbnail(h)), f"{'◌ ' if i >= strong else ''}{h.score:.3f} · {h.name}")
+                for i, h in enumerate(hits)]
 
-    def _search_info(self, result: SearchResult, asked: str, lang: str) -> str:
+    def _search_info(self, result: SearchResult, asked: str, lang: str, weak: int = 0, shown_all: bool = True) -> str:
         lines = [w for w in (self._unknown(asked, lang),) if w]
         if result.note:   # core's note is bilingual already, e.g. "英文查询 (English query): 'a cat'"
             lines.append(t("search.note", lang, note=result.note))
@@ -164,7 +171,10 @@ class Callbacks:
         if not result.hits:
             lines.append(t("search.empty_lib" if not len(self.wb) else "search.none", lang))
         else:
-            lines.append(t("search.count", lang, n=len(result.hits)))
+            lines.append(t("search.count", lang, n=len(result.hits) - (0 if shown_all else weak)))
+        if weak:
+            lines.append(t("search.weak_marked" if shown_all else "search.weak_hidden", lang, m=weak,
+                           pct=round(WEAK_RATIO * 100)))
         return "\n\n".join(lines)
 
     # ------------------------------------------------------------ captions

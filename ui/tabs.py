@@ -121,6 +121,7 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -
             minus = loc(gr.Textbox, label="search.minus", placeholder="search.minus_ph")
             k = loc(gr.Slider, label="search.k", minimum=SEARCH_K[0], maximum=SEARCH_K[1], value=SEARCH_K[2], step=1)
             threshold = loc(gr.Slider, label="search.threshold", minimum=0.0, maximum=1.0, value=0.0, step=0.01)
+            all_k = loc(gr.Checkbox, label="search.all_k", value=False, elem_id="search-all-k")
             button = loc(gr.Button, value="search.button", variant="primary")
         with gr.Column(scale=2):
             info = gr.Markdown(elem_id="search-info")
@@ -129,14 +130,15 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -
             with gr.Row():
                 selected = loc(gr.Textbox, label="search.selected", scale=2)
                 similar = loc(gr.Button, value="search.similar", scale=1)
-    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, lang], outputs=[gallery, ids, info],
+    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, all_k, lang], outputs=[gallery, ids, info],
                **MODEL)
     button.click(**run, api_name="search")
     text.submit(**run, **_PRIVATE)
     near = dict(fn=cb.search_similar, inputs=[selected, k, lang], outputs=[gallery, ids, info],
                 concurrency_limit=CHEAP)
     similar.click(**near, api_name="search_similar")
-    gallery.select(cb.pick, [ids], [selected], **_PRIVATE, concurrency_limit=CHEAP).then(**near, **_PRIVATE)
+    # a click only selects (the preview keeps the clicked image); "similar" searches with it on demand
+    gallery.select(cb.pick, [ids], [selected], **_PRIVATE, concurrency_limit=CHEAP)
 
 
 def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:

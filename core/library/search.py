@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +31,13 @@ from ..errors import QueryError
 from .index import ExactIndex
 from .store import Library
 
-__all__ = ["Searcher", "SearchQuery", "SearchResult", "Hit", "split_terms",
-           "MAX_QUERY_CHARS", "MAX_K"]
+__all__ = ["Searcher", "SearchQuery", "SearchResult", "Hit", "split_terms", "count_strong",
+           "MAX_QUERY_CHARS", "MAX_K", "WEAK_RATIO"]
 
 MAX_QUERY_CHARS = 1000   # longer is a paste accident; CLIP reads at most 77 tokens (the rest is truncated)
 MAX_K = 1000             # results per query
+WEAK_RATIO = 0.9         # a hit under 90% of the best hit's score is "weak": relative, so it fits every model's
+                         # score range (ViT-B/32 text->image ~0.2-0.35, the mini model's up to ~0.9)
 CAPTION_WEIGHT = 0.1     # score bonus for a stored caption that contains the query's words (cosines span ~0.1-0.4)
 _RERANK_POOL = 200       # embedding candidates re-scored with captions
 _TEXT_CACHE = 1024       # query embeddings kept (classrooms repeat the same queries)
@@ -77,6 +79,15 @@ class SearchResult:
     hits: list[Hit]
     text_used: str = ""        # the text actually sent to the encoder (after translation)
     note: str | None = None    # e.g. "translated from Chinese" or "translator unavailable"
+
+
+def count_strong(hits: Sequence[Hit], ratio: float = WEAK_RATIO) -> int:
+    """How many of `hits` (best first) score at least `ratio` x the best score; all of them
+    when the best score is not positive (no scale to be relative to)."""
+    if not hits or hits[0].score <= 0:
+        return len(hits)
+    floor = ratio * hits[0].score
+    return sum(1 for h in hits if h.score >= floor)
 
 
 def _check_text(text: str, what: str = "Query") -> str:
