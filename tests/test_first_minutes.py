@@ -41,6 +41,24 @@ def test_open_world_models_flag_nothing(tiny_clip_path, tmp_path):
     assert wb.starters == starters(None) and "cat" in wb.starters.labels
 
 
+@pytest.mark.parametrize("lang, text", [("en", "The library is empty"), ("zh", "图库是空的")])
+def test_an_empty_library_says_how_to_add_images(tiny_clip_path, tmp_path, lang, text):
+    from core.workbench import build_workbench
+    from ui.callbacks import Callbacks
+    wb = build_workbench(str(tiny_clip_path), tmp_path / "lib", device="cpu", offline=True, fallback=False)
+    items, _, info, _ = Callbacks(wb).library_page(1, lang)
+    assert not items and text in info and ("Add sample images" in info or "添加示例图片" in info)
+
+
+def test_delete_asks_first_and_names_the_image(app):
+    from ui.callbacks import Callbacks
+    app.wb.add([SHAPES / "05_green_cross.png"])
+    entry = next(e for e in app.wb.page(1).entries if e.name == "05_green_cross.png")
+    row, question = Callbacks(app.wb).confirm_remove(entry.id, "en")
+    assert row["visible"] is True and entry.name in question and entry.id in question
+    assert len(app.wb.entry(entry.id).id) == 12                       # nothing deleted by asking
+
+
 def _blocks(app, lang):
     blocks = build_app(app.wb, lang=lang)
     return {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}, blocks

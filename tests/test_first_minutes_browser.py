@@ -38,6 +38,16 @@ def _classify_first_example(page, button: str) -> None:
     page.locator("#zs-result").get_by_text("%").first.wait_for()
 
 
+def test_empty_library_explains_how_to_add(page):
+    page.get_by_role("tab", name="Library").click()
+    page.locator("#lib-page-info").get_by_text("The library is empty").wait_for()
+    page.get_by_role("button", name="Add sample images").wait_for()
+    shot(page, "first_empty_library_en")
+    page.locator("#lang").get_by_text("中文").click()
+    page.locator("#lib-page-info").get_by_text("图库是空的").wait_for()
+    shot(page, "first_empty_library_zh")
+
+
 def test_offline_banner_and_shapes_in_english(page):
     page.locator("#notice").get_by_text("using the small built-in model").wait_for()
     page.get_by_text("Technical details").click()

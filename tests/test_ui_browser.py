@@ -169,6 +169,13 @@ def test_select_and_delete_in_library(page, app, tmp_path):
     gallery = page.locator("#lib-gallery")
     gallery.get_by_text("doomed.png").first.wait_for()
     gallery.locator("img").first.click()                       # newest first: the one just added
+    page.get_by_role("button", name="Delete selected image").click()       # asks first...
+    page.locator("#lib-confirm-text").get_by_text("doomed.png").wait_for()
+    shot(page, "delete_confirm_en")
+    page.get_by_role("button", name="Cancel").click()                      # ...a cancel keeps it
+    page.locator("#lib-confirm").wait_for(state="hidden")
+    assert any(e.name == "doomed.png" for e in on_disk(app).entries())
     page.get_by_role("button", name="Delete selected image").click()
+    page.get_by_role("button", name="Yes, delete it").click()
     page.locator("#lib-report").get_by_text("Deleted doomed.png").wait_for()
     assert not any(e.name == "doomed.png" for e in on_disk(app).entries())

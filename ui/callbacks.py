@@ -218,13 +218,21 @@ class Callbacks:
         with user_errors(lang):
             pg = self.wb.page(page)
         items = [(str(self.wb.thumbnail(e)), _gallery_label(e.name, e.id, e.meta, lang)) for e in pg.entries]
-        info = t("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total)
+        info = t("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total) if pg.total else t("lib.empty", lang)
         return items, [e.id for e in pg.entries], info, pg.page
 
     def library_stats(self, lang: str) -> str:
         s = self.wb.stats()
         return t("lib.stats", lang, n=s["images"], model=s["model_id"], dim=s["dim"], path=s["path"],
                  images_mb=s["image_bytes"] / _MB, feats_mb=s["features_bytes"] / _MB)
+
+    def confirm_remove(self, image_id: str, lang: str):
+        """Delete, step one: -> (the confirmation row shown, its question naming the image)."""
+        if not (image_id or "").strip():
+            raise fail("lib.no_selection", lang)
+        with user_errors(lang):
+            entry = self.wb.entry(image_id)
+        return gr.update(visible=True), t("lib.confirm", lang, name=entry.name, id=entry.id)
 
     def remove_image(self, image_id: str, lang: str, request: gr.Request = None) -> str:
         if not (image_id or "").strip():

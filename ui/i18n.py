@@ -138,6 +138,12 @@ _S: dict[str, tuple[str, str]] = {
     "lib.page_info": ("第 {page} / {pages} 页，共 {n} 张图片", "Page {page} of {pages}, {n} images"),
     "lib.selected": ("选中图片的 id", "Selected image id"),
     "lib.remove": ("删除选中的图片", "Delete selected image"),
+    "lib.confirm": ("⚠️ 确定要从图库中永久删除 **{name}**（{id}）吗？", "⚠️ Delete **{name}** ({id}) from the library for good?"),
+    "lib.confirm_yes": ("确定删除", "Yes, delete it"),
+    "lib.confirm_no": ("取消", "Cancel"),
+    "lib.empty": ("**图库是空的。** 把图片拖到上方的“上传图片”框中再点“加入图库”，或点“添加示例图片”先放入一组示例。",
+                  "**The library is empty.** Drop images on “Upload images” above and press “Add to library”, "
+                  "or press “Add sample images” to start with the bundled samples."),
     "lib.stats_button": ("刷新统计", "Refresh stats"),
     "lib.verify": ("检查图库", "Verify library"),
     "lib.compact": ("压缩日志", "Compact journal"),

@@ -185,6 +185,10 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> tuple[dict, li
     with gr.Row():
         selected = loc(gr.Textbox, label="lib.selected", scale=2)
         remove = loc(gr.Button, value="lib.remove", variant="stop", scale=1)
+    with gr.Row(visible=False, elem_id="lib-confirm") as confirm_row:   # delete asks first
+        question = gr.Markdown(elem_id="lib-confirm-text")
+        yes = loc(gr.Button, value="lib.confirm_yes", variant="stop", scale=0, min_width=160)
+        no = loc(gr.Button, value="lib.confirm_no", scale=0, min_width=120)
 
     def refresh_all(page_no, lang_value):
         return (*cb.library_page(page_no, lang_value), cb.library_stats(lang_value))
@@ -197,7 +201,10 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> tuple[dict, li
     seed.click(cb.seed_library, [lang], [summary], api_name="seed_library", **INGEST).then(
         lambda: 1, None, [page], **_PRIVATE).then(**refresh)
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, **cheap)
-    remove.click(cb.remove_image, [selected, lang], [report], api_name="remove_image", **cheap).then(**refresh)
+    remove.click(cb.confirm_remove, [selected, lang], [confirm_row, question], **_PRIVATE, **cheap)
+    no.click(lambda: gr.update(visible=False), None, [confirm_row], **_PRIVATE, **cheap)
+    yes.click(lambda: gr.update(visible=False), None, [confirm_row], **_PRIVATE, **cheap).then(
+        cb.remove_image, [selected, lang], [report], api_name="remove_image", **cheap).then(**refresh)
     _pager(cb, prev, nxt, page, lang, [gallery, ids, info, page], step=lambda p, d: max(1, int(p or 1) + d))
     stats_btn.click(cb.library_stats, [lang], [stats], api_name="library_stats", **cheap)
     verify.click(cb.verify_library, [lang], [report], api_name="verify_library", **cheap)
