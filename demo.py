@@ -103,8 +103,23 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.warning("--share-public: anyone with the link can use the app and add or delete library images.")
     demo, options = build(args)   # options carry the login: the same one guards the app and its JSON API
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, **options)
+    # quiet: Gradio's own hint says `share=True` in `launch()`; this app's way is the --share flag
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, quiet=True,
+                prevent_thread_lock=True, **options)
+    print(console_hint(demo.local_url, demo.share_url), flush=True)
+    demo.block_thread()
     return 0
+
+
+def console_hint(local_url: str, share_url: str | None) -> str:
+    """What the console says once the app is up, in the README's own terms (flags, not launch())."""
+    lines = [f"* Running on {local_url}"]
+    if share_url:
+        lines.append(f"* Public link for the class: {share_url}")
+    else:
+        lines.append("* To share with a class: python demo.py --share --admin teacher:PASS --auth student:PASS "
+                     "(README: \"Hugging Face Space / sharing with a class\")")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

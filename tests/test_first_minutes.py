@@ -122,3 +122,14 @@ def test_count_strong_is_relative_to_the_best():
     assert count_strong(hits(0.32, 0.30, 0.29, 0.20)) == 3
     assert count_strong(hits(0.9, 0.85, 0.47)) == 2
     assert count_strong(hits(-0.1, -0.2)) == 2 and count_strong([]) == 0
+
+
+def test_console_hint_speaks_the_readmes_flags():
+    import demo
+    from core.settings import PROJECT_ROOT
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    hint = demo.console_hint("http://127.0.0.1:7860/", None)
+    assert "share=True" not in hint and "python demo.py --share --admin teacher:PASS" in hint
+    assert "python demo.py --share --admin teacher:PASS --auth student:PASS" in readme
+    assert "--index-url https://download.pytorch.org/whl/cpu" in readme
+    assert "https://x.gradio.live" in demo.console_hint("http://127.0.0.1:7860/", "https://x.gradio.live")

@@ -247,8 +247,9 @@ def test_share_without_auth_is_refused_unless_public(caplog, monkeypatch, tmp_pa
     for name in ("CLIP_WB_AUTH", "CLIP_WB_ADMIN", "CLIP_WB_AUTH_FILE"):
         monkeypatch.delenv(name, raising=False)
     launched = {}
-    monkeypatch.setattr(demo, "build", lambda args: (type("B", (), {"launch": lambda self, **kw: launched.update(kw)})(),
-                                                     launch_options(None, args.access)))
+    fake = type("B", (), {"launch": lambda self, **kw: launched.update(kw), "block_thread": lambda self: None,
+                          "local_url": "http://127.0.0.1:7860/", "share_url": None})
+    monkeypatch.setattr(demo, "build", lambda args: (fake(), launch_options(None, args.access)))
     assert demo.main(["--share"]) == 2 and "--share without --auth" in caplog.text and not launched
     assert demo.main(["--share", "--share-public"]) == 0 and launched["share"] is True and launched["auth"] is None
     demo.main(["--share", "--auth", "ann:pw1", "--auth", "bob:pw2", "--admin", "teacher:secret"])
