@@ -133,3 +133,15 @@ def test_console_hint_speaks_the_readmes_flags():
     assert "python demo.py --share --admin teacher:PASS --auth student:PASS" in readme
     assert "--index-url https://download.pytorch.org/whl/cpu" in readme
     assert "https://x.gradio.live" in demo.console_hint("http://127.0.0.1:7860/", "https://x.gradio.live")
+
+
+def test_offline_hub_model_fails_at_once_and_says_cache(tmp_path):
+    import time
+    from core.errors import ModelUnavailableError
+    from core.models.hf import model_type
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as err:
+        model_type("nlpconnect/vit-gpt2-image-captioning", tmp_path, True, "captioner 'vit-gpt2'")
+    assert time.monotonic() - start < 10
+    message = str(err.value)
+    assert "not in the cache" in message and "offline mode" in message and "couldn't connect" not in message

@@ -43,9 +43,14 @@ def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]
             where = f"the local directory {source}"
         else:
             where = f"the Hugging Face hub ({hub_endpoint()}) and the cache {kwargs['cache_dir']}"
-            if "local_files_only" in kwargs:
-                where += " (offline mode: cache only)"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+        if "local_files_only" in kwargs and not Path(source).is_dir():
+            # transformers words a cache miss as "couldn't connect to huggingface.co": no connection was tried
+            raise ModelUnavailableError(
+                f"The {what} is not in the cache {kwargs['cache_dir']}, and offline mode (--offline or "
+                "HF_HUB_OFFLINE=1) downloads nothing. To supply it: run once online (without offline mode) to "
+                f"fill the cache from {hub_endpoint()} (HF_ENDPOINT may name a mirror, e.g. https://hf-mirror.com), "
+                "or pass a local directory saved with save_pretrained().") from None
         raise ModelUnavailableError(
             f"Could not load the {what} from {where}: {first}. To supply it: pass a local "
             "directory saved with save_pretrained(), set HF_ENDPOINT to a mirror (e.g. "
