@@ -62,8 +62,18 @@ class _Coalescer:
             while self._waiting and (not batch or total + self.size(self._waiting[0].items) <= self.max_items):
                 batch.append(self._waiting.pop(0))
                 total += self.size(batch[-1].items)
+        outputs: list = []
         try:
-            outputs = self._split(self.fn(self.join([r.items for r in batch])), batch)
+            outputs = self._encode(batch)
+        except BaseException as e:  # e.g. KeyboardInterrupt: every waiter hears of it, the encoder moves on
+            outputs = [e] * len(batch)
+            raise
+        finally:
+            self._finish(batch, outputs)
+
+    def _encode(self, batch: list[_Request]) -> list:
+        try:
+            return self._split(self.fn(self.join([r.items for r in batch])), batch)
         except Exception:  # noqa: BLE001  re-run one by one: each request gets its own result or error
             outputs = []
             for r in batch:
@@ -71,6 +81,10 @@ class _Coalescer:
                     outputs.append(self.fn(r.items))
                 except Exception as e:  # noqa: BLE001  raised again in that request's own thread
                     outputs.append(e)
+            return outputs
+
+    def _finish(self, batch: list[_Request], outputs: list) -> None:
+        """Hand each request its result or error, then the encoder to the next waiter."""
         for r, out in zip(batch, outputs):
             if isinstance(out, BaseException):
                 r.error = out

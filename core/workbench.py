@@ -80,25 +80,34 @@ class _Flusher:
     def __init__(self, flush: Callable[[], None]):
         self._flush, self._lock = flush, threading.Lock()
         self._timer: threading.Timer | None = None
-        self._next = 0.0
+        self._next = 0.0                # no flush starts before this (monotonic seconds)
+        self._running = self._again = False
 
     def poke(self) -> None:
         with self._lock:
-            if self._timer is None:
-                self._timer = threading.Timer(max(0.0, self._next - time.monotonic()), self._run)
-                self._timer.daemon = True
-                self._timer.start()
+            if self._running:            # a write during a flush: one more flush after it, throttled
+                self._again = True
+            elif self._timer is None:
+                self._schedule()
+
+    def _schedule(self) -> None:
+        self._timer = threading.Timer(max(0.0, self._next - time.monotonic()), self._run)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _run(self) -> None:
         with self._lock:
-            self._timer = None
+            self._timer, self._running, self._again = None, True, False
         start = time.monotonic()
         try:
             self._flush()
         except (OSError, LibraryError) as e:   # e.g. disk full: the journal still holds every add
             log.warning("could not rewrite features_library.pth: %s", e)
-        took = time.monotonic() - start
-        self._next = time.monotonic() + max(self.MIN_GAP, 10 * took)
+        with self._lock:
+            self._next = time.monotonic() + max(self.MIN_GAP, 10 * (time.monotonic() - start))
+            self._running = False
+            if self._again:
+                self._schedule()
 
     def close(self) -> None:
         """Cancel what is pending and flush now (on shutdown)."""

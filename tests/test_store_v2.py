@@ -193,3 +193,42 @@ def test_opening_does_not_read_the_whole_library(tmp_path, monkeypatch):
     opened = Library(tmp_path, "m", DIM)
     mapped = pathlib.Path("/proc/self/maps").read_text()
     assert str(tmp_path / STORE_DIR / f"features.{opened.stats()['generation']}.npy") in mapped   # mapped, not read
+
+
+def test_a_view_keeps_its_rows_after_the_library_compacts(tmp_path):
+    """An index built from a view (in the app, while uploads compact) must pair each id with its vector."""
+    from core.library.store import view_vectors
+    lib = Library(tmp_path, "m", DIM)
+    images = [new_image(d) for d in distinct_pngs(8)]
+    lib.add(images[:6])
+    lib.compact()
+    lib.add(images[6:])
+    view = lib.view()
+    lib.remove([images[0].sha256, images[1].sha256])
+    lib.compact()                                     # slots move under the view
+    slots = np.flatnonzero(view.alive)
+    for rowid, vec in zip(view.ids[slots], view_vectors(view, slots)):
+        assert torch.allclose(vec, images[int(rowid)].vector)
+
+
+def test_background_flushes_coalesce(monkeypatch):
+    """Writes during a flush lead to one more flush after it, not one per write."""
+    import threading
+
+    from core.workbench import _Flusher
+    calls, gate = [], threading.Event()
+
+    def slow_flush():
+        calls.append(time.monotonic())
+        gate.wait(2)
+    monkeypatch.setattr(_Flusher, "MIN_GAP", 0.0)
+    flusher = _Flusher(slow_flush)
+    flusher.poke()
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for _ in range(5):
+        flusher.poke()                               # during the running flush
+    gate.set()
+    time.sleep(2.0)   # the second flush waits 10x the first one's (short) duration
+    assert len(calls) == 2

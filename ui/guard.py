@@ -12,6 +12,8 @@ in core's `LoginThrottle`; past the limit the client gets 429 until the window p
 """
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -47,10 +49,13 @@ def blocked_paths(library_root: Path | None) -> list[str]:
 
 
 def client_address(scope: dict) -> str:
-    """The client's address; behind a proxy (a Space), the one the proxy itself appended last."""
-    for name, value in scope.get("headers", ()):
-        if name == b"x-forwarded-for":
-            return value.decode("latin-1").split(",")[-1].strip()
+    """The client's address. X-Forwarded-For is read only behind a proxy we know of (a Hugging
+    Face Space sets SPACE_ID; CLIP_WB_TRUST_PROXY=1 says so elsewhere): anywhere else a client
+    could send a made-up address with each login attempt and never be throttled."""
+    if os.environ.get("SPACE_ID") or os.environ.get("CLIP_WB_TRUST_PROXY") == "1":
+        for name, value in scope.get("headers", ()):
+            if name == b"x-forwarded-for":
+                return value.decode("latin-1").split(",")[-1].strip()
     client = scope.get("client")
     return client[0] if client else "unknown"
 

@@ -111,15 +111,19 @@ def write_columns(folder: Path, gen: int, rows: list[Row], vectors: Iterable[tor
     no newline) instead of re-encoding `rows[i].meta` (a compaction copies old lines as they are)."""
     folder.mkdir(parents=True, exist_ok=True)
     n = len(rows)
-    feats = np.lib.format.open_memmap(_path(folder, "features", gen), mode="w+", dtype=dtype, shape=(n, dim))
-    done = 0
-    for chunk in vectors:
-        feats[done:done + len(chunk)] = chunk.detach().to(torch.float32).numpy()
-        done += len(chunk)
-    if done != n:
-        raise ValueError(f"write_columns: {done} vectors for {n} rows")
-    feats.flush()
-    del feats
+    # Plain sequential writes, not a writable memmap: a full disk must raise OSError (ENOSPC),
+    # where writing the pages of a sparse mapped file kills the process with SIGBUS.
+    with open(_path(folder, "features", gen), "wb") as f:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n, dim)}
+        np.lib.format.write_array_header_1_0(f, header)
+        done = 0
+        for chunk in vectors:
+            f.write(chunk.detach().to(torch.float32).numpy().astype(dtype, copy=False).tobytes())
+            done += len(chunk)
+        if done != n:
+            raise ValueError(f"write_columns: {done} vectors for {n} rows")
+        f.flush()
+        os.fsync(f.fileno())
     offsets = np.zeros(n + 1, dtype=np.int64)
     with open(_path(folder, "meta", gen), "wb") as f:
         lines = raw_meta if raw_meta is not None else (json.dumps(r.meta, ensure_ascii=False).encode() for r in rows)
@@ -136,8 +140,6 @@ def write_columns(folder: Path, gen: int, rows: list[Row], vectors: Iterable[tor
     _save(folder, "meta.off", gen, offsets)
     _save(folder, "shakey", gen, keys[order])
     _save(folder, "shaorder", gen, order.astype(np.int64))
-    for name in ("features", "meta"):
-        _fsync(_path(folder, name, gen))
     fsync_dir(folder)
 
 
@@ -146,11 +148,6 @@ def _save(folder: Path, name: str, gen: int, array: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, array, allow_pickle=False)
         f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
         os.fsync(f.fileno())
 
 

@@ -24,12 +24,13 @@ import torch
 
 from ..settings import Runtime
 from .ann import EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, build_index, choose_kind, load_index
-from .store import STORE_DIR, Library
+from .store import STORE_DIR, Library, view_vectors
 
 __all__ = ["ExactIndex", "LibraryANN", "open_index", "resolve_kind", "INDEX_KINDS"]
 
 _SCAN_CHUNK = 262_144   # rows scored at once from a float16 snapshot (converted per chunk)
 _TRAIN_SAMPLE = 100_000  # rows an index is trained on (k-means on more barely moves the centroids)
+_BUILD_CHUNK = 131_072   # rows converted to float32 and added at a time
 
 
 def resolve_kind(kind: str | None, rows: int) -> str:
@@ -104,10 +105,11 @@ class ExactIndex:
 class LibraryANN:
     """A FAISS index kept in step with a library (see the module docstring)."""
 
-    def __init__(self, library: Library, index, covered: int):
+    def __init__(self, library: Library, index, covered: int, removed_seen: int | None = None):
         self.library, self.index, self.kind = library, index, index.kind
         self.covered = covered                      # highest row id the index has seen
-        self._removed_seen = library.removal_count  # position in the library's removal log
+        # position in the library's removal log: removals after it are applied at the next sync
+        self._removed_seen = library.removal_count if removed_seen is None else removed_seen
         self._synced = -1                           # library.version at the last sync
         self._lock = threading.Lock()
 
@@ -115,16 +117,19 @@ class LibraryANN:
     def build(cls, library: Library, kind: str, **opts) -> "LibraryANN":
         """Train on a uniform sample of the rows, then add the rest a chunk at a time: memory
         stays at one chunk of float32 even for 10M rows stored as float16."""
-        live = library.live_ids()
+        removed_seen = library.removal_count   # first: removals during the build reach the index at sync
+        view = library.view()                   # one picture of the rows: adds during the build come at sync
+        slots = np.flatnonzero(view.alive)
         rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(live, size=min(len(live), _TRAIN_SAMPLE), replace=False))
-        index = build_index(kind, library.dim, torch.from_numpy(sample), library.vectors_of(sample),
-                            **_rerank_opts(library, kind), **opts)
-        for ids, vectors in library.iter_rows():
-            rest = ~np.isin(ids.numpy(), sample)
-            if rest.any():
-                index.add(ids[torch.from_numpy(rest)], vectors[torch.from_numpy(rest)])
-        return cls(library, index, int(live.max()) if len(live) else -1)
+        sample = np.sort(rng.choice(slots, size=min(len(slots), _TRAIN_SAMPLE), replace=False))
+        index = build_index(kind, library.dim, torch.from_numpy(view.ids[sample].copy()),
+                            view_vectors(view, sample), **_rerank_opts(library, kind), **opts)
+        rest = np.setdiff1d(slots, sample, assume_unique=True)
+        for start in range(0, len(rest), _BUILD_CHUNK):
+            part = rest[start:start + _BUILD_CHUNK]
+            index.add(torch.from_numpy(view.ids[part].copy()), view_vectors(view, part))
+        covered = int(view.ids[slots].max()) if len(slots) else -1
+        return cls(library, index, covered, removed_seen)
 
     @classmethod
     def open(cls, library: Library, kind: str) -> "LibraryANN":
@@ -149,7 +154,8 @@ class LibraryANN:
     def sync(self) -> None:
         """Take in the library's adds and removals since the last look (cheap when none)."""
         with self._lock:
-            if self._synced == self.library.version:
+            version = self.library.version   # read first: a change during this sync is taken next time
+            if self._synced == version:
                 return
             ids, vectors = self.library.rows_after(self.covered)
             if len(ids):
@@ -158,7 +164,7 @@ class LibraryANN:
             removed, self._removed_seen = self.library.removed_since(self._removed_seen)
             if len(removed):
                 self.index.remove(torch.from_numpy(removed))
-            self._synced = self.library.version
+            self._synced = version
 
     def add(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
         self.sync()

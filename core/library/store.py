@@ -73,7 +73,7 @@ from .columns import Columns, Row, remove_generation, write_columns
 from .journal import JOURNAL_HEADER, JOURNAL_MAGIC, encode_record, fsync_dir, read_records, write_atomic
 from .thumbs import thumb_path
 
-__all__ = ["Library", "Entry", "NewImage", "View", "FORMAT_VERSION", "SNAPSHOT_NAME", "MANIFEST_NAME", "JOURNAL_NAME"]
+__all__ = ["Library", "Entry", "NewImage", "View", "view_vectors", "FORMAT_VERSION", "SNAPSHOT_NAME", "MANIFEST_NAME", "JOURNAL_NAME"]
 
 FORMAT_VERSION = 2
 SNAPSHOT_NAME = "features_library.pth"
@@ -202,17 +202,6 @@ class Library:
             slots = np.flatnonzero((view.ids > rowid) & view.alive)
             return torch.from_numpy(view.ids[slots].copy()), self._vectors(slots)
 
-    def iter_rows(self, chunk: int = 131_072):
-        """Yield (ids int64 [n], vectors float32 [n, D]) of every live row, `chunk` rows at a time
-        (building an index over 10M rows without holding them all in float32 at once)."""
-        with self._lock:
-            view = self.view()
-        slots = np.flatnonzero(view.alive)
-        for start in range(0, len(slots), chunk):
-            part = slots[start:start + chunk]
-            with self._lock:
-                yield torch.from_numpy(view.ids[part].copy()), self._vectors(part)
-
     @property
     def removal_count(self) -> int:
         return len(self._removed_log)
@@ -272,6 +261,12 @@ class Library:
                 self._load_locked(recover=False)  # compacted elsewhere: reload everything
             elif st.st_size > self._journal_pos:
                 with open(path, "rb") as f:
+                    head = f.read(JOURNAL_HEADER.size)
+                    # an inode number can be reused by a later compaction's journal: the generation can't
+                    if (os.fstat(f.fileno()).st_ino != self._journal_ino or len(head) < JOURNAL_HEADER.size
+                            or JOURNAL_HEADER.unpack(head)[2] != self._generation):
+                        self._load_locked(recover=False)
+                        return
                     f.seek(self._journal_pos)
                     self._replay(f.read(), 0, base=self._journal_pos, recover=False)
 
@@ -372,8 +367,14 @@ class Library:
             entries = self.entries()
             if [e.sha256 for e in entries] != list(sha256s) or features.shape[0] != len(entries):
                 raise LibraryError("The library changed while re-indexing; run it again")
+            old = self.model_id, self.dim
             self.model_id, self.dim = model_id, int(features.shape[1])
-            self._write_generation_locked(entries, [features.float()], self._generation + 1)
+            try:
+                self._write_generation_locked(entries, [features.float()], self._generation + 1)
+            except BaseException:   # the disk still says the old model: so must this object
+                self.model_id, self.dim = old
+                self._reload_after_failure()
+                raise
 
     def add_bulk(self, shas: list[str], files: list[str], metas: list[dict],
                  vectors: Callable[[np.ndarray], Iterable[torch.Tensor]]) -> np.ndarray:
@@ -514,11 +515,11 @@ class Library:
         self._live -= 1
         self.version += 1
         if delete_files:
-            self._delete_files(sha, str(rel))
+            self._delete_files(sha, str(rel), owned="ref" not in entry.meta)
         return str(rel)
 
-    def _delete_files(self, sha: str, rel: str) -> None:
-        if str(rel).startswith("images/"):   # a reference (add_bulk) names the user's own file: never delete it
+    def _delete_files(self, sha: str, rel: str, owned: bool = True) -> None:
+        if owned and str(rel).startswith("images/"):   # a reference (meta "ref") is the user's own file: kept
             (self.root / rel).unlink(missing_ok=True)
         thumb_path(self.root, sha).unlink(missing_ok=True)
 
@@ -586,7 +587,7 @@ class Library:
 
     def _open_journal(self, recover: bool) -> None:
         path = self.root / JOURNAL_NAME
-        data = path.read_bytes() if path.exists() else b""
+        data, ino = _read_with_inode(path)   # one open: the bytes and the inode must be the same file's
         header_ok = len(data) >= JOURNAL_HEADER.size and data[:4] == JOURNAL_MAGIC
         gen = JOURNAL_HEADER.unpack_from(data)[2] if header_ok else -1
         if data and not header_ok:
@@ -599,8 +600,8 @@ class Library:
             if gen > self._generation:
                 raise LibraryError(f"{path} is newer than {MANIFEST_NAME}; was the store replaced by hand?")
             self._new_journal_locked()  # stale (crash mid-compaction) or missing: its records are in the snapshot
-            data = (self.root / JOURNAL_NAME).read_bytes()
-        self._journal_ino = path.stat().st_ino
+            data, ino = _read_with_inode(path)
+        self._journal_ino = ino
         end = self._replay(data, JOURNAL_HEADER.size, base=0, recover=recover)
         if recover and end < len(data):
             with open(path, "r+b") as f:   # drop the torn tail so the next append starts clean
@@ -797,6 +798,28 @@ def _disk_error(e: OSError, doing: str) -> LibraryError:
     why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
     return LibraryError(f"Could not write to the library while {doing}: {why}. Free some disk space "
                         "(or ask the teacher to delete images), then try again.")
+
+
+def _read_with_inode(path: Path) -> tuple[bytes, int]:
+    """(contents, inode) of one opened file; (b"", -1) when there is none."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(), os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return b"", -1
+
+
+def view_vectors(view: View, slots: np.ndarray) -> torch.Tensor:
+    """float32 [n, D] rows of a View by slot; valid after the library moved on (a view keeps its tensors)."""
+    slots = np.asarray(slots, dtype=np.int64)
+    base = len(view.base)
+    out = torch.empty(len(slots), view.base.shape[1] if base else view.tail.shape[1])
+    in_base = slots < base
+    if in_base.any():
+        out[torch.from_numpy(in_base)] = view.base[torch.from_numpy(slots[in_base])].float()
+    if (~in_base).any():
+        out[torch.from_numpy(~in_base)] = view.tail[torch.from_numpy(slots[~in_base] - base)]
+    return out
 
 
 def _empty_columns(dim: int) -> Columns:
