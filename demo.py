@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch | onnx (ONNX Runtime, CPU) | onnx-int8 (opt-in, checked against fp32 on the library) | "
                         f"auto = onnx on a CPU, torch fp16 on CUDA (default {DEFAULT_RUNTIME}; $CLIP_WB_RUNTIME)")
     p.add_argument("--offline", action="store_true", help="never try to download weights")
+    p.add_argument("--no-seed", action="store_true",
+                   help="start an empty library empty (by default a first start adds the bundled sample images)")
     p.add_argument("--captioner", default=None, help="vit-gpt2 | blip | a local save_pretrained() folder")
     p.add_argument("--translator", default=None, help="nllb | marian | a local save_pretrained() folder")
     p.add_argument("--lang", choices=["zh", "en"], default=os.environ.get("CLIP_WB_LANG") or None,
@@ -88,6 +90,8 @@ def build(args: argparse.Namespace):
         return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None, args.access)
     if wb.notice:
         log.warning("%s", wb.notice)
+    if not len(wb) and not args.no_seed:   # a first start: something to search at once
+        log.info("empty library: %s the bundled sample images (--no-seed to start empty)", wb.seed().summary())
     # An English-only CLIP translates Chinese queries: load the translator while the page opens.
     threading.Thread(target=wb.preload_translator, name="preload-translator", daemon=True).start()
     return build_app(wb, lang=args.lang, access=args.access), launch_options(wb, args.access)

@@ -145,3 +145,15 @@ def test_offline_hub_model_fails_at_once_and_says_cache(tmp_path):
     assert time.monotonic() - start < 10
     message = str(err.value)
     assert "not in the cache" in message and "offline mode" in message and "couldn't connect" not in message
+
+
+def test_first_start_seeds_the_samples_unless_told_not_to(tiny_clip_path, tmp_path):
+    import demo
+    from core.library.ingest import sample_files
+    common = ["--model", str(tiny_clip_path), "--device", "cpu", "--offline", "--lang", "en"]
+    demo.build(demo.parse_args([*common, "--library", str(tmp_path / "seeded")]))
+    demo.build(demo.parse_args([*common, "--library", str(tmp_path / "empty"), "--no-seed"]))
+    from core.workbench import build_workbench
+    seeded = build_workbench(str(tiny_clip_path), tmp_path / "seeded", device="cpu", offline=True, fallback=False)
+    empty = build_workbench(str(tiny_clip_path), tmp_path / "empty", device="cpu", offline=True, fallback=False)
+    assert len(seeded) == len(sample_files()) and len(empty) == 0
