@@ -130,7 +130,11 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -
             with gr.Row():
                 selected = loc(gr.Textbox, label="search.selected", scale=2)
                 similar = loc(gr.Button, value="search.similar", scale=1)
-    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, all_k, lang], outputs=[gallery, ids, info],
+    # the checkbox reaches the callback through a State, so the documented /search keeps its five inputs
+    # (API callers get the default: weak matches left out, as on the page)
+    show_all = gr.State(False)
+    all_k.change(lambda v: bool(v), [all_k], [show_all], **_PRIVATE, concurrency_limit=CHEAP, show_progress="hidden")
+    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, show_all, lang], outputs=[gallery, ids, info],
                **MODEL)
     button.click(**run, api_name="search")
     text.submit(**run, **_PRIVATE)
