@@ -31,7 +31,7 @@ import argparse
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .cli import config_parser
 from ..models import load_encoder
 from ..models.base import Encoder
 from ..settings import pick_runtime
@@ -285,14 +286,7 @@ def _write_report(out: Path, report: dict, plots: bool) -> None:
 # ---------------------------------------------------------------- command line
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m core.train --init MODEL", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(FinetuneConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
+    p = config_parser(FinetuneConfig, "python -m core.train --init MODEL", __doc__)
     return p
 
 

@@ -26,7 +26,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .cli import config_parser
 from ..models.mini import (MiniCLIP, MiniConfig, MiniEncoder, Tokenizer, load_checkpoint, normalize_pixels,
                    save_checkpoint)
 from .finetune import main as finetune_main
@@ -244,14 +245,7 @@ def _finish(run: Path, data: dict[str, PairSet], runtime: Runtime, plots: bool) 
 # ---------------------------------------------------------------- command line
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m core.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
+    p = config_parser(TrainConfig, "python -m core.train", __doc__)
     p.add_argument("--resume", default=None, help="a last.pt to continue from (its run settings are kept)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
