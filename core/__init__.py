@@ -16,13 +16,11 @@ import warnings
 # The `clip` package imports pkg_resources, which warns on every start; the pin setuptools<81 keeps it working.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
-from importlib import import_module  # noqa: E402
-
 from .errors import (ImageError, LabelError, LibraryError, ModelMismatchError, ModelUnavailableError,  # noqa: E402
                      QueryError, UnknownModelError, WorkbenchError)
+from .lazy import lazy_attributes  # noqa: E402
 
-# The public names below are imported on first use (PEP 562), so `python -m core --help` and
-# `import core.errors` do not pay for torch, the encoders and the library.
+# The public names below are imported on first use (core/lazy.py).
 _LAZY = {"IngestReport": ".library.ingest", "Upload": ".library.ingest", "open_library": ".library.ingest",
          "Hit": ".library.search", "SearchQuery": ".library.search", "SearchResult": ".library.search",
          "Entry": ".library.store", "Library": ".library.store",
@@ -30,13 +28,7 @@ _LAZY = {"IngestReport": ".library.ingest", "Upload": ".library.ingest", "open_l
          "Page": ".workbench", "Workbench": ".workbench", "build_workbench": ".workbench",
          "LiveConfig": ".lab.live", "LiveTrainer": ".lab.live"}
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'core' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["load_encoder", "available_models", "open_library", "Workbench", "build_workbench", "Encoder", "Library",
            "Entry", "Page", "SearchQuery", "SearchResult", "Hit", "Upload", "IngestReport", "WorkbenchError",
