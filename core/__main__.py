@@ -71,11 +71,7 @@ def cmd_index(args) -> int:
     with tqdm(total=len(files), unit="img", desc="indexing", disable=args.quiet) as bar:
         report = wb.add(files, progress=bar.update, caption=args.caption, batch_size=args.batch_size)
     wb.flush()   # features_library.pth now holds every image
-    print(f"{report.summary()} in {report.seconds:.1f}s; library now holds {len(wb)} images")
-    for p in missing:
-        print(f"  not found: {p}")
-    for name, reason in report.errors:
-        print(f"  unreadable: {name}: {reason}")
+    print("\n".join(report.lines(report.seconds, len(wb), missing)))
     return 1 if missing else 0
 
 

@@ -60,6 +60,13 @@ class IngestReport:
     def summary(self) -> str:
         return f"added {len(self.added)}, already present {len(self.duplicates)}, unreadable {len(self.errors)}"
 
+    def lines(self, seconds: float, total: int, missing: Sequence = ()) -> list[str]:
+        """What `python -m core index` prints, whatever engine ran it: the summary line, then each
+        path not found and each unreadable file with its reason."""
+        return ([f"{self.summary()} in {seconds:.1f}s; library now holds {total} images"]
+                + [f"  not found: {p}" for p in missing]
+                + [f"  unreadable: {name}: {reason}" for name, reason in self.errors])
+
 
 @dataclass
 class _Prepared:

@@ -54,12 +54,7 @@ def index_scaled(args) -> int:
         check_shards(library, shard_dir)   # another model / dim: refused before anything is written
         report = _with_bar(args, "merging", lambda bar: merge_shards(library, shard_dir, args.by_reference, bar))
     library.flush()   # features_library.pth now holds every image
-    secs = time.perf_counter() - start
-    print(f"{report.summary()} in {secs:.1f}s; library now holds {len(library)} images")
-    for p in missing:
-        print(f"  not found: {p}")
-    for name, reason in report.errors:
-        print(f"  unreadable: {name}: {reason}")
+    print("\n".join(report.lines(time.perf_counter() - start, len(library), missing)))
     return 1 if missing else 0
 
 
