@@ -8,7 +8,7 @@ from core.settings import ASSETS_DIR
 from ui_server import serve
 
 SHAPES = ASSETS_DIR / "shapes"
-from test_ui_browser import ARTIFACTS, TIMEOUT_MS, browser, shot  # noqa: F401  (the shared fixture)
+from test_ui_browser import browser, page, shot  # noqa: F401  (shared fixtures; `page` opens this module's `app`)
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.queueing")]
@@ -19,17 +19,6 @@ def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("first_browser")
     with serve("ViT-B/32", root / "library", lang=None, fallback_cache=root / "empty-cache") as served:
         yield served
-
-
-@pytest.fixture
-def page(browser, app):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
-    context.set_default_timeout(TIMEOUT_MS)
-    pg = context.new_page()
-    pg.goto(app.url)
-    pg.get_by_role("tab", name="Library").wait_for()
-    yield pg
-    context.close()
 
 
 def _classify_first_example(page, button: str) -> None:
