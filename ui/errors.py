@@ -7,6 +7,7 @@ import gradio as gr
 
 from core.errors import (ImageError, LabelError, LibraryError, ModelUnavailableError, PermissionDenied, QueryError,
                          QuotaError, UnknownModelError)
+from core.messages import localize
 
 from .i18n import t
 
@@ -17,16 +18,17 @@ DOMAIN_ERRORS = (ImageError, QueryError, LabelError, LibraryError, ModelUnavaila
 
 
 def error_text(e: Exception, lang: str) -> str:
-    """A readable message for a domain error: a heading in `lang`, the core's detail verbatim."""
+    """A readable message for a domain error: a heading in `lang`, then the core's detail, in `lang`
+    too where the core wrote it in both (core/messages.py); file names and OS errors stay verbatim."""
     if isinstance(e, ImageError):
-        return t("err.image", lang, name=e.name, reason=e.reason)
+        return t("err.image", lang, name=e.name, reason=localize(e.reason, lang))
     key = {QueryError: "err.query", LabelError: "err.labels", LibraryError: "err.library",
            ModelUnavailableError: "err.model", UnknownModelError: "err.model", PermissionDenied: "err.permission",
            QuotaError: "err.quota"}
     for cls, k in key.items():
         if isinstance(e, cls):
-            return t(k, lang, detail=str(e))
-    return str(e)
+            return t(k, lang, detail=localize(e, lang))
+    return localize(e, lang)
 
 
 def fail(key: str, lang: str, **fields) -> gr.Error:
