@@ -87,14 +87,14 @@ def build(args: argparse.Namespace):
         atexit.register(wb.close)   # on shutdown, features_library.pth gets what the flusher has not written
     except STARTUP_ERRORS as e:
         log.error("cannot start the workbench: %s", e)
-        return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None, args.access)
+        return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None, args.access, args.lang)
     if wb.notice:
         log.warning("%s", wb.notice)
     if not len(wb) and not args.no_seed:   # a first start: something to search at once
         log.info("empty library: %s the bundled sample images (--no-seed to start empty)", wb.seed().summary())
     # An English-only CLIP translates Chinese queries: load the translator while the page opens.
     threading.Thread(target=wb.preload_translator, name="preload-translator", daemon=True).start()
-    return build_app(wb, lang=args.lang, access=args.access), launch_options(wb, args.access)
+    return build_app(wb, lang=args.lang, access=args.access), launch_options(wb, args.access, args.lang)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ def serve(model_path: Path | str, library_dir: Path, lang: str | None = None,
                          background=True)   # as demo.py: features_library.pth is rewritten after writes
     demo = build_app(wb, lang=lang, access=access)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                **launch_options(wb, access))
+                **launch_options(wb, access, lang))
     try:
         yield Served(demo.local_url, wb, demo, access)
     finally:

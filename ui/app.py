@@ -3,7 +3,7 @@ switch, a queue for a classroom.
 
     access = Access(Accounts.parse(students=["ann:pw"], admins=["teacher:secret"]), Limits())
     demo = build_app(wb, lang="zh", access=access)
-    demo.launch(server_name=..., **launch_options(wb, access))   # login, served folders, /api, throttle
+    demo.launch(server_name=..., **launch_options(wb, access, lang="zh"))   # login, served folders, /api, throttle, locale
 
 All model work happens in core/ through `ui.callbacks.Callbacks`; this module only lays
 out components and wires events. Every public event has a stable `api_name`
@@ -21,6 +21,7 @@ from fastapi.middleware import Middleware
 from core.access import Access
 from core.errors import ModelMismatchError, ModelUnavailableError
 from core.images import MAX_BYTES
+from core.messages import localize
 from core import Workbench
 
 from .callbacks import Callbacks
@@ -28,6 +29,7 @@ from .guard import LoginLimiter, blocked_paths, served_paths
 from .http_api import build_api
 from .i18n import AUTH_MESSAGE, DEFAULT_LANG, pick_lang, t
 from .learn import learn_tab
+from .locale import LocaleScript, detect_js, switch_js
 from .tabs import Localizer, caption_tab, classify_tab, library_tab, search_tab
 
 __all__ = ["build_app", "build_error_app", "launch_options", "QueueConfig"]
@@ -38,9 +40,7 @@ CSS = """
 #broken {background: #fdecea; border-left: 4px solid #dc2626; padding: 6px 12px; border-radius: 6px}
 footer {display: none !important}
 """
-# Browser locale -> "zh" | "en" (the radio only accepts its own choices)
 CACHE_LIFETIME = (3600, 86400)   # every hour, delete served copies and uploads older than a day
-_DETECT_LANG_JS = "(current) => ((navigator.language || 'en').toLowerCase().startsWith('zh') ? 'zh' : 'en')"
 
 
 class QueueConfig:
@@ -62,7 +62,7 @@ def build_app(wb: Workbench, lang: str | None = None, access: Access | None = No
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         lang_state = gr.State(start)
         radio = _header(loc, start, subtitle=lambda l: t("app.subtitle", l, model=wb.encoder.model_id,
-                                                          device=wb.runtime.describe()))
+                                                          device=localize(wb.runtime.describe(), l)))
         _banner(wb, loc)
         starters = wb.starters
         with loc(gr.Tab, label="tab.classify"):
@@ -106,18 +106,20 @@ def build_error_app(problem: Exception, lang: str | None = None, model: str = "M
     return demo.queue()
 
 
-def launch_options(wb: Workbench | None = None, access: Access | None = None) -> dict:
+def launch_options(wb: Workbench | None = None, access: Access | None = None, lang: str | None = None) -> dict:
     """Keyword arguments for demo.launch() besides the address: the login (`access`'s accounts;
     none = open), only stored images, thumbnails and bundled samples served (ui/guard.py), failed
     logins throttled per client and, with a workbench, the JSON API at /api/... (docs/API.md#json-http-api)
-    first in Gradio's own FastAPI app, under the same roles and quotas as the UI."""
+    first in Gradio's own FastAPI app, under the same roles and quotas as the UI. `lang`: demo.py's
+    --lang, so Gradio's own texts start in it too (ui/locale.py)."""
     access = access or Access()
     root = Path(wb.root) if wb is not None else None
     options = {"allowed_paths": served_paths(root), "blocked_paths": blocked_paths(root), "css": CSS,
                "theme": gr.themes.Soft(), "max_file_size": MAX_BYTES,   # oversized uploads refused before read
                "auth": None if access.open else access.accounts.check,
                "auth_message": None if access.open else AUTH_MESSAGE}
-    app_kwargs = {"middleware": [Middleware(LoginLimiter, throttle=access.throttle)]}
+    app_kwargs = {"middleware": [Middleware(LoginLimiter, throttle=access.throttle),
+                                 Middleware(LocaleScript, forced=pick_lang(lang) if lang else None)]}
     if wb is not None:
         heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
         app_kwargs["routes"] = build_api(wb, access, heavy=heavy).routes
@@ -152,10 +154,13 @@ def _language_events(demo: gr.Blocks, radio: gr.Radio, lang_state: gr.State, loc
         return [lang, *loc.updates(lang)]
 
     event = radio.change(relabel, [radio], [lang_state, *loc.components], api_visibility="private",
-                         concurrency_limit=None, show_progress="hidden")
+                         concurrency_limit=None, show_progress="hidden", js=switch_js())   # Gradio's texts too
     for extra in then:
         event = event.then(**extra)
-    if follow_browser:
-        # js only (no server round trip): the radio is set as the page mounts, before anyone can click it
-        demo.load(None, [radio], [radio], js=_DETECT_LANG_JS, api_visibility="private", show_progress="hidden")
+    # js only (no server round trip): the radio is set as the page mounts, before anyone can click it,
+    # from the page's locale: ?lang=, else --lang, else the browser's (ui/locale.py sets it first)
+    demo.load(None, [radio], [radio], js=detect_js(follow_browser),
+              api_visibility="private", show_progress="hidden")
+
+
 

@@ -87,8 +87,8 @@ def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[li
     default_labels = labels
     with gr.Row():
         with gr.Column():
-            image = loc(SafeImage, label="zs.image", sources=["upload", "clipboard"], height=320,
-                        elem_id="zs-image")
+            image = loc(SafeImage, label="zs.image", placeholder="app.drop_image", sources=["upload", "clipboard"],
+                        height=320, elem_id="zs-image")
             if samples:
                 examples = gr.Examples(samples, [image], label=t("zs.examples", loc.lang), examples_per_page=12)
                 loc.register(examples.dataset, label="zs.examples")
@@ -116,8 +116,8 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -
     with gr.Row():
         with gr.Column(scale=1):
             text = loc(gr.Textbox, label="search.text", placeholder="search.text_ph", value=query)
-            image = loc(SafeImage, label="search.image", sources=["upload", "clipboard"], height=200,
-                        elem_id="search-image")
+            image = loc(SafeImage, label="search.image", placeholder="app.drop_image", sources=["upload", "clipboard"],
+                        height=200, elem_id="search-image")
             minus = loc(gr.Textbox, label="search.minus", placeholder="search.minus_ph")
             k = loc(gr.Slider, label="search.k", minimum=SEARCH_K[0], maximum=SEARCH_K[1], value=SEARCH_K[2], step=1)
             threshold = loc(gr.Slider, label="search.threshold", minimum=0.0, maximum=1.0, value=0.0, step=0.01)
@@ -148,8 +148,8 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -
 def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
     with gr.Row():
         with gr.Column():
-            image = loc(SafeImage, label="cap.image", sources=["upload", "clipboard"], height=320,
-                        elem_id="cap-image")
+            image = loc(SafeImage, label="cap.image", placeholder="app.drop_image", sources=["upload", "clipboard"],
+                        height=320, elem_id="cap-image")
             button = loc(gr.Button, value="cap.button", variant="primary")
         with gr.Column():
             en = loc(gr.Textbox, label="cap.en", interactive=False)
