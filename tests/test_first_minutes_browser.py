@@ -83,3 +83,34 @@ def test_clicked_result_stays_in_the_preview(page, app):
     page.get_by_role("button", name="Search", exact=True).click()
     info.get_by_text("marked ◌").wait_for()
     shot(page, "first_search_all_k_en")
+
+
+def test_search_preview_and_delete_in_chinese(page, app):
+    """The same first minutes in the Chinese UI: weak matches explained, the clicked result kept,
+    delete asks first and reports in Chinese."""
+    app.wb.add(sorted(SHAPES.glob("*.png")))             # already there when the test above ran: duplicates
+    page.locator("#lang").get_by_text("中文").click()
+    page.get_by_role("tab", name="以文搜图").click()
+    page.get_by_role("button", name="搜索", exact=True).click()
+    info = page.locator("#search-info")
+    info.get_by_text("较弱的匹配已隐藏").wait_for()
+    gallery = page.locator("#search-gallery")
+    gallery.get_by_text("blue_star").first.wait_for()
+    gallery.locator("img").first.click()
+    page.wait_for_timeout(1000)
+    assert "相似的图片" not in info.inner_text()
+    shot(page, "first_search_preview_zh")
+
+    page.get_by_role("tab", name="图库").click()
+    library = page.locator("#lib-gallery")
+    library.locator("img").first.wait_for()
+    before = len(app.wb)
+    library.locator("img").first.click()
+    page.get_by_role("button", name="删除选中的图片").click()
+    page.locator("#lib-confirm-text").get_by_text("确定要从图库中永久删除").wait_for()
+    assert len(app.wb) == before                          # nothing happens before the confirmation
+    shot(page, "first_delete_confirm_zh")
+    page.get_by_role("button", name="确定删除").click()
+    page.locator("#lib-report").get_by_text("已删除").wait_for()
+    assert len(app.wb) == before - 1
+    shot(page, "first_deleted_zh")
