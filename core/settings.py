@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .messages import Msg
+
 if TYPE_CHECKING:   # torch is imported where a Runtime is made: `python -m core --help` never pays for it
     import torch
 
@@ -49,12 +51,18 @@ class Runtime:
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def describe(self) -> str:
+    def describe(self) -> Msg:
+        """e.g. "CPU (2 threads, float32, ONNX Runtime)"; a Msg, so the app says it in Chinese too."""
         import torch
-        engine = "" if self.engine == "torch" else f", ONNX Runtime{' int8' if self.engine == 'onnx-int8' else ''}"
         if self.is_cuda:
-            return f"{torch.cuda.get_device_name(self.device)} ({self.device}, {str(self.dtype).replace('torch.', '')})"
-        return f"CPU ({torch.get_num_threads()} threads, float32{engine})"
+            return Msg("{gpu}（{device}，{dtype} 精度）", "{gpu} ({device}, {dtype})",
+                       gpu=torch.cuda.get_device_name(self.device), device=str(self.device),
+                       dtype=str(self.dtype).replace("torch.", ""))
+        threads = torch.get_num_threads()
+        if self.engine == "torch":
+            return Msg("CPU（{threads} 线程，float32）", "CPU ({threads} threads, float32)", threads=threads)
+        return Msg("CPU（{threads} 线程，float32，{engine}）", "CPU ({threads} threads, float32, {engine})",
+                   threads=threads, engine="ONNX Runtime int8" if self.engine == "onnx-int8" else "ONNX Runtime")
 
 
 def pick_runtime(device: str | None = None, runtime: str | None = None) -> Runtime:
@@ -65,17 +73,24 @@ def pick_runtime(device: str | None = None, runtime: str | None = None) -> Runti
     device = (device or os.environ.get("CLIP_WB_DEVICE") or "auto").strip().lower()
     engine = (runtime or "torch").strip().lower()
     if engine not in RUNTIME_CHOICES:
-        raise ValueError(f"Unknown runtime {runtime!r}; expected one of {', '.join(RUNTIME_CHOICES)}")
+        raise ValueError(Msg("未知的运行时 {runtime!r}；可选值：{choices}",
+                             "Unknown runtime {runtime!r}; expected one of {choices}",
+                             runtime=runtime, choices=", ".join(RUNTIME_CHOICES)))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"Device {device!r} requested but CUDA is not available; use --device cpu or auto")
+            raise ValueError(Msg("请求了设备 {device!r}，但 CUDA 不可用；请改用 --device cpu 或 auto",
+                                 "Device {device!r} requested but CUDA is not available; use --device cpu or auto",
+                                 device=device))
         if engine.startswith("onnx"):
-            raise ValueError(f"--runtime {engine} runs on the CPU; on CUDA use --runtime torch or auto (fp16)")
+            raise ValueError(Msg("--runtime {engine} 只在 CPU 上运行；在 CUDA 上请用 --runtime torch 或 auto（fp16）",
+                                 "--runtime {engine} runs on the CPU; on CUDA use --runtime torch or auto (fp16)",
+                                 engine=engine))
         return Runtime(torch.device(device), torch.float16)
     if device != "cpu":
-        raise ValueError(f"Unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+        raise ValueError(Msg("未知设备 {device!r}；可选 auto、cpu、cuda 或 cuda:N",
+                             "Unknown device {device!r}; expected auto, cpu, cuda or cuda:N", device=device))
     auto = engine == "auto"
     if auto:
         engine = "onnx" if importlib.util.find_spec("onnxruntime") else "torch"

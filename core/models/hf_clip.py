@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UnknownModelError
+from ..messages import Msg
 from ..settings import Runtime
 from .base import Encoder
 from .hf import load_pretrained
@@ -70,6 +71,8 @@ def load_hf(name: str, runtime: Runtime, cache: Path, offline: bool) -> HFEncode
     model, processor = load_pretrained(f"CLIP-style model {name!r}", name,
                                        [AutoModel.from_pretrained, AutoProcessor.from_pretrained], cache, offline)
     if not hasattr(model, "get_image_features"):
-        raise UnknownModelError(f"{name} is a {type(model).__name__}, not a CLIP-style dual encoder")
+        raise UnknownModelError(Msg("{name} 是 {kind}，不是 CLIP 式的双塔编码器",
+                                    "{name} is a {kind}, not a CLIP-style dual encoder",
+                                    name=name, kind=type(model).__name__))
     model_id = f"hf-local:{Path(name).name}" if Path(name).is_dir() else f"hf:{name}"
     return HFEncoder(model, processor, model_id, runtime)

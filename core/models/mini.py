@@ -36,6 +36,7 @@ from PIL import Image
 from torch import nn
 
 from .base import Encoder
+from ..messages import Msg
 from ..settings import Runtime
 
 __all__ = ["MiniConfig", "Tokenizer", "MiniCLIP", "MiniEncoder", "load_mini_encoder", "save_checkpoint",
@@ -74,7 +75,8 @@ class Tokenizer:
 
     def __init__(self, vocab: Sequence[str]):
         if tuple(vocab[:4]) != SPECIALS:
-            raise ValueError(f"vocab must start with {SPECIALS}; got {list(vocab[:4])}")
+            raise ValueError(Msg("词表必须以 {specials} 开头；实际为 {got}", "vocab must start with {specials}; got {got}",
+                                 specials=SPECIALS, got=list(vocab[:4])))
         self.vocab = list(vocab)
         self._ids = {t: i for i, t in enumerate(self.vocab)}
 
@@ -151,9 +153,11 @@ class MiniCLIP(nn.Module):
     def __init__(self, cfg: MiniConfig):
         super().__init__()
         if cfg.text_encoder not in ("transformer", "lstm"):
-            raise ValueError(f"text_encoder must be 'transformer' or 'lstm', got {cfg.text_encoder!r}")
+            raise ValueError(Msg("text_encoder 必须是 'transformer' 或 'lstm'，实际为 {got!r}",
+                                 "text_encoder must be 'transformer' or 'lstm', got {got!r}", got=cfg.text_encoder))
         if cfg.vocab_size <= len(SPECIALS):
-            raise ValueError("MiniConfig.vocab_size is unset; build a Tokenizer and pass len(tokenizer)")
+            raise ValueError(Msg("未设置 MiniConfig.vocab_size；请先建一个 Tokenizer，再传入 len(tokenizer)",
+                                 "MiniConfig.vocab_size is unset; build a Tokenizer and pass len(tokenizer)"))
         self.config = cfg
         self.visual = torchvision.models.resnet18(weights=None)
         self.visual.fc = nn.Identity()  # 512-d pooled features; the projection below replaces the classifier
@@ -168,8 +172,10 @@ class MiniCLIP(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = self.visual.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path} is not a torchvision ResNet18 state dict "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ValueError(Msg("{path} 不是 torchvision ResNet18 的 state dict（缺少 {missing}，多出 {unexpected}）",
+                                 "{path} is not a torchvision ResNet18 state dict "
+                                 "(missing {missing}, unexpected {unexpected})",
+                                 path=path, missing=missing[:3], unexpected=unexpected[:3]))
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, H, W] normalised -> unnormalised [B, D]"""
@@ -231,11 +237,14 @@ def load_checkpoint(path: Path) -> tuple[MiniCLIP, Tokenizer, dict]:
     """-> (model in float32 on the CPU, eval mode; tokenizer; the raw checkpoint dict)"""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"{path} is not a mini-CLIP checkpoint (no kind={CHECKPOINT_KIND!r}); "
-                         "train one with `python -m core.train`")
+        raise ValueError(Msg("{path} 不是 mini-CLIP 检查点（没有 kind={kind!r}）；请用 `python -m core.train` 训练一个",
+                             "{path} is not a mini-CLIP checkpoint (no kind={kind!r}); "
+                             "train one with `python -m core.train`", path=path, kind=CHECKPOINT_KIND))
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {ckpt['format_version']}, newer than this code "
-                         f"({FORMAT_VERSION}); update the workbench")
+        raise ValueError(Msg("{path} 的 format_version 为 {version}，比当前代码（{supported}）新；请更新 workbench",
+                             "{path} has format_version {version}, newer than this code "
+                             "({supported}); update the workbench",
+                             path=path, version=ckpt["format_version"], supported=FORMAT_VERSION))
     tokenizer = Tokenizer(ckpt["vocab"])
     model = MiniCLIP(MiniConfig.from_dict(ckpt["config"]))
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
@@ -248,7 +257,7 @@ def _quantize(w: torch.Tensor, bits: int, group: int = 32) -> dict:
     """Symmetric round-to-nearest per group of `group` weights along each row (like llama.cpp Q4_0/Q8_0).
     4-bit codes are packed two per byte."""
     if bits not in (4, 8):
-        raise ValueError(f"quantisation bits must be 4 or 8, got {bits}")
+        raise ValueError(Msg("量化位数必须是 4 或 8，实际为 {bits}", "quantisation bits must be 4 or 8, got {bits}", bits=bits))
     rows = w.reshape(w.shape[0], -1)
     pad = (-rows.shape[1]) % group
     g = F.pad(rows, (0, pad)).reshape(rows.shape[0], -1, group)  # [rows, groups, group]

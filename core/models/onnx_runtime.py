@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelUnavailableError
+from ..messages import Msg
 from ..settings import Runtime
 from .base import Encoder
 
@@ -93,8 +94,10 @@ def export_towers(towers: OnnxTowers, folder: Path) -> dict:
         try:
             _atomic(folder / f"{name}.onnx", write)
         except (RuntimeError, TypeError, ValueError, AttributeError) as e:
-            raise ModelUnavailableError(f"{name} tower cannot be exported to ONNX ({type(e).__name__}: "
-                                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            raise ModelUnavailableError(Msg("{name} 塔无法导出为 ONNX（{kind}: {error}）",
+                                            "{name} tower cannot be exported to ONNX ({kind}: {error})",
+                                            name=name, kind=type(e).__name__,
+                                            error=str(e).splitlines()[0] if str(e) else "")) from None
     _check(towers, folder)
     meta = {**towers.meta, "export_version": EXPORT_VERSION, "torch": torch.__version__}
     _atomic(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
@@ -110,11 +113,14 @@ def _check(towers: OnnxTowers, folder: Path) -> None:
         try:
             got = _session(folder / f"{name}.onnx").run(None, {_input(name): x.numpy()})[0]
         except _ort_errors() as e:
-            raise ModelUnavailableError(f"the exported {name} tower does not run in ONNX Runtime "
-                                        f"({str(e).splitlines()[0]})") from None
+            raise ModelUnavailableError(Msg("导出的 {name} 塔无法在 ONNX Runtime 中运行（{error}）",
+                                            "the exported {name} tower does not run in ONNX Runtime ({error})",
+                                            name=name, error=str(e).splitlines()[0])) from None
         diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
         if diff > _EXPORT_TOLERANCE:
-            raise ModelUnavailableError(f"the exported {name} tower differs from torch by {diff:.2g}")
+            raise ModelUnavailableError(Msg("导出的 {name} 塔与 torch 的结果相差 {diff:.2g}",
+                                            "the exported {name} tower differs from torch by {diff:.2g}",
+                                            name=name, diff=diff))
 
 
 def _ort_errors() -> tuple[type[Exception], ...]:

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelUnavailableError, UnknownModelError
+from ..messages import Msg
 from ..settings import Runtime, default_paths
-from .base import Encoder
+from .base import Encoder, error_message
 from .fingerprint import file_fingerprint
 from .onnx_runtime import OnnxEncoder, OnnxTowers, export_folder, export_towers, read_meta
 
@@ -40,7 +41,8 @@ def clip_names() -> list[str]:
 def _clip_source_dir() -> Path:
     package = importlib.util.find_spec("clip")   # finds the package without importing it
     if package is None or not package.submodule_search_locations:
-        raise ModelUnavailableError("The `clip` package is not installed: pip install -r requirements.txt")
+        raise ModelUnavailableError(Msg("未安装 `clip` 包：pip install -r requirements.txt",
+                                        "The `clip` package is not installed: pip install -r requirements.txt"))
     return Path(package.submodule_search_locations[0])
 
 
@@ -227,7 +229,9 @@ def clip_to_onnx(encoder: ClipEncoder, folder: Path, runtime: Runtime) -> Encode
         try:
             meta = export_towers(clip_onnx_towers(encoder.model), folder)
         except ModelUnavailableError as e:
-            encoder.runtime_note = f"ONNX Runtime cannot run {encoder.model_id} ({e}); it runs on torch instead."
+            encoder.runtime_note = Msg("ONNX Runtime 无法运行 {model}（{error}），改在 torch 上运行。",
+                                       "ONNX Runtime cannot run {model} ({error}); it runs on torch instead.",
+                                       model=encoder.model_id, error=error_message(e))
             return encoder
     return _onnx_clip(folder, meta, encoder.model_id, runtime)
 
@@ -258,14 +262,18 @@ def _build(path: Path):
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError) as e:
-            raise UnknownModelError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else 'truncated?'})") from None
+            raise UnknownModelError(Msg("{path} 不是可读取的检查点（{kind}: {error}）",
+                                        "{path} is not a readable checkpoint ({kind}: {error})", path=path,
+                                        kind=type(e).__name__,
+                                        error=str(e).splitlines()[0] if str(e) else "truncated?")) from None
         if isinstance(state_dict, dict) and "state_dict" in state_dict:
             state_dict = state_dict["state_dict"]
     try:
         model = clip.model.build_model(dict(state_dict)).float()
     except (KeyError, RuntimeError, AttributeError) as e:
-        raise UnknownModelError(f"{path} is not an OpenAI CLIP checkpoint ({type(e).__name__}: {e})") from None
+        raise UnknownModelError(Msg("{path} 不是 OpenAI CLIP 检查点（{kind}: {error}）",
+                                    "{path} is not an OpenAI CLIP checkpoint ({kind}: {error})",
+                                    path=path, kind=type(e).__name__, error=str(e))) from None
     return model
 
 
@@ -274,15 +282,21 @@ def load_clip_named(name: str, runtime: Runtime, cache: Path, offline: bool) -> 
     target = cache / "clip" / os.path.basename(url)
     if not target.is_file():
         if offline:
-            raise ModelUnavailableError(
-                f"Model {name} is not in the cache ({target}) and offline mode is on. "
-                f"Copy the checkpoint there, pass --model /path/to/{os.path.basename(url)}, or go online once.")
+            raise ModelUnavailableError(Msg(
+                "模型 {name} 不在缓存中（{target}），且已开启离线模式。"
+                "请把检查点复制到那里，或传入 --model /path/to/{file}，或联网一次。",
+                "Model {name} is not in the cache ({target}) and offline mode is on. "
+                "Copy the checkpoint there, pass --model /path/to/{file}, or go online once.",
+                name=name, target=target, file=os.path.basename(url)))
         import clip
         try:
             clip.clip._download(url, str(cache / "clip"))  # tqdm progress bar + SHA256 check
         except (OSError, RuntimeError) as e:
-            raise ModelUnavailableError(
-                f"Could not download model {name} from {url} into {target} ({e}). "
-                f"Download {os.path.basename(url)} elsewhere and pass --model /path/to/it, "
-                f"or put it in {target.parent}.") from None
+            raise ModelUnavailableError(Msg(
+                "无法把模型 {name} 从 {url} 下载到 {target}（{error}）。"
+                "请在别处下载 {file} 后传入 --model /path/to/it，或把它放进 {folder}。",
+                "Could not download model {name} from {url} into {target} ({error}). "
+                "Download {file} elsewhere and pass --model /path/to/it, "
+                "or put it in {folder}.", name=name, url=url, target=target, error=str(e),
+                file=os.path.basename(url), folder=target.parent)) from None
     return load_clip_file(target, runtime, model_id=name, cache=cache)

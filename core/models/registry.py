@@ -31,8 +31,9 @@ from typing import Callable
 import torch
 
 from ..errors import ModelUnavailableError, UnknownModelError
+from ..messages import Msg
 from ..settings import ASSETS_DIR, Runtime, default_paths, pick_runtime
-from .base import Encoder
+from .base import Encoder, error_message
 
 __all__ = ["load_encoder", "load_encoder_with_fallback", "available_models", "resolve", "MODELS", "BACKENDS",
            "BUNDLED_MINI"]
@@ -76,7 +77,7 @@ def _load_clip(source: str, runtime: Runtime, cache: Path, offline: bool) -> Enc
             return _load_hub_copy(source, runtime, cache, offline, openai_error)
     path = Path(source).expanduser()
     if not path.is_file():
-        raise UnknownModelError(f"OpenAI CLIP checkpoint {path} not found")
+        raise UnknownModelError(Msg("找不到 OpenAI CLIP 检查点 {path}", "OpenAI CLIP checkpoint {path} not found", path=path))
     return load_clip_file(path, runtime, cache=cache)
 
 
@@ -89,12 +90,18 @@ def _load_hub_copy(name: str, runtime: Runtime, cache: Path, offline: bool,
     try:
         encoder = _load_hf(repo, replace(runtime, engine="torch"), cache, offline)
     except ModelUnavailableError as hub_error:
-        raise ModelUnavailableError(f"{openai_error} The same weights on the Hugging Face hub ({repo}) "
-                                    f"could not be had either: {hub_error}") from None
-    encoder.source_note = (f"{name} was loaded from the Hugging Face hub ({hub_endpoint()}, {repo}): "
-                           f"OpenAI's download was not reachable.")
+        raise ModelUnavailableError(Msg("{openai_error} Hugging Face hub 上的同一份权重（{repo}）也无法获取：{hub_error}",
+                                        "{openai_error} The same weights on the Hugging Face hub ({repo}) "
+                                        "could not be had either: {hub_error}",
+                                        openai_error=error_message(openai_error), repo=repo,
+                                        hub_error=error_message(hub_error))) from None
+    encoder.source_note = Msg("{name} 是从 Hugging Face hub（{endpoint}，{repo}）加载的：无法连接 OpenAI 的下载地址。",
+                              "{name} was loaded from the Hugging Face hub ({endpoint}, {repo}): "
+                              "OpenAI's download was not reachable.", name=name, endpoint=hub_endpoint(), repo=repo)
     if runtime.engine != "torch" and not runtime.engine_auto:
-        encoder.runtime_note = f"--runtime {runtime.engine} is not available for the hub copy of {name}; it runs on torch."
+        encoder.runtime_note = Msg("{name} 的 hub 副本不支持 --runtime {engine}，改在 torch 上运行。",
+                                   "--runtime {engine} is not available for the hub copy of {name}; it runs on torch.",
+                                   engine=runtime.engine, name=name)
     return encoder
 
 
@@ -102,7 +109,9 @@ def _load_hf(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encod
     from .hf_clip import load_hf
     path = Path(source).expanduser()
     if path.is_dir() and not (path / "config.json").is_file():
-        raise UnknownModelError(f"{path} is a directory without config.json; expected a save_pretrained() folder")
+        raise UnknownModelError(Msg("{path} 是没有 config.json 的文件夹；需要 save_pretrained() 保存的文件夹",
+                                    "{path} is a directory without config.json; expected a save_pretrained() folder",
+                                    path=path))
     return load_hf(str(path) if path.is_dir() else source, runtime, cache, offline)
 
 
@@ -110,7 +119,9 @@ def _load_mini(source: str, runtime: Runtime, cache: Path, offline: bool) -> Enc
     from .mini import load_mini_encoder
     path = Path(source).expanduser()
     if not path.is_file():
-        raise ModelUnavailableError(f"Mini model checkpoint {path} not found; train one with `python -m core.train`")
+        raise ModelUnavailableError(Msg("找不到 mini 模型检查点 {path}；请用 `python -m core.train` 训练一个",
+                                        "Mini model checkpoint {path} not found; train one with `python -m core.train`",
+                                        path=path))
     return load_mini_encoder(path, runtime)
 
 
@@ -147,8 +158,11 @@ def resolve(spec: str) -> tuple[str, str]:
         return "hf", spec
     if _looks_like_hub_id(spec):
         return "hf", spec
-    raise UnknownModelError(f"Model {spec} not found; available models = {available_models()}, "
-                            "or a local checkpoint file, or a Hugging Face id / save_pretrained directory")
+    raise UnknownModelError(Msg("找不到模型 {spec}；可用的模型有 {models}，也可以用本地检查点文件、"
+                                "Hugging Face id 或 save_pretrained 文件夹",
+                                "Model {spec} not found; available models = {models}, "
+                                "or a local checkpoint file, or a Hugging Face id / save_pretrained directory",
+                                spec=spec, models=available_models()))
 
 
 def _looks_like_hub_id(spec: str) -> bool:
@@ -172,8 +186,9 @@ def load_encoder(name: str, device: str | Runtime | None = "cpu", runtime: str |
     if rt.engine != "torch" and not entry.onnx:
         encoder = entry.load(source, replace(rt, engine="torch"), Path(cache or default_paths().cache), offline)
         if not rt.engine_auto:
-            encoder.runtime_note = (f"--runtime {rt.engine} is available for OpenAI CLIP models; {name} "
-                                    f"({backend} backend) runs on torch.")
+            encoder.runtime_note = Msg("--runtime {engine} 仅适用于 OpenAI CLIP 模型；{name}（{backend} 后端）在 torch 上运行。",
+                                       "--runtime {engine} is available for OpenAI CLIP models; {name} "
+                                       "({backend} backend) runs on torch.", engine=rt.engine, name=name, backend=backend)
         return encoder
     return entry.load(source, rt, Path(cache or default_paths().cache), offline)
 
@@ -199,4 +214,6 @@ def load_encoder_with_fallback(name: str, runtime: Runtime, cache: Path | None =
     except ModelUnavailableError as e:
         if not BUNDLED_MINI.is_file() or name == "mini":
             raise
-        return load_encoder("mini", runtime), f"{e} Using the bundled offline mini model instead."
+        return load_encoder("mini", runtime), Msg("{error} 改用内置的离线 mini 模型。",
+                                                  "{error} Using the bundled offline mini model instead.",
+                                                  error=error_message(e))
