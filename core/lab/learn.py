@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import LabelError, ModelUnavailableError, UnknownModelError
+from ..messages import Msg
 from ..zeroshot import plan_prompts
 
 __all__ = ["Learn", "EmbeddingMap", "Similarity", "ProbeReport", "MAP_LIMIT", "MAX_PICK", "METHODS"]
@@ -139,7 +140,9 @@ class Learn:
         (comma-separated, zh or en) are given; `query` text placed on it. Notes are short codes
         the UI words: "sample:N:TOTAL", "knn", "empty", or a core note verbatim."""
         if method not in METHODS:
-            raise LabelError(f"Unknown projection {method!r}; expected one of {METHODS}")
+            raise LabelError(Msg("未知的投影方法 {method!r}；可选：{methods}",
+                                 "Unknown projection {method!r}; expected one of {methods}",
+                                 method=method, methods=METHODS))
         if not len(self.wb.library):
             return EmbeddingMap(method, [], 0, None, ["empty"])
         proj, notes = self._projection(method, limit)
@@ -175,9 +178,9 @@ class Learn:
         up to 8 texts (Chinese is translated for an English-only model, with a note)."""
         texts = [t.strip() for t in texts if t and t.strip()]
         if not images or not texts:
-            raise LabelError("Give at least one image and one text")
+            raise LabelError(Msg("请至少给出一张图片和一段文字", "Give at least one image and one text"))
         if len(images) > MAX_PICK or len(texts) > MAX_PICK:
-            raise LabelError(f"At most {MAX_PICK} images and {MAX_PICK} texts")
+            raise LabelError(Msg("最多 {n} 张图片和 {n} 段文字", "At most {n} images and {n} texts", n=MAX_PICK))
         feats = torch.stack([self._image_vector(im) for im in images])
         planned = [self.wb.plan_query(t) for t in texts]
         notes = list(dict.fromkeys(n for _, n in planned if n))
@@ -199,13 +202,14 @@ class Learn:
         held-out images. LabelError when fewer than two classes have two images."""
         names = _split_words(classes)
         if len(names) < 2:
-            raise LabelError("Type at least two class names, e.g. 'cat, dog'")
+            raise LabelError(Msg("请至少输入两个类别名，例如“猫, 狗”", "Type at least two class names, e.g. 'cat, dog'"))
         rows, notes = self._labelled(names, assignments)
         counts = np.bincount([c for _, c in rows], minlength=len(names))
         used = [i for i in range(len(names)) if counts[i] >= 2]
         notes += [f"few:{names[i]}:{counts[i]}" for i in range(len(names)) if counts[i] < 2]
         if len(used) < 2:
-            raise LabelError("Fewer than two classes have two labelled images; label more (lines 'label: id id')")
+            raise LabelError(Msg("有两张已标注图片的类别不足两个；请多标注一些（每行写 'label: id id'）",
+                                 "Fewer than two classes have two labelled images; label more (lines 'label: id id')"))
         rows = [(r, used.index(c)) for r, c in rows if c in used]
         train, test = _stratified([c for _, c in rows], test_fraction, seed)
         feats = self.wb.library.vectors_of(np.array([r for r, _ in rows]))
@@ -229,7 +233,8 @@ class Learn:
             if not sep or not label.strip():
                 continue
             if label.strip().lower() not in lowered:
-                raise LabelError(f"{label.strip()!r} is not one of the classes {names}")
+                raise LabelError(Msg("{label!r} 不在类别 {names} 之中", "{label!r} is not one of the classes {names}",
+                                     label=label.strip(), names=names))
             for image_id in ids.replace(",", " ").split():
                 rows.append((self.wb.library.find(image_id).rowid, lowered.index(label.strip().lower())))
         if rows:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import WorkbenchError
+from ..messages import Msg
+from ..models.base import error_message
 from .train import TrainConfig, train
 
 __all__ = ["LiveConfig", "LiveState", "LiveTrainer"]
@@ -52,7 +54,7 @@ class LiveState:
     epochs: list[dict] = field(default_factory=list)       # core.train log rows (val Recall@K, zero-shot top-1)
     total_steps: int = 0
     stopped: bool = False                                  # ended by stop()
-    error: str | None = None                               # why it failed
+    error: str | None = None                               # why it failed (a Msg when the error carried one)
     best: Path | None = None                               # best.pt once an epoch is done
 
 
@@ -117,6 +119,6 @@ class LiveTrainer:
         except _Stop:
             stopped = True
         except (ValueError, OSError, RuntimeError, WorkbenchError) as e:   # bad data folder, out of memory, ...
-            error = f"{type(e).__name__}: {e}"
+            error = Msg("{reason}（错误类型：{kind}）", "{kind}: {reason}", kind=type(e).__name__, reason=error_message(e))
         best = Path(cfg.out) / "best.pt"
         self._update(running=False, stopped=stopped, error=error, best=best if best.is_file() else None)

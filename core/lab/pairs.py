@@ -15,6 +15,7 @@ import torch
 from . import shapes
 from ..errors import DatasetError, ImageError
 from ..images import load_image
+from ..messages import Msg
 from .datasets import read_flickr8k
 from .metrics import retrieval_recall, topk_accuracy
 from ..models.mini import image_to_uint8
@@ -94,7 +95,8 @@ def _flickr_split(data, size: int) -> PairSet:
     for c, i in zip(data.captions, data.text_to_image):
         caps[i].append(c)
     if not caps:
-        raise DatasetError("No image of this Flickr8k split could be read; check the image folder")
+        raise DatasetError(Msg("这个 Flickr8k 划分中没有一张图片能读取；请检查图片文件夹",
+                               "No image of this Flickr8k split could be read; check the image folder"))
     images = torch.stack([d for d in decoded if d is not None])
     return PairSet(images, torch.arange(len(caps))[:, None], {"en": (data.captions, data.text_to_image)},
                    captions=caps, min_count=2)
@@ -124,7 +126,8 @@ def load_pairsets(spec: str, size: int, seed: int, shapes_sizes: tuple[int, int,
         return {s: _flickr_split(d, size) for s, d in _read_flickr(Path(spec[9:]), seed, splits).items()}
     if spec.startswith("csv:"):
         return {s: _captions_split(d, size) for s, d in _split_csv(Path(spec[4:]), seed, splits).items()}
-    raise ValueError(f"Unknown --data {spec!r}; expected 'shapes', 'flickr8k:DIR' or 'csv:FILE'")
+    raise ValueError(Msg("未知的 --data {spec!r}；可选 'shapes'、'flickr8k:DIR' 或 'csv:FILE'",
+                         "Unknown --data {spec!r}; expected 'shapes', 'flickr8k:DIR' or 'csv:FILE'", spec=spec))
 
 
 def _split_csv(path: Path, seed: int, splits: Sequence[str]) -> dict:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..messages import Msg
+
 __all__ = ["ShapesConfig", "ShapeItem", "make_splits", "describe", "training_caption", "TrainingCaption", "class_prompts",
            "SHAPES", "COLOURS", "SIZES", "POSITIONS"]
 
@@ -100,7 +102,8 @@ class ShapeItem:
 def describe(attrs: dict[str, str], lang: str, style: int = 0) -> str:
     """Caption for any subset of the attributes, e.g. {"colour": "red"} -> "a photo of a red shape"."""
     if lang not in ("en", "zh"):
-        raise ValueError(f"language must be 'en' or 'zh', got {lang!r}")
+        raise ValueError(Msg("语言必须是 'en' 或 'zh'，实际为 {lang!r}", "language must be 'en' or 'zh', got {lang!r}",
+                             lang=lang))
     return _describe_en(attrs, style % 3) if lang == "en" else _describe_zh(attrs, style % 3)
 
 
@@ -148,7 +151,8 @@ def class_prompts(attribute: str, lang: str = "en") -> tuple[list[str], list[str
     e.g. ("circle", "a photo of a circle") or ("red", "红色图形的照片")."""
     names = {"shape": list(SHAPES), "colour": list(COLOURS)}.get(attribute)
     if names is None:
-        raise ValueError(f"zero-shot attribute must be 'shape' or 'colour', got {attribute!r}")
+        raise ValueError(Msg("零样本属性必须是 'shape' 或 'colour'，实际为 {attribute!r}",
+                             "zero-shot attribute must be 'shape' or 'colour', got {attribute!r}", attribute=attribute))
     return names, [describe({attribute: n}, lang, style=1) for n in names]
 
 
@@ -201,6 +205,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         w = r / 3
         pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
     else:
-        raise ValueError(f"unknown shape {shape!r}; known: {list(SHAPES)}")
+        raise ValueError(Msg("未知的形状 {shape!r}；已知：{known}", "unknown shape {shape!r}; known: {known}",
+                             shape=shape, known=list(SHAPES)))
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]

@@ -41,6 +41,7 @@ from .finetune import main as finetune_main
 from .objective import contrastive_loss, schedule as _schedule
 from .pairs import PairSet, evaluate_pairs, load_pairsets
 from ..errors import WorkbenchError
+from ..messages import Msg
 from ..settings import Runtime, pick_runtime
 
 __all__ = ["TrainConfig", "PairSet", "train", "load_pairsets", "evaluate_pairs", "contrastive_loss", "main"]
@@ -172,7 +173,9 @@ def _resumed(cfg: TrainConfig, resume: str | None) -> tuple[TrainConfig, dict | 
         return cfg, None
     ckpt = torch.load(resume, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "optimizer" not in ckpt:
-        raise ValueError(f"{resume} holds no optimiser state; resume from the run's last.pt, not best.pt or an export")
+        raise ValueError(Msg("{resume} 中没有优化器状态；请从该次训练的 last.pt 继续，而不是 best.pt 或导出的模型",
+                             "{resume} holds no optimiser state; resume from the run's last.pt, not best.pt or an export",
+                             resume=resume))
     saved = {k: v for k, v in ckpt["train_config"].items() if k not in ("epochs", "device", "plots")}
     return TrainConfig(**{**asdict(cfg), **saved}), ckpt
 
@@ -203,7 +206,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True,
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1), encoding="utf-8")
     data = load_pairsets(cfg.data, cfg.image_size, cfg.seed, (cfg.shapes_train, cfg.shapes_val, cfg.shapes_test))
     if len(data["train"]) < cfg.batch_size:
-        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {len(data['train'])} training images; lower it")
+        raise ValueError(Msg("--batch-size {batch} 超过了训练图片数 {images}；请调小",
+                             "--batch-size {batch} exceeds the {images} training images; lower it",
+                             batch=cfg.batch_size, images=len(data["train"])))
     model, tokenizer = _setup(cfg, data, resume)
     model.to(runtime.device)  # trained in float32; autocast picks fp16 per op on CUDA
     opt = _optimizer(model, cfg)
