@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import PermissionDenied, QuotaError
+from .messages import Msg
 from .library.ingest import IngestReport, Upload
 
 __all__ = ["Access", "Accounts", "Caller", "Limits", "LoginThrottle", "ADMIN_ACTIONS", "parse_logins"]
@@ -159,11 +160,14 @@ class Access:
     def role(self, caller: Caller) -> str:
         return "admin" if caller.admin else "student"
 
-    def require_admin(self, caller: Caller, action: str) -> None:
+    def require_admin(self, caller: Caller, action: str | Msg) -> None:
+        """PermissionDenied for a student; `action` says what was refused (a Msg, e.g.
+        Msg("删除图片", "delete images"), is said in the user's language)."""
         if not caller.admin:
-            raise PermissionDenied(
-                f"Only the teacher (an --admin login) may {action}; you are logged in as {caller.key!r} "
-                f"(student). 只有教师（--admin 账号）可以执行此操作。")
+            raise PermissionDenied(Msg(
+                "只有教师（--admin 账号）可以{action}；你当前的登录身份是 {user!r}（学生）。",
+                "Only the teacher (an --admin login) may {action}; you are logged in as {user!r} (student).",
+                action=action, user=caller.key))
 
     def used_mb(self, caller: Caller) -> float:
         with self._lock:
@@ -192,15 +196,19 @@ class Access:
         with self._lock:
             used = self._used.get(caller.key, 0)
             if not (caller.admin and caller.named) and used + incoming > quota:
-                raise QuotaError(
-                    f"Upload quota reached: {used / _MB:.1f} MiB of {quota / _MB:.1f} MiB used, this upload is "
-                    f"{incoming / _MB:.1f} MiB. Ask the teacher to raise --quota-mb. "
-                    f"上传配额已满：已用 {used / _MB:.1f} MiB / {quota / _MB:.1f} MiB，本次 {incoming / _MB:.1f} MiB。")
+                raise QuotaError(Msg(
+                    "上传配额已满：已用 {used:.1f} MiB / {quota:.1f} MiB，本次上传 {incoming:.1f} MiB。"
+                    "请教师提高 --quota-mb。",
+                    "Upload quota reached: {used:.1f} MiB of {quota:.1f} MiB used, this upload is "
+                    "{incoming:.1f} MiB. Ask the teacher to raise --quota-mb.",
+                    used=used / _MB, quota=quota / _MB, incoming=incoming / _MB))
             if stored + self._in_flight + incoming > budget:
-                raise QuotaError(
-                    f"The library is full: {stored / _MB:.1f} MiB of its {budget / _MB:.1f} MiB budget are used. "
-                    f"The teacher can delete images or raise --library-budget-mb. "
-                    f"图库空间已满：已用 {stored / _MB:.1f} MiB / {budget / _MB:.1f} MiB，请教师删除图片或提高上限。")
+                raise QuotaError(Msg(
+                    "图库空间已满：已用 {stored:.1f} MiB / {budget:.1f} MiB。"
+                    "教师可以删除图片，或提高 --library-budget-mb。",
+                    "The library is full: {stored:.1f} MiB of its {budget:.1f} MiB budget are used. "
+                    "The teacher can delete images or raise --library-budget-mb.",
+                    stored=stored / _MB, budget=budget / _MB))
             self._used[caller.key] = used + incoming
             self._in_flight += incoming
 

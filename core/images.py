@@ -18,13 +18,15 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .messages import Msg
 
-__all__ = ["load_image", "decode_image", "iter_image_files", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES",
-           "NOT_A_FILE"]
+__all__ = ["load_image", "decode_image", "iter_image_files", "require_regular_file", "IMAGE_EXTENSIONS", "MAX_PIXELS",
+           "MAX_BYTES", "NOT_A_FILE"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_PIXELS = int(os.environ.get("CLIP_WB_MAX_PIXELS", 100_000_000))  # 100 MP: bigger is almost surely a bomb
-NOT_A_FILE = "not a regular file (a folder, pipe or device with an image-like name); skipped"
+NOT_A_FILE = Msg("不是普通文件（只是名字像图片的文件夹、管道或设备），已跳过",
+                 "not a regular file (a folder, pipe or device with an image-like name); skipped")
 MAX_BYTES = int(os.environ.get("CLIP_WB_MAX_BYTES", 100 * 1024 * 1024))  # 100 MiB per file
 
 # Never let PIL quietly decode half a file: a truncated JPEG must be reported, not embedded.
@@ -65,29 +67,40 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
     else:
         path = Path(source)
         name = name or path.name
-        if path.exists() and not path.is_file():   # a folder named x.jpg, a pipe, a device: never read (a pipe blocks)
-            raise ImageError(name, NOT_A_FILE)
+        require_regular_file(path, name)
         try:
             size = path.stat().st_size
             if size > MAX_BYTES:
-                raise ImageError(name, f"file is {size / 2**20:.0f} MiB, over the {MAX_BYTES / 2**20:.0f} MiB limit")
+                raise ImageError(name, Msg("文件大小 {size:.0f} MiB，超过 {limit:.0f} MiB 的上限",
+                                            "file is {size:.0f} MiB, over the {limit:.0f} MiB limit",
+                                            size=size / 2**20, limit=MAX_BYTES / 2**20))
             data = path.read_bytes()
         except OSError as e:
-            raise ImageError(name, f"cannot read file ({e.strerror or e})") from None
+            raise ImageError(name, Msg("无法读取文件（{error}）", "cannot read file ({error})",
+                                        error=str(e.strerror or e))) from None
     return decode_image(data, name, max_pixels)
+
+
+def require_regular_file(path: Path, name: str) -> None:
+    """ImageError(NOT_A_FILE) for a folder named x.jpg, a pipe or a device: never read (a pipe blocks).
+    A path that does not exist passes: reading it reports that."""
+    if path.exists() and not path.is_file():
+        raise ImageError(name, NOT_A_FILE)
 
 
 def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> Image.Image:
     """`draft`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT scaling, several times faster)
     as long as both sides stay >= draft pixels — for a consumer that shrinks it anyway."""
     if not data:
-        raise ImageError(name, "file is empty (0 bytes)")
+        raise ImageError(name, Msg("文件为空（0 字节）", "file is empty (0 bytes)"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > max_pixels:
-                raise ImageError(name, f"image is {img.width}x{img.height} pixels, over the {max_pixels:,} pixel limit")
+                raise ImageError(name, Msg("图片为 {width}x{height} 像素，超过 {limit:,} 像素的上限",
+                                            "image is {width}x{height} pixels, over the {limit:,} pixel limit",
+                                            width=img.width, height=img.height, limit=max_pixels))
             img.seek(0)  # animated GIF/WebP/APNG: first frame
             if draft and img.format in ("JPEG", "MPO"):
                 img.draft("RGB", (draft, draft))
@@ -97,11 +110,13 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS, draft: in
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(name, "not an image file (unrecognised format)") from None
+        raise ImageError(name, Msg("不是图片文件（无法识别的格式）", "not an image file (unrecognised format)")) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(name, f"image is too large (over the {max_pixels:,} pixel limit)") from None
+        raise ImageError(name, Msg("图片太大（超过 {limit:,} 像素的上限）", "image is too large (over the {limit:,} pixel limit)",
+                                    limit=max_pixels)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(name, f"corrupt or truncated image ({e})") from None
+        raise ImageError(name, Msg("图片已损坏或不完整（{error}）", "corrupt or truncated image ({error})",
+                                    error=str(e))) from None
 
 
 def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:

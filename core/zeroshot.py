@@ -27,6 +27,7 @@ from PIL import Image
 
 from .errors import LabelError
 from .language.script import has_cjk
+from .messages import Msg
 from .settings import ASSETS_DIR
 
 __all__ = ["ZeroShotClassifier", "PromptPlan", "plan_prompts", "parse_labels", "load_labelset", "load_templates",
@@ -54,23 +55,28 @@ def parse_labels(text: str) -> list[str]:
     long, or too many labels."""
     labels = [s.strip() for s in re.split(r"[,，;；\n\r]+", text or "") if s.strip()]
     if not labels:
-        raise LabelError("No labels given: type at least two labels separated by commas, e.g. 'cat, dog, 小鸟'")
+        raise LabelError(Msg("没有给出标签：请至少输入两个标签，用逗号分隔，例如“猫, 狗, 小鸟”",
+                             "No labels given: type at least two labels separated by commas, e.g. 'cat, dog, 小鸟'"))
     if len(labels) == 1:
         # softmax over one class is always 100%: a meaningless answer, so ask for a second label
-        raise LabelError(f"Only one label ({labels[0]!r}) given: zero-shot classification compares labels, "
-                         "so give at least two, e.g. 'cat, dog'")
+        raise LabelError(Msg("只给了一个标签（{label!r}）：零样本分类是在标签之间比较，请至少给出两个，例如“猫, 狗”",
+                             "Only one label ({label!r}) given: zero-shot classification compares labels, "
+                             "so give at least two, e.g. 'cat, dog'", label=labels[0]))
     if len(labels) > MAX_LABELS:
-        raise LabelError(f"{len(labels)} labels given; at most {MAX_LABELS} are accepted")
+        raise LabelError(Msg("给出了 {n} 个标签，最多接受 {limit} 个", "{n} labels given; at most {limit} are accepted",
+                             n=len(labels), limit=MAX_LABELS))
     seen, dups = set(), []
     for label in labels:
         if len(label) > MAX_LABEL_CHARS:
-            raise LabelError(f"Label {label[:40]!r}... is {len(label)} characters; at most {MAX_LABEL_CHARS}")
+            raise LabelError(Msg("标签 {label!r}… 有 {n} 个字符，最多 {limit} 个", "Label {label!r}... is {n} characters; at most {limit}",
+                                 label=label[:40], n=len(label), limit=MAX_LABEL_CHARS))
         key = label.casefold()
         if key in seen and label not in dups:
             dups.append(label)
         seen.add(key)
     if dups:
-        raise LabelError(f"Duplicate labels: {', '.join(dups)}; each label must appear once")
+        raise LabelError(Msg("标签重复：{dups}；每个标签只能出现一次", "Duplicate labels: {dups}; each label must appear once",
+                             dups=", ".join(dups)))
     return labels
 
 
@@ -79,7 +85,8 @@ def load_labelset(spec: str, lang: str = "en") -> list[str]:
     key = (spec or "").strip().lower().replace("-", "")
     if key in LABEL_SETS:
         if lang not in ("en", "zh"):
-            raise LabelError(f"Unknown label language {lang!r}; expected en or zh")
+            raise LabelError(Msg("未知的标签语言 {lang!r}；应为 en 或 zh", "Unknown label language {lang!r}; expected en or zh",
+                                 lang=lang))
         return list(_json(f"classnames_{lang}.json")[key])
     return parse_labels(spec)
 
@@ -102,8 +109,10 @@ def load_templates(spec: str, lang: str = "en") -> list[str]:
         return list(_json("templates_en.json")["cifar100"])
     if "{c}" in spec:
         return [spec]
-    raise LabelError(f"Unknown templates {spec!r}; use one of {', '.join(TEMPLATE_SPECS)} "
-                     "or a custom template containing {c}, e.g. 'a photo of a {c}.'")
+    raise LabelError(Msg("未知的模板 {spec!r}；请使用 {specs} 之一，或包含 {{c}} 的自定义模板，例如“{{c}}的照片。”",
+                         "Unknown templates {spec!r}; use one of {specs} "
+                         "or a custom template containing {{c}}, e.g. 'a photo of a {{c}}.'",
+                         spec=spec, specs=", ".join(TEMPLATE_SPECS)))
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,7 @@ class PromptPlan:
     labels: list[str]          # displayed, in the user's language
     prompt_labels: list[str]   # inserted into the templates (English for an English-only encoder)
     templates: list[str]
-    note: str | None = None    # e.g. which translation was used, or why none was
+    note: str | None = None    # e.g. which translation was used, or why none was (a Msg: zh and en)
 
 
 def plan_prompts(encoder, label_spec: str, template_spec: str, lang: str = "en",
@@ -125,17 +134,21 @@ def plan_prompts(encoder, label_spec: str, template_spec: str, lang: str = "en",
         return PromptPlan(labels, labels, load_templates(template_spec, lang))
     templates = load_templates("single" if template_spec.strip().lower() == "zh" else template_spec, "en")
     if any(map(has_cjk, templates)):
-        return PromptPlan(labels, labels, templates, "Chinese templates with an English-only model: expect poor accuracy")
+        return PromptPlan(labels, labels, templates, Msg("仅懂英文的模型配中文模板：准确率可能很低",
+                                                         "Chinese templates with an English-only model: expect poor accuracy"))
     if label_spec.strip().lower().replace("-", "") in LABEL_SETS:
         return PromptPlan(labels, load_labelset(label_spec, "en"), templates)
     if not any(map(has_cjk, labels)):
         return PromptPlan(labels, labels, templates)
     english = translate(labels) if translate else None
     if not english or english == labels:
-        return PromptPlan(labels, labels, templates, "中文标签未翻译 (Chinese labels sent untranslated: no translator "
-                          "available); expect poor accuracy with this English-only model, or type English labels")
+        return PromptPlan(labels, labels, templates, Msg(
+            "中文标签未翻译（没有可用的翻译器）；这个仅懂英文的模型准确率可能很低，也可以直接输入英文标签",
+            "中文标签未翻译 (Chinese labels sent untranslated: no translator "
+            "available); expect poor accuracy with this English-only model, or type English labels"))
     pairs = ", ".join(f"{z} → {e}" for z, e in zip(labels, english) if z != e)
-    return PromptPlan(labels, english, templates, f"英文标签 (English labels used): {pairs}")
+    return PromptPlan(labels, english, templates, Msg("已改用英文标签：{pairs}", "英文标签 (English labels used): {pairs}",
+                                                      pairs=pairs))
 
 
 @torch.inference_mode()
@@ -171,7 +184,7 @@ class ZeroShotClassifier:
     def probabilities(self, image_feats: torch.Tensor, labels: list[str], templates: list[str]) -> torch.Tensor:
         """image_feats [N, D] (normalised) -> softmax probabilities [N, C]."""
         if len(labels) < 1:
-            raise LabelError("No labels given")
+            raise LabelError(Msg("没有给出标签", "No labels given"))
         logits = self.encoder.logit_scale * image_feats @ self.classes(labels, templates).T
         return logits.softmax(dim=-1)
 

@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, LibraryError
-from ..images import MAX_BYTES, NOT_A_FILE, decode_image, iter_image_files
+from ..images import MAX_BYTES, decode_image, iter_image_files, require_regular_file
+from ..messages import Msg
 from .store import MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from .thumbs import THUMB_SIZE, write_thumbnail
 from ..settings import ASSETS_DIR
@@ -54,7 +55,7 @@ class Upload:
 class IngestReport:
     added: list[str] = field(default_factory=list)         # ids of newly stored images
     duplicates: list[str] = field(default_factory=list)    # names of files already present
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (name, reason: a Msg, zh and en)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -106,18 +107,20 @@ def peek_model(root: str | os.PathLike) -> tuple[str, int] | None:
 def _read(source: str | os.PathLike | Upload) -> tuple[str, bytes]:
     if isinstance(source, Upload):
         if len(source.data) > MAX_BYTES:
-            raise ImageError(source.name, f"file is over the {MAX_BYTES / 2**20:.0f} MiB limit")
+            raise ImageError(source.name, Msg("文件超过 {limit:.0f} MiB 的上限", "file is over the {limit:.0f} MiB limit",
+                                              limit=MAX_BYTES / 2**20))
         return safe_display_name(source.name), source.data
     path = Path(source)
     name = safe_display_name(path.name)
-    if path.exists() and not path.is_file():   # a folder named x.jpg, a pipe (reading it would block)
-        raise ImageError(name, NOT_A_FILE)
+    require_regular_file(path, name)   # a folder named x.jpg, a pipe (reading it would block)
     try:
         if path.stat().st_size > MAX_BYTES:
-            raise ImageError(name, f"file is over the {MAX_BYTES / 2**20:.0f} MiB limit")
+            raise ImageError(name, Msg("文件超过 {limit:.0f} MiB 的上限", "file is over the {limit:.0f} MiB limit",
+                                       limit=MAX_BYTES / 2**20))
         return name, path.read_bytes()
     except OSError as e:
-        raise ImageError(name, f"cannot read file ({e.strerror or e})") from None
+        raise ImageError(name, Msg("无法读取文件（{error}）", "cannot read file ({error})",
+                                   error=str(e.strerror or e))) from None
 
 
 class _Seen:
@@ -260,8 +263,10 @@ def reindex(root: str | os.PathLike, encoder, batch_size: int = 64,
     entries = library.entries()
     missing = [e.name for e in entries if not e.path.is_file()]
     if missing:
-        raise LibraryError(f"{len(missing)} stored image(s) are missing ({', '.join(missing[:5])}...); "
-                           "run `python -m core library repair` first, then reindex")
+        raise LibraryError(Msg("有 {n} 张已存储的图片不见了（{names}...）；请先运行 `python -m core library repair`，再重新索引",
+                               "{n} stored image(s) are missing ({names}...); "
+                               "run `python -m core library repair` first, then reindex",
+                               n=len(missing), names=", ".join(missing[:5])))
     feats = []
     with ThreadPoolExecutor(_WORKERS) as pool:
         for i in range(0, len(entries), batch_size):

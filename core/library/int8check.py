@@ -21,6 +21,7 @@ import torch
 
 from ..errors import ImageError, ModelUnavailableError
 from ..images import load_image
+from ..messages import Msg
 from .ingest import sample_files
 from .store import Library
 
@@ -32,6 +33,11 @@ PROBE_TEXTS = ["a photo of a cat", "a dog running on the grass", "a city street 
                "a group of people at a table", "a computer on a desk", "snow on trees", "a boat on the water",
                "a rocket", "a drawing of a circle"]
 _RECORD = "int8_agreement.json"
+# Agreement.source as remembered in _RECORD (English) -> how it is said to the user
+_SOURCES = {"this library": Msg("本图库", "this library"),
+            "this library and the bundled samples": Msg("本图库和自带的示例图片", "this library and the bundled samples"),
+            "the bundled samples (the library is empty)": Msg("自带的示例图片（图库为空）",
+                                                              "the bundled samples (the library is empty)")}
 
 
 @dataclass(frozen=True)
@@ -55,10 +61,15 @@ class Agreement:
     def passes(self, policy: Int8Policy) -> bool:
         return self.overlap >= policy.min_overlap and self.cosine >= policy.min_cosine
 
-    def describe(self, policy: Int8Policy) -> str:
-        return (f"top-{policy.k} overlap {self.overlap:.2f} (need >= {policy.min_overlap:.2f}), lowest cosine "
-                f"{self.cosine:.4f} (need >= {policy.min_cosine:.4f}) on {self.images} images of {self.source} "
-                f"and {self.texts} probe queries")
+    def describe(self, policy: Int8Policy) -> Msg:
+        return Msg("前 {k} 名重合度 {overlap:.2f}（要求 >= {min_overlap:.2f}），最低余弦相似度 {cosine:.4f}"
+                   "（要求 >= {min_cosine:.4f}），基于{source}的 {images} 张图片和 {texts} 条探测查询",
+                   "top-{k} overlap {overlap:.2f} (need >= {min_overlap:.2f}), lowest cosine "
+                   "{cosine:.4f} (need >= {min_cosine:.4f}) on {images} images of {source} "
+                   "and {texts} probe queries",
+                   k=policy.k, overlap=self.overlap, min_overlap=policy.min_overlap, cosine=self.cosine,
+                   min_cosine=policy.min_cosine, images=self.images, source=_SOURCES.get(self.source, self.source),
+                   texts=self.texts)
 
 
 def measure_agreement(int8, fp32, images: list, texts: list[str], k: int = 10) -> tuple[float, float]:
@@ -99,7 +110,7 @@ def _remembered(record: Path, key: str, rows: int) -> Agreement | None:
     return Agreement(**found)
 
 
-def check_int8(encoder, library: Library, policy: Int8Policy = Int8Policy()) -> str:
+def check_int8(encoder, library: Library, policy: Int8Policy = Int8Policy()) -> Msg:
     """Measure (or recall) int8-vs-fp32 agreement on this library; a note to show the user, or
     ModelUnavailableError with the numbers when it is below `policy`."""
     record, key = Path(encoder.folder) / _RECORD, str(Path(library.root).resolve())
@@ -110,10 +121,13 @@ def check_int8(encoder, library: Library, policy: Int8Policy = Int8Policy()) -> 
         found = Agreement(len(images), len(PROBE_TEXTS), overlap, cosine, source, len(library))
         _remember(record, key, found)
     if not found.passes(policy):
-        raise ModelUnavailableError(
-            f"int8 ({encoder.model_id}) does not agree well enough with fp32 to be used: "
-            f"{found.describe(policy)}. Use --runtime onnx (fp32; same results as torch) or --runtime torch.")
-    return f"int8 agrees with fp32: {found.describe(policy)}."
+        raise ModelUnavailableError(Msg(
+            "int8（{model}）与 fp32 的结果不够一致，不能使用：{details}。请改用 --runtime onnx（fp32，结果与 torch 相同）"
+            "或 --runtime torch。",
+            "int8 ({model}) does not agree well enough with fp32 to be used: "
+            "{details}. Use --runtime onnx (fp32; same results as torch) or --runtime torch.",
+            model=encoder.model_id, details=found.describe(policy)))
+    return Msg("int8 与 fp32 结果一致：{details}。", "int8 agrees with fp32: {details}.", details=found.describe(policy))
 
 
 def _remember(record: Path, key: str, agreement: Agreement) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import QueryError
+from ..messages import Msg
 from .index import ExactIndex
 from .store import Library
 
@@ -90,11 +91,15 @@ def count_strong(hits: Sequence[Hit], ratio: float = WEAK_RATIO) -> int:
     return sum(1 for h in hits if h.score >= floor)
 
 
-def _check_text(text: str, what: str = "Query") -> str:
+_QUERY, _NEGATIVE = Msg("查询", "Query"), Msg("排除词", "Negative term")
+
+
+def _check_text(text: str, what: Msg = _QUERY) -> str:
     text = (text or "").strip()
     if len(text) > MAX_QUERY_CHARS:
-        raise QueryError(f"{what} is {len(text)} characters long; at most {MAX_QUERY_CHARS} are accepted "
-                         "(CLIP reads only the first 77 tokens anyway)")
+        raise QueryError(Msg("{what}有 {n} 个字符，最多接受 {limit} 个（CLIP 反正只读前 77 个词元）",
+                             "{what} is {n} characters long; at most {limit} are accepted "
+                             "(CLIP reads only the first 77 tokens anyway)", what=what, n=len(text), limit=MAX_QUERY_CHARS))
     return text
 
 
@@ -165,9 +170,10 @@ class Searcher:
     def query_vector(self, q: SearchQuery) -> tuple[torch.Tensor, str, str | None]:
         """The combined, normalised query embedding [D], the text used and a note."""
         text = _check_text(q.text)
-        minus = [m for m in (_check_text(m, "Negative term") for m in q.minus) if m]
+        minus = [m for m in (_check_text(m, _NEGATIVE) for m in q.minus) if m]
         if not text and q.image is None:
-            raise QueryError("Empty query: type some words (e.g. 'a cat on a sofa' or '一只猫') or give an image")
+            raise QueryError(Msg("查询为空：请输入一些词（例如“沙发上的猫”或“a cat”），或给一张图片",
+                                 "Empty query: type some words (e.g. 'a cat on a sofa' or '一只猫') or give an image"))
         parts, used, note = [], "", None
         if text:
             used, note = self.plan(text)
@@ -178,12 +184,14 @@ class Searcher:
             parts.append(-q.minus_weight * self.embed_text(self.plan(m)[0]))
         vec = torch.stack(parts).sum(dim=0)
         if vec.norm() < 1e-6:
-            raise QueryError("The positive and negative terms cancel out; change the weights or the terms")
+            raise QueryError(Msg("正向词和排除词相互抵消了；请调整权重或换些词",
+                                 "The positive and negative terms cancel out; change the weights or the terms"))
         return F.normalize(vec, dim=-1), used, note
 
     def search(self, q: SearchQuery) -> SearchResult:
         if not 1 <= q.k <= MAX_K:
-            raise QueryError(f"k must be between 1 and {MAX_K}, got {q.k}")
+            raise QueryError(Msg("k 必须在 1 到 {limit} 之间，收到的是 {k}", "k must be between 1 and {limit}, got {k}",
+                                 limit=MAX_K, k=q.k))
         vec, used, note = self.query_vector(q)
         words = _caption_terms(q.text) if q.use_captions and not q.minus and self._captions.any() else []
         pool = self.nearest(vec, max(q.k, _RERANK_POOL) if words else q.k, None if words else q.threshold)
@@ -215,12 +223,14 @@ class Searcher:
     def search_vector(self, vector: torch.Tensor, k: int = 10) -> list[Hit]:
         """Top-k for a raw embedding [D] (normalised here), e.g. one computed by an API client."""
         if not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
+            raise QueryError(Msg("k 必须在 1 到 {limit} 之间，收到的是 {k}", "k must be between 1 and {limit}, got {k}",
+                                 limit=MAX_K, k=k))
         if tuple(vector.shape) != (self.library.dim,) or not bool(torch.isfinite(vector).all()):
-            raise QueryError(f"A query vector must hold {self.library.dim} finite numbers (this library's "
-                             f"dimension), got shape {tuple(vector.shape)}")
+            raise QueryError(Msg("查询向量必须包含 {dim} 个有限数值（本图库的维度），收到的形状是 {shape}",
+                                 "A query vector must hold {dim} finite numbers (this library's "
+                                 "dimension), got shape {shape}", dim=self.library.dim, shape=tuple(vector.shape)))
         if float(vector.norm()) < 1e-6:
-            raise QueryError("The query vector is all zeros")
+            raise QueryError(Msg("查询向量全为零", "The query vector is all zeros"))
         return self.nearest(F.normalize(vector.float(), dim=-1), k)
 
     def similar_to(self, entry_id: str, k: int = 10) -> list[Hit]:

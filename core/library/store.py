@@ -69,6 +69,7 @@ import numpy as np
 import torch
 
 from ..errors import LibraryError, ModelMismatchError
+from ..messages import Msg
 from .columns import Columns, Row, remove_generation, write_columns
 from .journal import JOURNAL_HEADER, JOURNAL_MAGIC, encode_record, fsync_dir, read_records, write_atomic
 from .thumbs import thumb_path
@@ -135,7 +136,8 @@ class Library:
         self.root = Path(root)
         self.model_id, self.dim = model_id, dim
         if dtype not in (None, "float32", "float16"):
-            raise LibraryError(f"Feature dtype {dtype!r}: expected float32 or float16")
+            raise LibraryError(Msg("特征数据类型 {dtype!r} 无效：应为 float32 或 float16",
+                                   "Feature dtype {dtype!r}: expected float32 or float16", dtype=dtype))
         self._want_dtype = dtype
         self.dtype = dtype or "float32"
         self._lock = threading.RLock()
@@ -235,13 +237,17 @@ class Library:
         """The entry whose content hash starts with `id_prefix` (at least 6 hex characters)."""
         key = id_prefix.strip().lower()
         if len(key) < 6 or len(key) > 64 or any(c not in "0123456789abcdef" for c in key):
-            raise LibraryError(f"{id_prefix!r} is not an image id: use the 12-character id shown by `library list`")
+            raise LibraryError(Msg("{id!r} 不是图片 ID：请使用 `library list` 显示的 12 位 ID",
+                                   "{id!r} is not an image id: use the 12-character id shown by `library list`",
+                                   id=id_prefix))
         with self._lock:
             hits = [s for s in self._cols.rows_with_prefix(key) if self._alive[s]]
             hits += [len(self._cols) + t for sha, t in self._tail_pos.items() if sha.startswith(key)]
             hits = [s for s in hits if self._alive[s]]
-            if len(hits) != 1:
-                raise LibraryError(f"No image with id {id_prefix}" if not hits else f"Id {id_prefix} is ambiguous")
+            if not hits:
+                raise LibraryError(Msg("没有 ID 为 {id} 的图片", "No image with id {id}", id=id_prefix))
+            if len(hits) > 1:
+                raise LibraryError(Msg("ID {id} 有歧义（匹配多张图片）", "Id {id} is ambiguous", id=id_prefix))
             return self._entry(hits[0])
 
     def vector(self, id_prefix: str) -> torch.Tensor:
@@ -308,7 +314,9 @@ class Library:
         False if the same bytes were already stored (or appeared twice in the batch)."""
         for img in images:
             if tuple(img.vector.shape) != (self.dim,):
-                raise LibraryError(f"Embedding of shape {tuple(img.vector.shape)} does not fit this library (dim {self.dim})")
+                raise LibraryError(Msg("形状为 {shape} 的嵌入与本图库不匹配（维度 {dim}）",
+                                       "Embedding of shape {shape} does not fit this library (dim {dim})",
+                                       shape=tuple(img.vector.shape), dim=self.dim))
         with self._lock, self._process_lock():
             self._catch_up_locked()
             fresh, seen = [], set()
@@ -366,7 +374,8 @@ class Library:
             self.refresh()
             entries = self.entries()
             if [e.sha256 for e in entries] != list(sha256s) or features.shape[0] != len(entries):
-                raise LibraryError("The library changed while re-indexing; run it again")
+                raise LibraryError(Msg("重新索引期间图库发生了变化；请再运行一次",
+                                       "The library changed while re-indexing; run it again"))
             old = self.model_id, self.dim
             self.model_id, self.dim = model_id, int(features.shape[1])
             try:
@@ -540,12 +549,19 @@ class Library:
             manifest = json.loads(path.read_text(encoding="utf-8"))
             int(manifest["generation"]), manifest["model_id"], int(manifest["dim"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise LibraryError(f"{path} is unreadable ({type(e).__name__}); the images in {self.root / 'images'} are "
-                               f"intact: move {MANIFEST_NAME}, {STORE_DIR}/ and {JOURNAL_NAME} aside, then "
-                               "`python -m core library repair` re-adds every image from them.") from None
+            raise LibraryError(Msg(
+                "{path} 无法读取（{error}）；{images} 中的图片完好无损：把 {manifest}、{store}/ 和 {journal} 移到别处，"
+                "然后运行 `python -m core library repair`，它会根据这些图片重新添加每一张。",
+                "{path} is unreadable ({error}); the images in {images} are "
+                "intact: move {manifest}, {store}/ and {journal} aside, then "
+                "`python -m core library repair` re-adds every image from them.",
+                path=str(path), error=type(e).__name__, images=str(self.root / "images"), manifest=MANIFEST_NAME,
+                store=STORE_DIR, journal=JOURNAL_NAME)) from None
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise LibraryError(f"{path} has format version {manifest.get('format_version')}; this program reads "
-                               f"{FORMAT_VERSION}. Use a newer version of the workbench.")
+            raise LibraryError(Msg("{path} 的格式版本是 {found}，本程序读取的是 {expected}。请使用更新版本的工作台。",
+                                   "{path} has format version {found}; this program reads "
+                                   "{expected}. Use a newer version of the workbench.",
+                                   path=str(path), found=manifest.get("format_version"), expected=FORMAT_VERSION))
         return manifest
 
     def _load_locked(self, recover: bool) -> None:
@@ -560,17 +576,26 @@ class Library:
     def _load_once(self, recover: bool) -> None:
         manifest = self._read_manifest()
         if manifest["model_id"] != self.model_id:
-            raise ModelMismatchError(
-                f"Library {self.root} holds features of model {manifest['model_id']!r}, not {self.model_id!r}; "
-                f"embeddings of different models are never mixed. Use --model {manifest['model_id']!r}, another "
-                f"--library folder, or `python -m core library reindex --model {self.model_id}` to re-encode it.")
+            raise ModelMismatchError(Msg(
+                "图库 {root} 保存的是模型 {stored!r} 的特征，而不是 {model!r} 的；不同模型的嵌入绝不混用。"
+                "请使用 --model {stored!r}、换一个 --library 文件夹，或运行 "
+                "`python -m core library reindex --model {model}` 重新编码。",
+                "Library {root} holds features of model {stored!r}, not {model!r}; "
+                "embeddings of different models are never mixed. Use --model {stored!r}, another "
+                "--library folder, or `python -m core library reindex --model {model}` to re-encode it.",
+                root=str(self.root), stored=manifest["model_id"], model=self.model_id))
         gen = int(manifest["generation"])
         try:
             cols = Columns.open(self.root / STORE_DIR, gen, int(manifest["dim"]))
         except (OSError, ValueError) as e:
-            raise LibraryError(f"The snapshot columns of generation {gen} in {self.root / STORE_DIR} are unreadable "
-                               f"({e}); the images are intact: move {MANIFEST_NAME}, {STORE_DIR}/ and {JOURNAL_NAME} "
-                               "aside, then `python -m core library repair` re-adds every image.") from None
+            raise LibraryError(Msg(
+                "{folder} 中第 {gen} 代的快照列无法读取（{error}）；图片完好无损：把 {manifest}、{store}/ 和 {journal} "
+                "移到别处，然后运行 `python -m core library repair` 重新添加每一张图片。",
+                "The snapshot columns of generation {gen} in {folder} are unreadable "
+                "({error}); the images are intact: move {manifest}, {store}/ and {journal} "
+                "aside, then `python -m core library repair` re-adds every image.",
+                gen=gen, folder=str(self.root / STORE_DIR), error=str(e), manifest=MANIFEST_NAME, store=STORE_DIR,
+                journal=JOURNAL_NAME)) from None
         before = self.live_ids() if self._cols is not None and not recover else None
         if self._cols is not None:
             self._cols.close()
@@ -591,14 +616,20 @@ class Library:
         header_ok = len(data) >= JOURNAL_HEADER.size and data[:4] == JOURNAL_MAGIC
         gen = JOURNAL_HEADER.unpack_from(data)[2] if header_ok else -1
         if data and not header_ok:
-            raise LibraryError(f"{path} is damaged (its header is unreadable). Move it aside and open the library "
-                               f"again: you get the state of the last compaction, and `library repair` re-adds the newer images.")
+            raise LibraryError(Msg(
+                "{path} 已损坏（文件头无法读取）。把它移到别处后重新打开图库：会恢复到上次压缩时的状态，"
+                "再用 `library repair` 重新添加之后的图片。",
+                "{path} is damaged (its header is unreadable). Move it aside and open the library "
+                "again: you get the state of the last compaction, and `library repair` re-adds the newer images.",
+                path=str(path)))
         if gen != self._generation:
             if not recover:   # another process is between its manifest and journal renames
                 self._journal_ino, self._journal_pos = -1, 0
                 return
             if gen > self._generation:
-                raise LibraryError(f"{path} is newer than {MANIFEST_NAME}; was the store replaced by hand?")
+                raise LibraryError(Msg("{path} 比 {manifest} 更新；存储是不是被手动替换过？",
+                                       "{path} is newer than {manifest}; was the store replaced by hand?",
+                                       path=str(path), manifest=MANIFEST_NAME))
             self._new_journal_locked()  # stale (crash mid-compaction) or missing: its records are in the snapshot
             data, ino = _read_with_inode(path)
         self._journal_ino = ino
@@ -646,7 +677,8 @@ class Library:
         except OSError as e:   # e.g. the disk is full: nothing of this batch was acknowledged, none of it stays
             for staged in staged_files:
                 staged.unlink(missing_ok=True)
-            raise _disk_error(e, f"storing {len(fresh)} new image(s); none of them was added") from None
+            raise _disk_error(e, Msg("正在存储 {n} 张新图片，均未添加", "storing {n} new image(s); none of them was added",
+                                     n=len(fresh))) from None
         for img, rel, rowid, _ in records:
             self._apply_add(img.sha256, rel, img.meta, img.vector, rowid)
             try:
@@ -717,7 +749,7 @@ class Library:
         except OSError as e:   # e.g. the disk is full: unless store.json already names gen, nothing changed
             if int(self._read_manifest()["generation"]) != gen:
                 remove_generation(self.root / STORE_DIR, gen)
-                raise _disk_error(e, "compacting the library; it is unchanged") from None
+                raise _disk_error(e, Msg("正在压缩图库，图库保持不变", "compacting the library; it is unchanged")) from None
         self._generation = gen
         try:
             self._new_journal_locked()
@@ -749,7 +781,8 @@ class Library:
         try:
             write_atomic(self.root / SNAPSHOT_NAME, lambda f: torch.save(snap, f))
         except OSError as e:
-            raise _disk_error(e, f"rewriting {SNAPSHOT_NAME}; the library itself is intact") from None
+            raise _disk_error(e, Msg("正在重写 {file}，图库本身完好", "rewriting {file}; the library itself is intact",
+                                     file=SNAPSHOT_NAME)) from None
         self._flushed = (self._generation, self.version)
 
     def _create_or_migrate_locked(self) -> None:
@@ -774,16 +807,25 @@ class Library:
         try:
             snap = torch.load(snapshot, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-            raise LibraryError(f"{snapshot} is unreadable ({type(e).__name__}); the images in {self.root / 'images'} "
-                               f"are intact: move {SNAPSHOT_NAME} and {JOURNAL_NAME} aside, then "
-                               "`python -m core library repair` re-adds every image from them.") from None
+            raise LibraryError(Msg(
+                "{path} 无法读取（{error}）；{images} 中的图片完好无损：把 {snapshot} 和 {journal} 移到别处，"
+                "然后运行 `python -m core library repair`，它会根据这些图片重新添加每一张。",
+                "{path} is unreadable ({error}); the images in {images} "
+                "are intact: move {snapshot} and {journal} aside, then "
+                "`python -m core library repair` re-adds every image from them.",
+                path=str(snapshot), error=type(e).__name__, images=str(self.root / "images"), snapshot=SNAPSHOT_NAME,
+                journal=JOURNAL_NAME)) from None
         if snap.get("format_version") not in (1, FORMAT_VERSION):
-            raise LibraryError(f"{snapshot} has format version {snap.get('format_version')}; this program reads "
-                               f"1 and {FORMAT_VERSION}. Use a newer version of the workbench.")
+            raise LibraryError(Msg("{path} 的格式版本是 {found}，本程序读取的是 1 和 {expected}。请使用更新版本的工作台。",
+                                   "{path} has format version {found}; this program reads "
+                                   "1 and {expected}. Use a newer version of the workbench.",
+                                   path=str(snapshot), found=snap.get("format_version"), expected=FORMAT_VERSION))
         if snap["model_id"] != self.model_id:
-            raise ModelMismatchError(
-                f"Library {self.root} holds features of model {snap['model_id']!r}, not {self.model_id!r}; "
-                "embeddings of different models are never mixed.")
+            raise ModelMismatchError(Msg(
+                "图库 {root} 保存的是模型 {stored!r} 的特征，而不是 {model!r} 的；不同模型的嵌入绝不混用。",
+                "Library {root} holds features of model {stored!r}, not {model!r}; "
+                "embeddings of different models are never mixed.",
+                root=str(self.root), stored=snap["model_id"], model=self.model_id))
         self._generation, self._created = int(snap["generation"]), float(snap["created"])
         ids = snap["ids"].tolist() if "ids" in snap else [None] * len(snap["files"])
         for i, (rel, sha, meta, rowid) in enumerate(zip(snap["files"], snap["sha256"], snap["meta"], ids)):
@@ -793,11 +835,13 @@ class Library:
         self._write_generation_locked(None, None, self._generation + 1)
 
 
-def _disk_error(e: OSError, doing: str) -> LibraryError:
+def _disk_error(e: OSError, doing: Msg) -> LibraryError:
     """A write that failed (most often ENOSPC: the disk is full) as a message that says what to do."""
-    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    return LibraryError(f"Could not write to the library while {doing}: {why}. Free some disk space "
-                        "(or ask the teacher to delete images), then try again.")
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    why = Msg("磁盘已满", "the disk is full") if full else (e.strerror or str(e))
+    return LibraryError(Msg("无法写入图库（{doing}）：{why}。请释放一些磁盘空间（或请教师删除图片），然后重试。",
+                            "Could not write to the library while {doing}: {why}. Free some disk space "
+                            "(or ask the teacher to delete images), then try again.", doing=doing, why=why))
 
 
 def _read_with_inode(path: Path) -> tuple[bytes, int]:
