@@ -30,6 +30,7 @@ from PIL import Image
 from .batching import BatchingEncoder
 from .errors import LibraryError, ModelMismatchError, ModelUnavailableError, UnknownModelError
 from .images import load_image
+from .messages import Msg
 from .language.caption import DEFAULT_CAPTIONER, Captioner
 from .language.query import caption_metadata, prepare_query
 from .language.translate import DEFAULT_TRANSLATOR, Translator
@@ -391,9 +392,10 @@ def _open_for(root: Path, encoder: Encoder, fallback_used: bool) -> tuple[Librar
         if not fallback_used:
             raise
         side = root / "offline-mini"
-        return open_library(side, encoder), (
-            f"The library in {root} belongs to another model and is kept as it is; the offline model "
-            f"uses a separate library in {side} until that model is available again.")
+        return open_library(side, encoder), Msg(
+            "{root} 中的图库属于另一个模型，保持原样不动；在那个模型重新可用之前，离线模型使用 {side} 中的单独图库。",
+            "The library in {root} belongs to another model and is kept as it is; the offline model "
+            "uses a separate library in {side} until that model is available again.", root=str(root), side=str(side))
 
 
 def build_workbench(model: str | None = None, library_dir: str | Path | None = None, device: str | None = None,
@@ -429,5 +431,5 @@ def reindex_library(library_dir: str | Path | None, model: str, device: str | No
     encoder = load_encoder(model, pick_runtime(device, runtime), offline=offline)
     root = Path(library_dir or default_paths().library)
     if not root.exists():
-        raise LibraryError(f"No library at {root}")
+        raise LibraryError(Msg("{root} 处没有图库", "No library at {root}", root=str(root)))
     return reindex(root, encoder, progress=progress)

@@ -16,6 +16,7 @@ import gradio as gr
 from core import IngestReport, SearchQuery, SearchResult, Workbench
 from core.access import Access, Caller
 from core.errors import ModelUnavailableError, UnknownModelError
+from core.messages import Msg
 from core.library.search import WEAK_RATIO, count_strong, split_terms
 
 from .errors import fail, user_errors
@@ -209,7 +210,7 @@ class Callbacks:
     def seed_library(self, lang: str, request: gr.Request = None, progress=gr.Progress()):
         """Add the bundled sample images -> summary markdown (the teacher only)."""
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), "seed the library")
+            self.access.require_admin(who(self.access, request), Msg("给图库添加示例图片", "seed the library"))
             report = self.wb.seed(progress=self._progress(progress, None, t("lib.progress", lang)))
         return self._summary(report, lang)
 
@@ -238,7 +239,7 @@ class Callbacks:
         if not (image_id or "").strip():
             raise fail("lib.no_selection", lang)
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), "delete images")
+            self.access.require_admin(who(self.access, request), Msg("删除图片", "delete images"))
             entry, = self.wb.remove([image_id])
         return t("lib.removed", lang, name=entry.name, id=entry.id, n=len(self.wb))
 
@@ -257,14 +258,14 @@ class Callbacks:
 
     def compact_library(self, lang: str, request: gr.Request = None) -> str:
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), "compact the library")
+            self.access.require_admin(who(self.access, request), Msg("压缩图库", "compact the library"))
             self.wb.compact()
         return t("lib.compacted", lang, n=len(self.wb))
 
     def repair_library(self, lang: str, request: gr.Request = None) -> str:
         """Rows without files removed, files without rows re-added (never deleted) -> summary."""
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), "repair the library")
+            self.access.require_admin(who(self.access, request), Msg("修复图库", "repair the library"))
             r = self.wb.repair()
         return t("lib.repaired", lang, removed=r["rows_removed"], readded=r["images_readded"], n=len(self.wb))
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from core import LiveConfig, LiveTrainer
 from core.access import Access
+from core.messages import Msg
 
 from .callbacks import Callbacks, who
 from .errors import fail, user_errors
@@ -57,7 +58,7 @@ class LearnCallbacks:
                     images: float, lang: str, request: gr.Request = None):
         """Start a mini-CLIP training (teacher only, one at a time), then stream its plots."""
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), "start a training")
+            self.access.require_admin(who(self.access, request), Msg("开始训练", "start a training"))
         data = (data or "shapes").strip()
         if data != "shapes" and not data.startswith("flickr8k:"):
             raise fail("learn.bad_data", lang)
@@ -78,13 +79,13 @@ class LearnCallbacks:
 
     def train_stop(self, lang: str, request: gr.Request = None) -> str:
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), "stop a training")
+            self.access.require_admin(who(self.access, request), Msg("停止训练", "stop a training"))
         return t("learn.stopping" if self.trainer.stop() else "learn.idle", lang)
 
     def use_model(self, lang: str, request: gr.Request = None) -> str:
         """Switch the app to the last run's best.pt, with that run's own library (teacher only)."""
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), "switch the app's model")
+            self.access.require_admin(who(self.access, request), Msg("切换应用使用的模型", "switch the app's model"))
         state = self.trainer.snapshot()
         if state.running or state.best is None:
             raise fail("learn.no_model", lang)
