@@ -76,7 +76,7 @@ def test_openai_url_first(monkeypatch, tmp_path, tiny_hub_repo):
 def test_hub_copy_when_openai_fails(monkeypatch, tmp_path, tiny_hub_repo):
     hub = _mock(monkeypatch, openai_ok=False, hub_dir=tiny_hub_repo, tmp_path=tmp_path)
     enc = load_encoder("ViT-B/32", "cpu", cache=tmp_path / "cache")
-    assert enc.model_id == "hf:openai/clip-vit-base-patch32"
+    assert enc.model_id == "ViT-B/32"      # the same weights: one model id, whichever source served them
     assert hub.calls and all(c == ("openai/clip-vit-base-patch32", "https://hf-mirror.example") for c in hub.calls)
     assert "Hugging Face hub (https://hf-mirror.example" in enc.source_note
     assert enc.encode_texts(["a photo of a cat"]).shape == (1, 24)
@@ -85,8 +85,21 @@ def test_hub_copy_when_openai_fails(monkeypatch, tmp_path, tiny_hub_repo):
 def test_workbench_says_which_source_and_is_no_fallback(monkeypatch, tmp_path, tiny_hub_repo):
     _mock(monkeypatch, openai_ok=False, hub_dir=tiny_hub_repo, tmp_path=tmp_path)
     wb = build_workbench("ViT-B/32", tmp_path / "lib", device="cpu", cache=tmp_path / "cache")
-    assert not wb.fallback and wb.encoder.model_id == "hf:openai/clip-vit-base-patch32"
+    assert not wb.fallback and wb.encoder.model_id == "ViT-B/32"
     assert "loaded from the Hugging Face hub" in wb.notice
+
+
+def test_a_library_made_from_openais_file_is_reused_with_the_hub_copy(monkeypatch, tmp_path, tiny_hub_repo):
+    """A class library indexed while OpenAI's URL worked opens (not "made by another model") when the
+    same ViT-B/32 later comes from the hub."""
+    _mock(monkeypatch, openai_ok=True, hub_dir=tiny_hub_repo, tmp_path=tmp_path)
+    wb = build_workbench("ViT-B/32", tmp_path / "lib", device="cpu", cache=tmp_path / "cache", background=False)
+    wb.seed()
+    n = len(wb)
+    wb.close()
+    _mock(monkeypatch, openai_ok=False, hub_dir=tiny_hub_repo, tmp_path=tmp_path / "again")
+    wb = build_workbench("ViT-B/32", tmp_path / "lib", device="cpu", cache=tmp_path / "cache2", background=False)
+    assert not wb.fallback and len(wb) == n and wb.library.model_id == "ViT-B/32"
 
 
 def test_both_sources_fail_then_the_mini_model_and_both_reasons(monkeypatch, tmp_path):
