@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Msg", "localize"]
+__all__ = ["Msg", "localize", "join"]
 
 
 class Msg(str):
@@ -64,3 +64,13 @@ def localize(value: Any, lang: str) -> str:
         if len(value.args) == 1 and isinstance(value.args[0], Msg):
             return value.args[0].text(lang)
     return str(value)
+
+
+def join(parts, sep: str = " ") -> str | None:
+    """Several messages as one (None if all are empty); each part keeps its own languages."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    names = [f"part{i}" for i in range(len(parts))]
+    template = sep.join("{%s}" % n for n in names)
+    return Msg(template, template, **dict(zip(names, parts)))

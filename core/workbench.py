@@ -30,7 +30,7 @@ from PIL import Image
 from .batching import BatchingEncoder
 from .errors import LibraryError, ModelMismatchError, ModelUnavailableError, UnknownModelError
 from .images import load_image
-from .messages import Msg
+from .messages import Msg, join
 from .language.caption import DEFAULT_CAPTIONER, Captioner
 from .language.query import caption_metadata, prepare_query
 from .language.translate import DEFAULT_TRANSLATOR, Translator
@@ -415,7 +415,7 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
     library, library_note = _open_for(Path(library_dir or default_paths().library), encoder, fallback_used)
     int8_note = check_int8(encoder, library) if encoder.runtime.engine == "onnx-int8" else None
     notes = (notice, encoder.source_note, encoder.runtime_note, library_note, int8_note)
-    notice = " ".join(n for n in notes if n) or None
+    notice = join(notes)   # one notice, each part still in both languages
     wb = Workbench(rt, encoder, library, notice=notice, offline=offline, captioner=captioner,
                    translator=translator, index=index, background=background, fallback=fallback_used)
     if captioner:

@@ -144,10 +144,10 @@ def plan_prompts(encoder, label_spec: str, template_spec: str, lang: str = "en",
     if not english or english == labels:
         return PromptPlan(labels, labels, templates, Msg(
             "中文标签未翻译（没有可用的翻译器）；这个仅懂英文的模型准确率可能很低，也可以直接输入英文标签",
-            "中文标签未翻译 (Chinese labels sent untranslated: no translator "
-            "available); expect poor accuracy with this English-only model, or type English labels"))
+            "Chinese labels sent untranslated (no translator available): expect poor accuracy with this "
+            "English-only model, or type English labels"))
     pairs = ", ".join(f"{z} → {e}" for z, e in zip(labels, english) if z != e)
-    return PromptPlan(labels, english, templates, Msg("已改用英文标签：{pairs}", "英文标签 (English labels used): {pairs}",
+    return PromptPlan(labels, english, templates, Msg("已改用英文标签：{pairs}", "English labels used: {pairs}",
                                                       pairs=pairs))
 
 
