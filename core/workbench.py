@@ -243,10 +243,10 @@ class Workbench:
         """Decode an image input through the safe loader (ImageError with the reason otherwise)."""
         return as_image(image, name)
 
-    def caption(self, images: Sequence[ImageInput]) -> list[dict]:
-        """N images -> N dicts {"caption_en", "caption_zh"[, "caption_zh_error"]} (see caption_metadata).
-        A missing captioner raises ModelUnavailableError."""
-        return caption_metadata([as_image(im) for im in images], self.captioner, self.translator)
+    def caption(self, images: Sequence[ImageInput], stage: Callable[[str], None] | None = None) -> list[dict]:
+        """N images -> N dicts {"caption_en", "caption_zh"[, "caption_zh_error"]} (see caption_metadata,
+        which also says the `stage`s a front end hears). A missing captioner raises ModelUnavailableError."""
+        return caption_metadata([as_image(im) for im in images], self.captioner, self.translator, stage)
 
     # ------------------------------------------------------------ search and classify
 

@@ -78,7 +78,8 @@ def test_chinese_query_reaches_english_only_clip_in_english(clip_encoder):
     plan = prepare_query("会飞的猫", clip_encoder, tr)
     assert _search_text(plan, clip_encoder) == ["The Cat Who Flies"]
     assert plan.translated and not plan.warning and plan.original == "会飞的猫"
-    assert "英文查询" in plan.note and "'The Cat Who Flies'" in plan.note
+    assert plan.note == "English query: 'The Cat Who Flies'"   # a Msg: English, and Chinese for the app
+    assert "英文查询" in plan.note.text("zh") and "'The Cat Who Flies'" in plan.note.text("zh")
     assert tr.calls == [(["会飞的猫"], "en")]
 
 

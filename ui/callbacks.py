@@ -16,7 +16,7 @@ import gradio as gr
 from core import IngestReport, SearchQuery, SearchResult, Workbench
 from core.access import Access, Caller
 from core.errors import ModelUnavailableError, UnknownModelError
-from core.messages import Msg
+from core.messages import Msg, localize
 from core.library.search import WEAK_RATIO, count_strong, split_terms
 
 from .errors import fail, user_errors
@@ -165,8 +165,8 @@ class Callbacks:
 
     def _search_info(self, result: SearchResult, asked: str, lang: str, weak: int = 0, shown_all: bool = True) -> str:
         lines = [w for w in (self._unknown(asked, lang),) if w]
-        if result.note:   # core's note is bilingual already, e.g. "英文查询 (English query): 'a cat'"
-            lines.append(t("search.note", lang, note=result.note))
+        if result.note:   # core's note is a Msg: English, and Chinese for a Chinese page
+            lines.append(t("search.note", lang, note=localize(result.note, lang)))
         elif result.text_used and result.text_used != asked.strip():
             lines.append(t("search.used", lang, text=result.text_used))
         if not result.hits:
@@ -180,18 +180,25 @@ class Callbacks:
 
     # ------------------------------------------------------------ captions
 
-    def caption(self, image: str | None, lang: str):
-        """-> (English caption, Chinese caption, status markdown); a missing model is explained, not raised."""
+    def caption(self, image: str | None, lang: str, progress=gr.Progress()):
+        """-> (English caption, Chinese caption, status markdown); a missing model is explained, not raised.
+        The progress text says which step runs: loading the captioner (the slow first time), captioning,
+        translating."""
         if not image:
             raise fail("err.no_image", lang)
         with user_errors(lang):
             picture = self.wb.image(image)
+        steps = {"load": (0.0, "cap.loading"), "caption": (0.4, "cap.writing"), "translate": (0.7, "cap.translating")}
+
+        def stage(name: str) -> None:
+            if name in steps:
+                progress(steps[name][0], desc=t(steps[name][1], lang))
         try:
-            meta = self.wb.caption([picture])[0]
+            meta = self.wb.caption([picture], stage=stage)[0]
         except (ModelUnavailableError, UnknownModelError) as e:
-            return "", "", t("cap.unavailable", lang, detail=str(e))
+            return "", "", t("cap.unavailable", lang, detail=localize(e, lang))
         zh_error = meta.get("caption_zh_error")
-        status = t("cap.no_zh", lang, detail=zh_error) if zh_error else t("cap.done", lang)
+        status = t("cap.no_zh", lang, detail=localize(zh_error, lang)) if zh_error else t("cap.done", lang)
         return meta["caption_en"], meta.get("caption_zh") or "", status
 
     # ------------------------------------------------------------ library

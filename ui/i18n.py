@@ -329,3 +329,11 @@ def pick_lang(value: str | None) -> str:
 def choices(keys: dict[str, str], lang: str) -> list[tuple[str, str]]:
     """Dropdown choices [(shown text, value)] from {value: string key}."""
     return [(t(k, lang), v) for v, k in keys.items()]
+
+
+# caption tab: progress steps (the first caption loads the model: minutes on a slow link)
+_S.update({
+    "cap.loading": ("正在加载描述模型（第一次需下载约 1 GB）…", "loading the captioner (first time: downloads ~1 GB)…"),
+    "cap.writing": ("正在生成英文描述…", "writing the English caption…"),
+    "cap.translating": ("正在翻译成中文…", "translating into Chinese…"),
+})

@@ -7,10 +7,11 @@ A captioner name is a registry name (`CAPTIONERS`), a local directory saved with
 `save_pretrained`, or a Hugging Face hub id. Hub downloads go to the project cache
 (`CLIP_WB_CACHE`/hf), honour HF_ENDPOINT (mirrors) and HF_HUB_OFFLINE, and every
 failure raises `ModelUnavailableError` saying which model, where it looked, and how
-to supply it. A failed load is remembered: an unreachable hub costs ~50 s of retries,
-which must not be paid again on every request. Build a new Captioner to retry.
+to supply it. A cached model loads without touching the network; an unreachable hub fails
+within seconds (core/models/hf.py). A failed load is remembered, so it is not tried again on
+every request. Build a new Captioner to retry.
 
-The loading rules (cache, mirrors, offline, errors) are core/hf.py's, shared by every HF model.
+The loading rules (cache, mirrors, offline, errors) are core/models/hf.py's, shared by every HF model.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 from PIL import Image
 
 from ..errors import ModelUnavailableError, UnknownModelError
+from ..messages import Msg
 from ..models.hf import LazyLoad, is_hub_id, load_pretrained, model_type
 from ..settings import Runtime, pick_runtime
 
@@ -58,7 +60,7 @@ def _load_vit_gpt2(what: str, source: str, cache: Path | None, offline: bool) ->
     from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
     loaders = [VisionEncoderDecoderModel.from_pretrained, ViTImageProcessor.from_pretrained,
                AutoTokenizer.from_pretrained]
-    model, proc, tok = load_pretrained(what, source, loaders, cache, offline)
+    model, proc, tok = load_pretrained(what, source, loaders, cache, offline, "--captioner")
     # GPT-2 has no pad token; nlpconnect's config pads with <|endoftext|>, as beam search needs one
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else tok.eos_token_id
     return _Parts(model, lambda ims: proc(images=ims, return_tensors="pt")["pixel_values"],
@@ -68,7 +70,7 @@ def _load_vit_gpt2(what: str, source: str, cache: Path | None, offline: bool) ->
 def _load_blip(what: str, source: str, cache: Path | None, offline: bool) -> _Parts:
     from transformers import BlipForConditionalGeneration, BlipProcessor
     model, proc = load_pretrained(what, source, [BlipForConditionalGeneration.from_pretrained,
-                                  BlipProcessor.from_pretrained], cache, offline)
+                                  BlipProcessor.from_pretrained], cache, offline, "--captioner")
     return _Parts(model, lambda ims: proc(images=ims, return_tensors="pt")["pixel_values"],
                   lambda ids: proc.batch_decode(ids, skip_special_tokens=True), {})
 
@@ -90,18 +92,24 @@ class Captioner:
         elif is_hub_id(name):
             self.source, self.model_id = name, f"hf:{name}"
         else:
-            raise UnknownModelError(f"Captioner {name!r} not found; available captioners = {sorted(CAPTIONERS)}, "
-                                    "or a local save_pretrained() directory, or a Hugging Face id ORG/NAME")
+            raise UnknownModelError(Msg("找不到描述模型 '{name}'；可用的描述模型 = {available}，或用 save_pretrained() "
+                                        "保存的本地文件夹，或 Hugging Face 上的 id ORG/NAME",
+                                        "Captioner '{name}' not found; available captioners = {available}, "
+                                        "or a local save_pretrained() directory, or a Hugging Face id ORG/NAME",
+                                        name=name, available=sorted(CAPTIONERS)))
         self.runtime = runtime or pick_runtime()
         self.settings, self._cache, self._offline = settings, cache, offline
         self._parts = LazyLoad(self._load)
         self._run_lock = threading.Lock()  # one generate() at a time: no gain from interleaving on one device
 
     def _load(self) -> _Parts:
-        what = f"captioner {self.model_id!r} ({self.source})"
+        what = Msg("描述模型 '{model}'（{source}）", "captioner '{model}' ({source})",
+                   model=self.model_id, source=self.source)
         kind = self.kind or model_type(self.source, self._cache, self._offline, what)
         if kind not in _LOADERS:
-            raise UnknownModelError(f"{self.source} is a {kind!r} model; captioners must be one of {sorted(_LOADERS)}")
+            raise UnknownModelError(Msg("{source} 是 '{kind}' 模型；描述模型必须是 {kinds} 之一",
+                                        "{source} is a '{kind}' model; captioners must be one of {kinds}",
+                                        source=self.source, kind=kind, kinds=sorted(_LOADERS)))
         parts = _LOADERS[kind](what, self.source, self._cache, self._offline)
         parts.model.to(self.runtime.device, self.runtime.dtype).eval()
         return parts

@@ -12,11 +12,12 @@ The translator and captioner are passed in (anything with `translate(texts, to)`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from PIL import Image
 
 from ..errors import ModelUnavailableError
+from ..messages import Msg
 from .script import has_cjk, is_chinese
 
 __all__ = ["QueryPlan", "prepare_query", "caption_metadata", "Translates", "Captions"]
@@ -36,7 +37,8 @@ class QueryPlan:
     original: str        # what the user typed
     text: str            # what is sent to the encoder
     translated: bool     # True when `text` is a machine translation of `original`
-    note: str | None = None  # for the user: the English query used, or why the query was not translated
+    note: str | None = None  # for the user (a Msg: English, and Chinese for the app): the English query used,
+    #                          or why the query was not translated
     warning: bool = False    # True when results will likely be poor (Chinese sent to an English-only model)
 
 
@@ -46,41 +48,60 @@ def prepare_query(text: str, encoder, translator: Translates | None) -> QueryPla
     if getattr(encoder, "multilingual", False) or not has_cjk(text):
         return QueryPlan(text, text, False)
     if not is_chinese(text):
-        return QueryPlan(text, text, False, "Only Chinese queries are translated; this model understands "
-                         "English best, so a Japanese or Korean query will likely match poorly.", warning=True)
+        return QueryPlan(text, text, False, Msg(
+            "只翻译中文查询；这个模型最懂英文，所以日文或韩文查询多半匹配得不好。",
+            "Only Chinese queries are translated; this model understands English best, so a Japanese or "
+            "Korean query will likely match poorly."), warning=True)
     if translator is None:
-        return _untranslated(text, "no translator is configured")
+        return _untranslated(text, Msg("没有配置翻译模型", "no translator is configured"))
     try:
         english = translator.translate([text], to="en")[0].strip()
     except ModelUnavailableError as e:
-        return _untranslated(text, str(e))
+        return _untranslated(text, _message(e))
     if not english:
-        return _untranslated(text, "the translator returned an empty translation")
-    return QueryPlan(text, english, True, f"英文查询 (English query): '{english}'")
+        return _untranslated(text, Msg("翻译模型给出了空的译文", "the translator returned an empty translation"))
+    return QueryPlan(text, english, True, Msg("英文查询：'{english}'", "English query: '{english}'", english=english))
 
 
 def _untranslated(text: str, reason: str) -> QueryPlan:
-    return QueryPlan(text, text, False, (
-        f"中文查询未翻译 (Chinese query sent untranslated): {reason}. This CLIP model reads little Chinese, "
-        "so expect poor results; supply the translator, type the query in English, or choose a "
-        "Chinese-capable model (ChineseCLIP, AltCLIP, mini)."), warning=True)
+    return QueryPlan(text, text, False, Msg(
+        "中文查询未经翻译就送入了模型，结果多半不好：这个 CLIP 模型几乎不懂中文。请提供翻译模型、用英文输入查询，"
+        "或选用懂中文的模型（ChineseCLIP、AltCLIP、mini）。原因：{reason}",
+        "Chinese query sent untranslated, so expect poor results: this CLIP model reads little Chinese. Supply "
+        "the translator, type the query in English, or choose a Chinese-capable model (ChineseCLIP, AltCLIP, "
+        "mini). Why: {reason}", reason=reason), warning=True)
+
+
+def _message(e: BaseException) -> str:
+    """The message `e` was raised with: its Msg (both languages) when it has one, else str(e)."""
+    return e.args[0] if len(e.args) == 1 and isinstance(e.args[0], Msg) else str(e)
 
 
 def caption_metadata(images: Sequence[Image.Image], captioner: Captions,
-                     translator: Translates | None = None) -> list[dict]:
+                     translator: Translates | None = None,
+                     stage: Callable[[str], None] | None = None) -> list[dict]:
     """N images -> N dicts {"caption_en": str, "caption_zh": str | None}, for the library's
     per-image metadata. caption_zh is None without a translator; when the translator cannot
     be loaded the English captions are kept and each dict also holds "caption_zh_error"
-    (the reason, for the UI). A missing captioner raises ModelUnavailableError."""
+    (the reason, for the UI). A missing captioner raises ModelUnavailableError.
+    `stage`, if given, hears each step as it starts: "load" (the captioner is loaded first, only
+    when it is not loaded yet: the slow first time), "caption", then "translate" (a front end's
+    progress text)."""
+    stage = stage or (lambda name: None)
+    if images and not getattr(captioner, "loaded", True) and hasattr(captioner, "load"):
+        stage("load")
+        captioner.load()
+    stage("caption")
     english = captioner.caption(images)
     out: list[dict] = [{"caption_en": c, "caption_zh": None} for c in english]
     if translator is None or not out:
         return out
+    stage("translate")
     try:
         chinese = translator.translate(english, to="zh")
     except ModelUnavailableError as e:
         for d in out:
-            d["caption_zh_error"] = str(e)
+            d["caption_zh_error"] = _message(e)   # a Msg: the app shows it in the user's language
         return out
     for d, zh in zip(out, chinese):
         d["caption_zh"] = zh

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from ..models.hf import LazyLoad, is_hub_id, load_pretrained
 from ..errors import ModelUnavailableError, UnknownModelError
+from ..messages import Msg
 from .script import source_language
 from ..settings import Runtime, pick_runtime
 
@@ -107,17 +108,23 @@ def _resolve_dir(path: Path) -> tuple[str, dict[str, str]]:
         try:
             kind = json.loads(config.read_text(encoding="utf-8")).get("model_type")
         except ValueError:
-            raise ModelUnavailableError(f"{config} is not valid JSON; save the translator again "
-                                        "with save_pretrained()") from None
+            raise ModelUnavailableError(Msg("{config} 不是有效的 JSON；请用 save_pretrained() 重新保存翻译模型",
+                                            "{config} is not valid JSON; save the translator again "
+                                            "with save_pretrained()", config=str(config))) from None
         if kind in ("m2m_100", "nllb-moe"):
             return "nllb", {lang: str(path) for lang in _LANGS}
         if kind == "marian":
             target = _marian_target(path)
             if target is None:
-                raise UnknownModelError(f"Cannot tell the direction of the Marian model in {path}: name the folder "
-                                        "...zh-en or ...en-zh, or set target_lang in its tokenizer_config.json")
+                raise UnknownModelError(Msg("看不出 {path} 中 Marian 模型的翻译方向：把文件夹命名为 ...zh-en 或 ...en-zh，"
+                                            "或在它的 tokenizer_config.json 中设置 target_lang",
+                                            "Cannot tell the direction of the Marian model in {path}: name the folder "
+                                            "...zh-en or ...en-zh, or set target_lang in its tokenizer_config.json",
+                                            path=str(path)))
             return "marian", {target: str(path)}
-        raise UnknownModelError(f"{path} holds a {kind!r} model; translators are NLLB/M2M100 or Marian")
+        raise UnknownModelError(Msg("{path} 中是 '{kind}' 模型；翻译模型须为 NLLB/M2M100 或 Marian",
+                                    "{path} holds a '{kind}' model; translators are NLLB/M2M100 or Marian",
+                                    path=str(path), kind=kind))
     found = {}
     for sub in sorted(p for p in path.iterdir() if (p / "config.json").is_file()):
         try:
@@ -127,8 +134,11 @@ def _resolve_dir(path: Path) -> tuple[str, dict[str, str]]:
         if kind == "marian":
             found.update(sources)
     if not found:
-        raise UnknownModelError(f"{path} holds no translator: expected a save_pretrained() directory, or "
-                                "Marian folders such as opus-mt-zh-en/ and opus-mt-en-zh/ inside it")
+        raise UnknownModelError(Msg("{path} 中没有翻译模型：应为 save_pretrained() 保存的文件夹，或其中含有 "
+                                    "opus-mt-zh-en/、opus-mt-en-zh/ 这样的 Marian 文件夹",
+                                    "{path} holds no translator: expected a save_pretrained() directory, or "
+                                    "Marian folders such as opus-mt-zh-en/ and opus-mt-en-zh/ inside it",
+                                    path=str(path)))
     return "marian", found
 
 
@@ -144,8 +154,11 @@ def _resolve(name: str) -> tuple[str, dict[str, str]]:
         m = re.search(r"(en|zh)-(en|zh)$", name.lower())
         if m and m.group(1) != m.group(2):
             return "marian", {m.group(2): name}
-    raise UnknownModelError(f"Translator {name!r} not found; available translators = {sorted(TRANSLATORS)}, or a "
-                            "local save_pretrained() directory, or a hub id of an NLLB or opus-mt-zh-en/en-zh model")
+    raise UnknownModelError(Msg("找不到翻译模型 '{name}'；可用的翻译模型 = {available}，或用 save_pretrained() 保存的"
+                                "本地文件夹，或 hub 上 NLLB 或 opus-mt-zh-en/en-zh 模型的 id",
+                                "Translator '{name}' not found; available translators = {available}, or a local "
+                                "save_pretrained() directory, or a hub id of an NLLB or opus-mt-zh-en/en-zh model",
+                                name=name, available=sorted(TRANSLATORS)))
 
 
 class Translator:
@@ -163,21 +176,26 @@ class Translator:
 
     def _load(self, source: str) -> _Parts:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-        model, tok = load_pretrained(f"translator {self.name!r} ({source})", source,
+        what = Msg("翻译模型 '{name}'（{source}）", "translator '{name}' ({source})", name=self.name, source=source)
+        model, tok = load_pretrained(what, source,
                                      [AutoModelForSeq2SeqLM.from_pretrained, AutoTokenizer.from_pretrained],
-                                     self._cache_dir, self._offline)
+                                     self._cache_dir, self._offline, "--translator")
         if self.kind == "nllb":
             missing = [c for c in NLLB_CODES.values() if c not in tok.get_vocab()]
             if missing:
-                raise UnknownModelError(f"The tokenizer of {source} lacks the NLLB language codes {missing}; "
-                                        "is it an NLLB-200 model?")
+                raise UnknownModelError(Msg("{source} 的分词器缺少 NLLB 语言代码 {missing}；它是 NLLB-200 模型吗？",
+                                            "The tokenizer of {source} lacks the NLLB language codes {missing}; "
+                                            "is it an NLLB-200 model?", source=source, missing=missing))
         model.to(self.runtime.device, self.runtime.dtype).eval()
         return _Parts(self.kind, model, tok)
 
     def _parts(self, to: str) -> _Parts:
         if to not in self._sources:
-            raise ModelUnavailableError(f"Translator {self.name} has no model for translating to {to!r}; "
-                                        f"it has {sorted(self._sources)}. Add the missing opus-mt model folder.")
+            raise ModelUnavailableError(Msg("翻译模型 {name} 没有译成 '{to}' 的模型；它只有 {has}。请添加缺少的 "
+                                            "opus-mt 模型文件夹。",
+                                            "Translator {name} has no model for translating to '{to}'; "
+                                            "it has {has}. Add the missing opus-mt model folder.",
+                                            name=self.name, to=to, has=sorted(self._sources)))
         return self._lazy[self._sources[to]].get()
 
     def load(self, to: str = "en") -> None:

@@ -1,18 +1,24 @@
 """Loading Hugging Face models: one place for the cache, HF_ENDPOINT / HF_HUB_OFFLINE, and the
 error that says where we looked and what to do. Used by the CLIP encoders (core/models/hf_clip.py),
 the captioner and the translator. Imports neither torch nor transformers until a model loads.
+
+A hub id is read from the cache first, with no network at all; only a cache miss goes to the hub,
+and only after a quick check (a few seconds at most, remembered for a minute) that the hub answers:
+an unreachable hub fails at once with what to do, instead of after transformers' ~30 s of retries.
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import ModelUnavailableError, UnknownModelError
+from ..messages import Msg
 from ..settings import default_paths
 
-__all__ = ["hub_endpoint", "hub_kwargs", "load_pretrained", "model_type", "is_hub_id", "LazyLoad"]
+__all__ = ["hub_endpoint", "hub_kwargs", "hub_unreachable", "load_pretrained", "model_type", "is_hub_id", "LazyLoad"]
 
 
 def hub_endpoint() -> str:
@@ -25,36 +31,141 @@ def hub_kwargs(source: str, cache: Path | None, offline: bool) -> dict[str, Any]
     kwargs: dict[str, Any] = {}
     if not Path(source).is_dir():
         kwargs["cache_dir"] = str(Path(cache or default_paths().cache) / "hf")
-    if offline or os.environ.get("HF_HUB_OFFLINE") == "1":
+    if offline or _env_offline():
         kwargs["local_files_only"] = True
     return kwargs
 
 
+def _env_offline() -> bool:
+    """HF_HUB_OFFLINE (else TRANSFORMERS_OFFLINE) as huggingface_hub reads it: "1", "true", "yes" or "on"."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+# ---------------------------------------------------------------- is the hub there at all?
+
+PROBE_TIMEOUT_S = 3.0   # connecting to the hub; a refused connection or an unknown name answers at once
+PROBE_TTL_S = 60.0      # an answer is reused this long, so a page of requests probes once
+_probes: dict[str, tuple[float, str | None]] = {}   # endpoint -> (monotonic time, why unreachable | None)
+_probe_lock = threading.Lock()
+
+
+def hub_unreachable(endpoint: str | None = None) -> str | None:
+    """None when the hub (`hub_endpoint()` unless given) answers; otherwise why it cannot be reached,
+    e.g. "[Errno 111] Connection refused". Takes at most a few seconds, never transformers' ~30 s of
+    retries; the answer is remembered for PROBE_TTL_S."""
+    endpoint = (endpoint or hub_endpoint()).rstrip("/")
+    with _probe_lock:   # concurrent requests wait for one probe instead of each making their own
+        seen = _probes.get(endpoint)
+        if seen is not None and time.monotonic() - seen[0] < PROBE_TTL_S:
+            return seen[1]
+        reason = _probe(endpoint)
+        _probes[endpoint] = (time.monotonic(), reason)
+        return reason
+
+
+def _probe(endpoint: str) -> str | None:
+    """One HEAD request to the endpoint (proxies from the environment, as the downloads use them).
+    Unreachable: the connection (or the proxy's tunnel) failed, or no answer in time. Any HTTP answer,
+    even an error, or a TLS problem (the downloads verify certificates their own way) counts as there."""
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+    answer: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            request = urllib.request.Request(endpoint + "/", method="HEAD")
+        except ValueError as e:   # HF_ENDPOINT is not a URL, e.g. "hf-mirror.com" without https://
+            answer.append(str(e))
+            return
+        try:
+            urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass   # an HTTP answer, even an error: the server is there
+        except urllib.error.URLError as e:   # raised while connecting: DNS, refused, timeout, proxy tunnel
+            if not isinstance(e.reason, ssl.SSLError):   # a TLS handshake means it answered
+                answer.append(str(e.reason) or type(e.reason).__name__)
+                return
+        except (OSError, http.client.HTTPException):
+            pass   # connected, then slow or garbled: there, and the download will say more
+        answer.append(None)
+
+    worker = threading.Thread(target=ask, name="hub-probe", daemon=True)   # bounds even a hanging DNS lookup
+    worker.start()
+    worker.join(2 * PROBE_TIMEOUT_S)
+    if not answer:
+        return Msg("{seconds} 秒内没有应答", "no answer within {seconds} s", seconds=round(2 * PROBE_TIMEOUT_S))
+    return answer[0]
+
+
 def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]],
-                    cache: Path | None, offline: bool) -> list[Any]:
+                    cache: Path | None, offline: bool, flag: str | None = None) -> list[Any]:
     """Call each `loader(source, **hub_kwargs)` (from_pretrained-like); any failure to find the
     files becomes a ModelUnavailableError that says where we looked and what to do.
-    `what` names the model for that message, e.g. "captioner 'vit-gpt2' (nlpconnect/...)"."""
+    `what` names the model for that message, e.g. "captioner 'vit-gpt2' (nlpconnect/...)" (a Msg
+    to have it in Chinese too); `flag` is the command-line option that takes a local folder instead.
+
+    A hub id (online) is tried from the cache first, without any network; for what is not cached the
+    hub is probed (hub_unreachable) before downloading, so an unreachable hub fails in seconds."""
     kwargs = hub_kwargs(source, cache, offline)
+    if Path(source).is_dir() or "local_files_only" in kwargs:
+        return [_load(what, source, load, kwargs) for load in loaders]
+    out = []
+    for load in loaders:
+        try:
+            out.append(load(source, **kwargs, local_files_only=True))
+            continue
+        except (OSError, ValueError, KeyError):   # not (all) in the cache
+            pass
+        reason = hub_unreachable()
+        if reason is not None:
+            raise ModelUnavailableError(Msg(
+                "无法连接 Hugging Face 模型库 {endpoint}（{reason}），而{what}不在缓存 {cache} 中。如何提供："
+                "把 HF_ENDPOINT 设为能连上的镜像（如 HF_ENDPOINT=https://hf-mirror.com）；或传入用 save_pretrained() "
+                "保存的本地文件夹{local}；或联网运行一次以下载到缓存。",
+                "Cannot reach the Hugging Face hub at {endpoint} ({reason}), and the {what} is not in the cache "
+                "{cache}. To supply it: set HF_ENDPOINT to a mirror you can reach (e.g. "
+                "HF_ENDPOINT=https://hf-mirror.com), pass a local directory saved with save_pretrained(){local}, "
+                "or run once online to fill the cache.",
+                endpoint=hub_endpoint(), reason=reason, what=what, cache=kwargs["cache_dir"],
+                local=_local_hint(flag))) from None
+        out.append(_load(what, source, load, kwargs))
+    return out
+
+
+def _local_hint(flag: str | None) -> str:
+    return Msg("（{flag} /本地/文件夹）", " ({flag} /local/folder)", flag=flag) if flag else ""
+
+
+def _load(what: str, source: str, load: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """One loader; missing/corrupt files, no network or no cache entry -> ModelUnavailableError."""
     try:
-        return [load(source, **kwargs) for load in loaders]
-    except (OSError, ValueError, KeyError) as e:  # missing/corrupt files, no network, no cache entry
-        if Path(source).is_dir():
-            where = f"the local directory {source}"
-        else:
-            where = f"the Hugging Face hub ({hub_endpoint()}) and the cache {kwargs['cache_dir']}"
+        return load(source, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+        if Path(source).is_dir():
+            where = Msg("本地文件夹 {source}", "the local directory {source}", source=source)
+        else:
+            where = Msg("Hugging Face 模型库（{endpoint}）和缓存 {cache}", "the Hugging Face hub ({endpoint}) and the "
+                        "cache {cache}", endpoint=hub_endpoint(), cache=kwargs["cache_dir"])
         if "local_files_only" in kwargs and not Path(source).is_dir():
             # transformers words a cache miss as "couldn't connect to huggingface.co": no connection was tried
-            raise ModelUnavailableError(
-                f"The {what} is not in the cache {kwargs['cache_dir']}, and offline mode (--offline or "
-                "HF_HUB_OFFLINE=1) downloads nothing. To supply it: run once online (without offline mode) to "
-                f"fill the cache from {hub_endpoint()} (HF_ENDPOINT may name a mirror, e.g. https://hf-mirror.com), "
-                "or pass a local directory saved with save_pretrained().") from None
-        raise ModelUnavailableError(
-            f"Could not load the {what} from {where}: {first}. To supply it: pass a local "
-            "directory saved with save_pretrained(), set HF_ENDPOINT to a mirror (e.g. "
-            "https://hf-mirror.com), or run once online to fill the cache.") from None
+            raise ModelUnavailableError(Msg(
+                "{what}不在缓存 {cache} 中，而离线模式（--offline 或 HF_HUB_OFFLINE=1）不会下载任何文件。如何提供："
+                "不用离线模式联网运行一次，从 {endpoint} 下载到缓存（HF_ENDPOINT 可指定镜像，如 https://hf-mirror.com）；"
+                "或传入用 save_pretrained() 保存的本地文件夹。",
+                "The {what} is not in the cache {cache}, and offline mode (--offline or HF_HUB_OFFLINE=1) downloads "
+                "nothing. To supply it: run once online (without offline mode) to fill the cache from {endpoint} "
+                "(HF_ENDPOINT may name a mirror, e.g. https://hf-mirror.com), or pass a local directory saved with "
+                "save_pretrained().", what=what, cache=kwargs["cache_dir"], endpoint=hub_endpoint())) from None
+        raise ModelUnavailableError(Msg(
+            "无法从{where}加载{what}：{first}。如何提供：传入用 save_pretrained() 保存的本地文件夹；或把 HF_ENDPOINT "
+            "设为镜像（如 https://hf-mirror.com）；或联网运行一次以下载到缓存。",
+            "Could not load the {what} from {where}: {first}. To supply it: pass a local directory saved with "
+            "save_pretrained(), set HF_ENDPOINT to a mirror (e.g. https://hf-mirror.com), or run once online to "
+            "fill the cache.", what=what, where=where, first=first)) from None
 
 
 def model_type(source: str, cache: Path | None, offline: bool, what: str) -> str:
@@ -69,7 +180,7 @@ def is_hub_id(name: str) -> bool:
 
 class LazyLoad:
     """A value built once on first use, under a lock; a failure is remembered and re-raised
-    (an unreachable hub costs ~50 s of retries, which must not be paid on every request)."""
+    (a missing model must not cost a cache search and a hub probe on every request)."""
 
     def __init__(self, build: Callable[[], Any]):
         self._build, self._lock = build, threading.Lock()

@@ -1,0 +1,278 @@
+"""Captions with no hub in reach (issue "The first five minutes"): a cached model loads with no network
+at all; a missing one fails within seconds, not after transformers' ~30 s of retries, and says what to
+do; the caption tab says which step it is on. Nothing here leaves this machine: the "hub" is a closed
+local port, a local HTTP server, or transformers' download functions mocked as in test_hub_fallback."""
+from __future__ import annotations
+
+import http.server
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import core.models.hf as hf
+from core.errors import ModelUnavailableError
+from core.language.caption import Captioner, CaptionSettings
+from core.language.query import caption_metadata
+from core.language.translate import Translator
+from core.messages import Msg, localize
+from core.settings import pick_runtime
+from tests.hf_tiny_text import make_tiny_vit_gpt2_dir
+
+CPU = pick_runtime("cpu")
+FAST = CaptionSettings(num_beams=1, max_new_tokens=4)
+REVISION = "0" * 40
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """Not offline (conftest makes every test offline), with no remembered hub probes; returns a
+    list that records each real probe of the hub."""
+    import huggingface_hub.constants as hub_constants
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)   # read once at import, from conftest's env
+    monkeypatch.setattr(hf, "_probes", {})
+    probes, real = [], hf._probe
+    monkeypatch.setattr(hf, "_probe", lambda endpoint: probes.append(endpoint) or real(endpoint))
+    return probes
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_gpt2(tmp_path_factory) -> Path:
+    return make_tiny_vit_gpt2_dir(tmp_path_factory.mktemp("tiny") / "vit-gpt2")
+
+
+def in_hub_cache(repo_dir: Path, cache: Path, repo_id: str) -> None:
+    """Put a save_pretrained() folder into `cache` in the layout huggingface_hub downloads to."""
+    repo = cache / "hf" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(REVISION)
+    shutil.copytree(repo_dir, repo / "snapshots" / REVISION)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def transformers_imported():
+    """Import the model classes once, so the timings below measure loading, not importing."""
+    import transformers
+    for name in ("VisionEncoderDecoderModel", "ViTImageProcessor", "AutoTokenizer", "AutoModelForSeq2SeqLM"):
+        getattr(transformers, name)
+
+
+# ---------------------------------------------------------------- an unreachable hub fails at once
+
+def test_unreachable_hub_fails_at_once_says_what_to_do_and_is_not_retried(online, monkeypatch, tmp_path):
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    cap = Captioner("vit-gpt2", CPU, cache=tmp_path / "cache")
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as err:
+        cap.caption([Image.new("RGB", (16, 16))])
+    took = time.perf_counter() - start
+    assert took < 3, f"{took:.1f} s"
+    message = str(err.value)
+    for part in (f"Cannot reach the Hugging Face hub at {endpoint}", "refused", "nlpconnect/vit-gpt2-image-captioning",
+                 str(tmp_path / "cache"), "HF_ENDPOINT=https://hf-mirror.com", "save_pretrained()",
+                 "--captioner /local/folder", "run once online"):
+        assert part in message, part
+    chinese = localize(err.value, "zh")
+    assert "无法连接" in chinese and endpoint in chinese and "--captioner" in chinese
+    assert online == [endpoint]
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError):   # the next request: the remembered failure, no new attempt
+        cap.caption([Image.new("RGB", (16, 16))])
+    assert time.perf_counter() - start < 0.1 and online == [endpoint]
+    with pytest.raises(ModelUnavailableError, match="Cannot reach"):   # another model: the probe's answer is reused
+        Translator("nllb", CPU, cache=tmp_path / "cache").translate(["一只猫"], to="en")
+    assert online == [endpoint]
+
+
+def test_unreachable_hub_for_the_translator_names_its_flag(online, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as err:
+        Translator("marian", CPU, cache=tmp_path).translate(["一只猫"], to="en")
+    assert time.perf_counter() - start < 3
+    assert "Helsinki-NLP/opus-mt-zh-en" in str(err.value) and "--translator /local/folder" in str(err.value)
+
+
+# ---------------------------------------------------------------- the cache first, with no network
+
+def test_cached_hub_model_loads_without_any_network(online, monkeypatch, tmp_path, tiny_vit_gpt2):
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    in_hub_cache(tiny_vit_gpt2, tmp_path / "cache", "tiny-org/vit-gpt2")
+    connects = []
+
+    def no_network(sock, address):
+        connects.append(address)
+        raise OSError("this test allows no network")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    cap = Captioner("tiny-org/vit-gpt2", CPU, FAST, cache=tmp_path / "cache")
+    assert len(cap.caption([Image.new("RGB", (20, 20), "red")])) == 1
+    assert cap.loaded and online == [] and connects == []
+
+
+def fake_loader(name: str, cached: set, calls: list, fails_online: bool = False):
+    """A from_pretrained stand-in: from the cache only when local_files_only, else "downloads"."""
+    def load(source, cache_dir, local_files_only=False):
+        calls.append((name, local_files_only))
+        if local_files_only and name not in cached:
+            raise OSError(f"{name} is not in the cache")
+        if fails_online:
+            raise OSError(f"404 Client Error: {name} not found")
+        cached.add(name)
+        return name
+    return load
+
+
+def test_a_cache_miss_probes_the_hub_once_then_downloads(online, monkeypatch, tmp_path):
+    cached, calls = set(), []
+    loaders = [fake_loader("model", cached, calls), fake_loader("tokenizer", cached, calls)]
+    with local_hub() as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        assert hf.load_pretrained("test model", "org/model", loaders, tmp_path, False) == ["model", "tokenizer"]
+        assert calls == [("model", True), ("model", False), ("tokenizer", True), ("tokenizer", False)]
+        assert online == [endpoint]   # one probe for all the files
+        calls.clear()
+        monkeypatch.setattr(hf, "_probes", {})
+        assert hf.load_pretrained("test model", "org/model", loaders, tmp_path, False) == ["model", "tokenizer"]
+        assert calls == [("model", True), ("tokenizer", True)] and online == [endpoint]   # cached: no probe
+        with pytest.raises(ModelUnavailableError) as err:   # the hub answers but has no such model
+            hf.load_pretrained("test model", "org/other", [fake_loader("other", cached, calls, fails_online=True)],
+                               tmp_path, False)
+    assert f"Could not load the test model from the Hugging Face hub ({endpoint})" in str(err.value)
+    assert "404 Client Error" in str(err.value) and "无法从" in localize(err.value, "zh")
+
+
+# ---------------------------------------------------------------- the probe itself
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    def do_HEAD(self):
+        self.send_response(404 if self.path != "/" else 200)   # any answer means the hub is there
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class local_hub:
+    """A local HTTP server standing in for the hub's front page: `with local_hub() as endpoint:`."""
+
+    def __enter__(self) -> str:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_probe_answers_fast_and_is_remembered_for_a_while(online, monkeypatch):
+    with local_hub() as up:
+        assert hf.hub_unreachable(up) is None and hf.hub_unreachable(up + "/") is None
+    down = f"http://127.0.0.1:{closed_port()}"
+    start = time.perf_counter()
+    assert "refused" in hf.hub_unreachable(down)
+    assert time.perf_counter() - start < 1
+    assert hf.hub_unreachable(down) and online == [up, down]   # remembered: no second probe
+    monkeypatch.setattr(hf, "PROBE_TTL_S", 0.0)
+    assert hf.hub_unreachable(down) and online == [up, down, down]   # after PROBE_TTL_S: asked again
+    assert "unknown url type" in hf.hub_unreachable("hf-mirror.com")   # HF_ENDPOINT without https://
+
+
+def test_probe_gives_up_on_a_hanging_lookup(online, monkeypatch):
+    def hangs(*a, **k):   # a DNS server that never answers, then gives up
+        time.sleep(2)
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+    monkeypatch.setattr(socket, "getaddrinfo", hangs)
+    monkeypatch.setattr(hf, "PROBE_TIMEOUT_S", 0.2)
+    start = time.perf_counter()
+    reason = hf.hub_unreachable("http://hub.invalid")
+    assert time.perf_counter() - start < 2
+    assert isinstance(reason, Msg) and "no answer within" in reason and "秒内没有应答" in reason.text("zh")
+
+
+# ---------------------------------------------------------------- the caption tab says which step runs
+
+class _Captioner:
+    def __init__(self):
+        self.loaded = False
+
+    def load(self):
+        self.loaded = True
+
+    def caption(self, images):
+        assert self.loaded
+        return ["a cat" for _ in images]
+
+
+class _Translator:
+    def translate(self, texts, to="zh"):
+        return ["一只猫" for _ in texts]
+
+
+class _Workbench:
+    """What Callbacks.caption uses of a Workbench, with the real caption_metadata behind it."""
+
+    def __init__(self, captioner, translator):
+        self.captioner, self.translator = captioner, translator
+
+    @staticmethod
+    def image(path):
+        return Image.new("RGB", (8, 8))
+
+    def caption(self, images, stage=None):
+        return caption_metadata(images, self.captioner, self.translator, stage)
+
+
+def _progress_recorder():
+    seen = []
+    return seen, (lambda value, desc=None, **_: seen.append(desc))
+
+
+@pytest.mark.parametrize("lang,texts", [
+    ("en", ["loading the captioner (first time: downloads ~1 GB)…", "writing the English caption…",
+            "translating into Chinese…"]),
+    ("zh", ["正在加载描述模型（第一次需下载约 1 GB）…", "正在生成英文描述…", "正在翻译成中文…"])])
+def test_caption_tab_reports_each_step_in_the_ui_language(lang, texts):
+    from ui.callbacks import Callbacks
+    captioner = _Captioner()
+    cb = Callbacks(_Workbench(captioner, _Translator()))
+    seen, progress = _progress_recorder()
+    en, zh, status = cb.caption("x.png", lang, progress=progress)
+    assert (en, zh) == ("a cat", "一只猫") and seen == texts
+    seen.clear()
+    cb.caption("x.png", lang, progress=progress)
+    assert seen == texts[1:]   # loaded now: no loading step
+
+
+def test_caption_tab_shows_core_messages_in_the_ui_language():
+    from ui.callbacks import Callbacks
+
+    class Missing(_Captioner):
+        def load(self):
+            raise ModelUnavailableError(Msg("连不上模型库 {endpoint}", "Cannot reach {endpoint}", endpoint="http://x"))
+
+    class NoZh(_Translator):
+        def translate(self, texts, to="zh"):
+            raise ModelUnavailableError(Msg("缺少 {model}", "{model} is missing", model="opus-mt-en-zh"))
+
+    _, progress = _progress_recorder()
+    en, zh, status = Callbacks(_Workbench(Missing(), None)).caption("x.png", "zh", progress=progress)
+    assert en == zh == "" and "连不上模型库 http://x" in status and "Cannot reach" not in status
+    en, zh, status = Callbacks(_Workbench(_Captioner(), NoZh())).caption("x.png", "zh", progress=progress)
+    assert en == "a cat" and zh == "" and "缺少 opus-mt-en-zh" in status
+    _, _, status = Callbacks(_Workbench(_Captioner(), NoZh())).caption("x.png", "en", progress=progress)
+    assert "opus-mt-en-zh is missing" in status
