@@ -16,8 +16,8 @@ import gradio as gr
 from core import IngestReport, SearchQuery, SearchResult, Workbench
 from core.access import Access, Caller
 from core.errors import ModelUnavailableError, UnknownModelError
-from core.messages import Msg, localize
 from core.library.search import WEAK_RATIO, count_strong, split_terms
+from core.messages import Msg, localize
 
 from .errors import fail, user_errors
 from .i18n import t
@@ -118,7 +118,7 @@ class Callbacks:
             added = self._ingest([image], who(self.access, request)) if add else None
             status = t("zs.added", lang, summary=self._summary(added, lang)) if added else ""
             unknown = self._unknown(labels if labelset == CUSTOM else "", lang)
-            status = "\n\n".join(s for s in (unknown, note and f"ℹ️ {note}", status) if s)
+            status = "\n\n".join(s for s in (unknown, note and f"ℹ️ {localize(note, lang)}", status) if s)
         return {label: p for label, p in top}, status
 
     # ------------------------------------------------------------ search
@@ -209,7 +209,7 @@ class Callbacks:
         if not files:
             raise fail("lib.no_files", lang)
         with self.janitor.using(files), user_errors(lang):
-            report = self._ingest(files, who(self.access, request), progress=progress, desc=t("lib.progress", lang))
+            report = self._ingest(files, who(self.access, request), progress=progress, lang=lang)
         if report.errors:   # a toast too: the summary may be scrolled out of view on a projector
             gr.Warning(self._toast(report, lang), title=t("warn.title", lang))
         return self._summary(report, lang)
@@ -218,7 +218,7 @@ class Callbacks:
         """Add the bundled sample images -> summary markdown (the teacher only)."""
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("给图库添加示例图片", "seed the library"))
-            report = self.wb.seed(progress=self._progress(progress, None, t("lib.progress", lang)))
+            report = self.wb.seed(progress=self._progress(progress, None, t("lib.progress", lang), t("lib.unit", lang)))
         return self._summary(report, lang)
 
     def library_page(self, page: float | None, lang: str):
@@ -278,23 +278,23 @@ class Callbacks:
 
     # ------------------------------------------------------------ helpers
 
-    def _ingest(self, files: list[str], caller: Caller, progress=None, desc: str = "") -> IngestReport:
+    def _ingest(self, files: list[str], caller: Caller, progress=None, lang: str = "en") -> IngestReport:
         """Ingest uploaded files (core reads a batch at a time) within the caller's quota, reporting
         progress per batch. Gradio keeps each upload under its original name: core reads that name
         for display only."""
-        return self.access.add(self.wb, caller, [Path(f) for f in files],
-                               progress=self._progress(progress, len(files), desc), batch_size=UPLOAD_CHUNK)
+        advance = self._progress(progress, len(files), t("lib.progress", lang), t("lib.unit", lang))
+        return self.access.add(self.wb, caller, [Path(f) for f in files], progress=advance, batch_size=UPLOAD_CHUNK)
 
     @staticmethod
-    def _progress(progress, total: int | None, desc: str):
-        """A core progress callback (n more done) driving a gr.Progress bar."""
+    def _progress(progress, total: int | None, desc: str, unit: str = "images"):
+        """A core progress callback (n more done) driving a gr.Progress bar (`unit`: what is counted)."""
         done = 0
 
         def advance(n: int) -> None:
             nonlocal done
             done += n
             if progress is not None:
-                progress((done, total), desc=desc, unit="images")
+                progress((done, total), desc=desc, unit=unit)
         return advance
 
     def _summary(self, report: IngestReport, lang: str) -> str:

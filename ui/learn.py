@@ -23,7 +23,7 @@ import pandas as pd
 
 from core import LiveConfig, LiveTrainer
 from core.access import Access
-from core.messages import Msg
+from core.messages import Msg, localize
 
 from .callbacks import Callbacks, who
 from .errors import fail, user_errors
@@ -187,7 +187,7 @@ def _train_status(state, lang: str) -> str:
     if state.run is None:
         return t("learn.idle", lang)
     head = t("learn.running" if state.running else "learn.stopped" if state.stopped else
-             "learn.failed" if state.error else "learn.done", lang, run=state.run, error=state.error or "")
+             "learn.failed" if state.error else "learn.done", lang, run=state.run, error=localize(state.error or "", lang))
     step = state.steps[-1][0] if state.steps else 0
     parts = [head, t("learn.progress", lang, step=step, total=state.total_steps or "?", epochs=len(state.epochs))]
     if state.epochs:
@@ -269,8 +269,10 @@ def _train_section(lc: LearnCallbacks, loc, lang_state) -> None:
             watch = loc(gr.Button, value="learn.watch", elem_id="learn-watch")
             use = loc(gr.Button, value="learn.use", elem_id="learn-use")
         with gr.Row():
-            loss = loc(gr.LinePlot, x="step", y="loss", label="learn.loss_plot", elem_id="learn-loss", height=260)
+            loss = loc(gr.LinePlot, x="step", y="loss", label="learn.loss_plot", x_title="learn.ax_step",
+                       y_title="learn.ax_loss", elem_id="learn-loss", height=260)
             metrics = loc(gr.LinePlot, x="epoch", y="value", color="metric", label="learn.metric_plot",
+                          x_title="learn.ax_epoch", y_title="learn.ax_value", color_title="learn.ax_metric",
                           elem_id="learn-metrics", height=260)
         status = gr.Markdown(elem_id="learn-status")
     live = {"concurrency_id": "learn_watch", "concurrency_limit": 8, "show_progress": "hidden"}
@@ -291,7 +293,8 @@ def _map_section(lc: LearnCallbacks, loc, lang_state) -> None:
         draw = loc(gr.Button, value="learn.map_draw", variant="primary", elem_id="learn-map-draw")
         note = gr.Markdown(elem_id="learn-map-note")
         plot = loc(gr.ScatterPlot, x="x", y="y", color="label", tooltip=["image", "name", "id", "label"],
-                   label="learn.map_plot", elem_id="learn-map", height=480)
+                   label="learn.map_plot", x_title="learn.ax_x", y_title="learn.ax_y", color_title="learn.ax_label",
+                   elem_id="learn-map", height=480)
         picked = loc(gr.Gallery, label="learn.map_picked", columns=6, height=200)
         points = gr.State([])
     draw.click(lc.embedding_map, [method, labels, query, lang_state], [plot, points, note], api_name="embedding_map",

@@ -45,6 +45,10 @@ def SafeImage(**kwargs) -> gr.Image:  # noqa: N802  (used like a component class
     return image
 
 
+# component properties that hold text a person reads (axis titles of plots included)
+_LOCALIZED = ("label", "value", "placeholder", "info", "choices", "x_title", "y_title", "color_title")
+
+
 class Localizer:
     """Creates components with strings in the start language and remembers which property
     holds which string, so a language switch can update them all in one event.
@@ -56,7 +60,7 @@ class Localizer:
         self._items: list[tuple[gr.components.Component, dict]] = []
 
     def __call__(self, cls, **kwargs):
-        specs = {k: v for k, v in kwargs.items() if k in ("label", "value", "placeholder", "info", "choices")
+        specs = {k: v for k, v in kwargs.items() if k in _LOCALIZED
                  and (callable(v) or isinstance(v, dict) or (isinstance(v, str) and has_key(v)))}
         kwargs.update({k: self._text(v, self.lang) for k, v in specs.items()})
         return self.register(cls(**kwargs), **specs)
