@@ -9,6 +9,8 @@ are read by Gradio itself). If the model or the library cannot be opened, the ap
 starts and explains what is wrong and how to fix it. For a class on one link: students log in
 with --auth (repeatable), the teacher with --admin; on a Space, put the logins in the secrets
 CLIP_WB_AUTH / CLIP_WB_ADMIN ("user:pass,user:pass") or a file named by CLIP_WB_AUTH_FILE.
+On a Space with a persistent disk the library and the model cache live in /data; without one,
+--sync-to-hub USER/DATASET keeps the library in a Hugging Face dataset (core/library/sync.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 
@@ -23,7 +26,7 @@ from core import build_workbench
 from core.access import Access, Accounts, Limits
 from core.errors import LibraryError, ModelUnavailableError, UnknownModelError
 from core.library.index import INDEX_KINDS
-from core.settings import DEFAULT_MODEL, DEFAULT_RUNTIME, RUNTIME_CHOICES
+from core.settings import DEFAULT_MODEL, DEFAULT_RUNTIME, RUNTIME_CHOICES, default_paths, persistent_root
 
 log = logging.getLogger("demo")
 
@@ -63,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"disk budget of the library's images, MiB (default {Limits.budget_mb:g})")
     p.add_argument("--index", default="auto", choices=INDEX_KINDS,
                    help="search index: exact, or FAISS ivf | hnsw | ivfpq (auto: exact for small libraries)")
+    p.add_argument("--sync-to-hub", default=os.environ.get("CLIP_WB_SYNC_TO_HUB") or None, metavar="DATASET_REPO",
+                   help="back the library up to this Hugging Face dataset (created private; needs an HF_TOKEN with "
+                        "write access) and restore it from there when the local library is empty, e.g. after a "
+                        "Space restart (default $CLIP_WB_SYNC_TO_HUB)")
+    p.add_argument("--sync-every", type=float, default=float(os.environ.get("CLIP_WB_SYNC_EVERY") or 5),
+                   metavar="MINUTES", help="minutes between pushes with --sync-to-hub (default 5; $CLIP_WB_SYNC_EVERY)")
     args = p.parse_args(argv)
     try:
         args.access = access(args)
@@ -80,6 +89,7 @@ def build(args: argparse.Namespace):
     """(Blocks, launch options): the full app with its JSON API at /api/..., or an explanation page
     if the model/library failed. The API takes the same logins, roles and quotas as the app."""
     from ui import build_app, build_error_app, launch_options
+    sync = hub_sync(args)   # before the library opens: an empty one is restored from the dataset
     try:
         wb = build_workbench(args.model, args.library, args.device, args.offline,
                              captioner=args.captioner, translator=args.translator, index=args.index, runtime=args.runtime,
@@ -92,14 +102,43 @@ def build(args: argparse.Namespace):
         log.warning("%s", wb.notice)
     if not len(wb) and not args.no_seed:   # a first start: something to search at once
         log.info("empty library: %s the bundled sample images (--no-seed to start empty)", wb.seed().summary())
+    if sync is not None:
+        sync.start()        # pushes now, then every --sync-every minutes; trouble is shown, never fatal
+    from core.library.sync import storage
+    if (warning := storage(wb.root).warning) is not None:
+        log.warning("%s", warning)
     # An English-only CLIP translates Chinese queries: load the translator while the page opens.
     threading.Thread(target=wb.preload_translator, name="preload-translator", daemon=True).start()
     return build_app(wb, lang=args.lang, access=args.access), launch_options(wb, args.access, args.lang)
 
 
+def hub_sync(args: argparse.Namespace):
+    """--sync-to-hub: a HubSync of the library, restored now if it is empty or missing (None without the flag)."""
+    if not args.sync_to_hub:
+        return None
+    from core.library.sync import HubSync
+    sync = HubSync(args.library or default_paths().library, args.sync_to_hub, every=args.sync_every)
+    sync.restore()
+    atexit.register(sync.close)   # registered before wb.close: at exit the library is flushed, then pushed once more
+    return sync
+
+
+def prepare_space() -> None:
+    """On a Hugging Face Space: Hugging Face's own caches on the persistent disk when there is one, the
+    model calls under spaces.GPU on ZeroGPU, and a restart (SIGTERM) running the atexit flush and push."""
+    from core.zerogpu import install
+    if persistent_root() is not None:
+        os.environ.setdefault("HF_HOME", str(default_paths().cache / "huggingface"))
+    if install():
+        log.info("ZeroGPU: model calls run under spaces.GPU")
+    if os.environ.get("SPACE_ID") and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    prepare_space()
     if args.share and args.access.open:
         if not args.share_public:
             log.error("--share without --auth/--admin: anyone with the link could delete library images and fill "

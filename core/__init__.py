@@ -26,11 +26,12 @@ _LAZY = {"IngestReport": ".library.ingest", "Upload": ".library.ingest", "open_l
          "Entry": ".library.store", "Library": ".library.store",
          "Encoder": ".models", "available_models": ".models", "load_encoder": ".models",
          "Page": ".workbench", "Workbench": ".workbench", "build_workbench": ".workbench",
-         "LiveConfig": ".lab.live", "LiveTrainer": ".lab.live"}
+         "LiveConfig": ".lab.live", "LiveTrainer": ".lab.live",
+         "Storage": ".library.sync", "storage": ".library.sync"}
 
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["load_encoder", "available_models", "open_library", "Workbench", "build_workbench", "Encoder", "Library",
            "Entry", "Page", "SearchQuery", "SearchResult", "Hit", "Upload", "IngestReport", "WorkbenchError",
            "ModelUnavailableError", "UnknownModelError", "ImageError", "LibraryError", "ModelMismatchError",
-           "QueryError", "LabelError", "LiveConfig", "LiveTrainer"]
+           "QueryError", "LabelError", "LiveConfig", "LiveTrainer", "Storage", "storage"]

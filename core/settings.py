@@ -5,8 +5,10 @@ module in the project names a CUDA device.
 
 Environment variables (all optional):
 
-    CLIP_WB_LIBRARY      default library directory        (./library)
-    CLIP_WB_CACHE        model weights cache              (~/.cache/clip-workbench)
+    CLIP_WB_LIBRARY      default library directory        (./library; /data/library on a Space with a persistent disk)
+    CLIP_WB_CACHE        model weights cache              (~/.cache/clip-workbench; /data/cache on such a Space)
+    CLIP_WB_PERSISTENT_ROOT  where a Hugging Face Space mounts its persistent disk (/data); used when SPACE_ID
+                         is set and it is a writable directory (tests point it at a temporary folder)
     CLIP_WB_DEVICE       "auto" | "cpu" | "cuda" | "cuda:N" (auto)
     CLIP_WB_RUNTIME      "auto" | "torch" | "onnx" | "onnx-int8": what runs the towers in the
                          app and the CLI (auto); the Python API's default is torch
@@ -103,7 +105,21 @@ class Paths:
     cache: Path    # downloaded model weights
 
 
+def persistent_root() -> Path | None:
+    """The persistent disk of a Hugging Face Space (SPACE_ID set): CLIP_WB_PERSISTENT_ROOT (default /data)
+    when it is a writable directory; None elsewhere, or on a Space without one (its disk is ephemeral)."""
+    if not os.environ.get("SPACE_ID"):
+        return None
+    root = Path(os.environ.get("CLIP_WB_PERSISTENT_ROOT") or "/data")
+    return root if root.is_dir() and os.access(root, os.W_OK | os.X_OK) else None
+
+
 def default_paths() -> Paths:
-    library = Path(os.environ.get("CLIP_WB_LIBRARY", PROJECT_ROOT / "library"))
-    cache = Path(os.environ.get("CLIP_WB_CACHE", Path.home() / ".cache" / "clip-workbench"))
+    """CLIP_WB_LIBRARY / CLIP_WB_CACHE when set; else, on a Space with a persistent disk, /data/library and
+    /data/cache (a restart keeps the class's images and the downloaded weights); else ./library and
+    ~/.cache/clip-workbench."""
+    disk = persistent_root()
+    library = Path(os.environ.get("CLIP_WB_LIBRARY") or (disk / "library" if disk else PROJECT_ROOT / "library"))
+    cache = Path(os.environ.get("CLIP_WB_CACHE")
+                 or (disk / "cache" if disk else Path.home() / ".cache" / "clip-workbench"))
     return Paths(library=library, cache=cache)

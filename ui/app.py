@@ -128,13 +128,28 @@ def launch_options(wb: Workbench | None = None, access: Access | None = None, la
 
 def _banner(wb: Workbench, loc: "Localizer") -> None:
     """Why the app runs as it does: after a fallback to the bundled model, a short bilingual
-    explanation and the way to the real model, with the technical reason folded away."""
+    explanation and the way to the real model, with the technical reason folded away. On a Space
+    (or with --sync-to-hub): where the library lives, and a warning if a restart would lose it."""
     if wb.fallback:
         loc(gr.Markdown, value="app.offline", elem_id="notice")
         with loc(gr.Accordion, label="app.details", open=False, elem_id="notice-details"):
             gr.Markdown(wb.notice, elem_id="notice-detail")
     elif wb.notice:
         loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=wb.notice), elem_id="notice")
+    from core import storage   # core/library/sync.py: where the library lives, its backup
+    where = storage(wb.root)
+    if where.on_space or where.sync is not None:   # re-read on each switch: a failed backup shows up
+        loc(gr.Markdown, value=lambda l: _storage_text(storage(wb.root), l), elem_id="storage")
+
+
+def _storage_text(where, lang: str) -> str:
+    """Where the library lives, for _banner: a warning when uploads would vanish on a restart or the
+    backup fails (core/library/sync.py's Msg), else how it is kept. Re-read on every language switch."""
+    if where.warning is not None:
+        return t("storage.warning", lang, warning=where.warning.text(lang))
+    if where.sync is not None:
+        return t("storage.synced", lang, repo=where.sync.repo_id, every=f"{where.sync.every:g}")
+    return t("storage.persistent", lang, disk=str(where.persistent)) if where.on_persistent else ""
 
 
 def _header(loc: "Localizer", start: str, subtitle: Callable[[str], str]) -> gr.Radio:

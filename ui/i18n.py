@@ -346,3 +346,16 @@ _S.update({
     "cap.writing": ("正在生成英文描述…", "writing the English caption…"),
     "cap.translating": ("正在翻译成中文…", "translating into Chinese…"),
 })
+
+
+# Where the library lives on a Hugging Face Space (ui/app.py _banner; the texts of warnings come from core/library/sync.py)
+_S.update({
+    "storage.warning": ("⚠️ **图库存储：** {warning}", "⚠️ **Library storage:** {warning}"),
+    "storage.synced": ("💾 图库每 {every} 分钟备份到 Hugging Face 数据集 `{repo}`，Space 重启后自动恢复"
+                       "（重启前最后几分钟内添加的图片可能没有备份上）。",
+                       "💾 The library is backed up to the Hugging Face dataset `{repo}` every {every} minutes and "
+                       "restored after a Space restart (images added in the last minutes before a restart may miss "
+                       "the backup)."),
+    "storage.persistent": ("💾 图库保存在 Space 的持久磁盘上（{disk}），重启后仍在。",
+                           "💾 The library lives on the Space's persistent disk ({disk}) and survives restarts."),
+})
