@@ -96,7 +96,7 @@ def build_error_app(problem: Exception, lang: str | None = None, model: str = "M
             fix = t("fix.model", l)
         else:
             fix = t("fix.other", l)
-        return t("app.broken_title", l) + "\n\n" + t("app.broken_body", l, problem=problem, fix=fix)
+        return t("app.broken_title", l) + "\n\n" + t("app.broken_body", l, problem=localize(problem, l), fix=fix)
 
     with gr.Blocks(title=TITLE) as demo:
         lang_state = gr.State(start)
@@ -133,9 +133,9 @@ def _banner(wb: Workbench, loc: "Localizer") -> None:
     if wb.fallback:
         loc(gr.Markdown, value="app.offline", elem_id="notice")
         with loc(gr.Accordion, label="app.details", open=False, elem_id="notice-details"):
-            gr.Markdown(wb.notice, elem_id="notice-detail")
+            loc(gr.Markdown, value=lambda l: localize(wb.notice, l), elem_id="notice-detail")
     elif wb.notice:
-        loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=wb.notice), elem_id="notice")
+        loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=localize(wb.notice, l)), elem_id="notice")
     from core import storage   # core/library/sync.py: where the library lives, its backup
     where = storage(wb.root)
     if where.on_space or where.sync is not None:   # re-read on each switch: a failed backup shows up

@@ -26,7 +26,8 @@ from core.settings import ASSETS_DIR
 __all__ = ["served_paths", "blocked_paths", "LoginLimiter", "client_address"]
 
 SAMPLE_DIRS = (ASSETS_DIR / "samples", ASSETS_DIR / "shapes")   # bundled images, shown and seeded
-_LIBRARY_PRIVATE = ("store", "staging", "journal.log", "store.json", ".lock", "features_library.pth")
+_LIBRARY_PRIVATE = ("store", "staging", "journal.log", "store.json", ".lock", "features_library.pth",
+                    ".hub-sync", ".hub-restore")   # the backup's mirror and download folders (core/library/sync.py)
 
 
 def served_paths(library_root: Path | None) -> list[str]:
