@@ -41,7 +41,7 @@ _S: dict[str, tuple[str, str]] = {
     "app.details": ("技术细节", "Technical details"),
     # the upload area of every image input (replaces Gradio's own "Drop Image Here", which would
     # only switch language on a reload: ui/locale.py)
-    "app.drop_image": ("## 把图片拖到这里\n或点击上传，也可以粘贴", "## Drop an image here\nor click to upload, or paste"),
+    "app.drop_image": ("# 把图片拖到这里\n或点击上传，也可以粘贴", "# Drop an image here\nor click to upload, or paste"),
     "warn.unknown_words": ("⚠️ 当前模型从未见过这些词：{words}。它只认识彩色图形，对这些词的打分只是猜测。",
                            "⚠️ The current model has never seen these words: {words}. It only knows coloured "
                            "shapes, so its scores for them are guesses."),
