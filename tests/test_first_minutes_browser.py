@@ -2,6 +2,8 @@
 detail, the shape examples and the unknown-word warning. Screenshots in test-artifacts/first_*.png."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from core.settings import ASSETS_DIR
@@ -114,3 +116,19 @@ def test_search_preview_and_delete_in_chinese(page, app):
     page.locator("#lib-report").get_by_text("已删除").wait_for()
     assert len(app.wb) == before - 1
     shot(page, "first_deleted_zh")
+
+
+def test_caption_without_its_model_fails_at_once_and_says_what_to_do(page):
+    """Offline, the caption tab answers in seconds (not after ~30 s of retries), in Chinese, with the way to a
+    captioner: a local folder or a mirror."""
+    page.locator("#lang").get_by_text("中文").click()
+    page.get_by_role("tab", name="图像描述").click()
+    page.locator("#cap-image input[type=file]").set_input_files(str(SHAPES / "09_blue_star.png"))
+    started = time.monotonic()
+    page.get_by_role("button", name="生成描述", exact=True).click()
+    status = page.locator("#caption-status")
+    status.get_by_text("缺少模型").wait_for(timeout=15_000)
+    assert time.monotonic() - started < 10
+    text = status.inner_text()
+    assert "--captioner" in text and "HF_ENDPOINT" in text, text
+    shot(page, "first_caption_offline_zh")
