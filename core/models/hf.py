@@ -122,8 +122,8 @@ def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]
         reason = hub_unreachable()
         if reason is not None:
             raise ModelUnavailableError(Msg(
-                "无法连接 Hugging Face 模型库 {endpoint}（{reason}），而{what}不在缓存 {cache} 中。如何提供："
-                "把 HF_ENDPOINT 设为能连上的镜像（如 HF_ENDPOINT=https://hf-mirror.com）；或传入用 save_pretrained() "
+                "无法连接 Hugging Face 模型库 `{endpoint}`（{reason}），而{what}不在缓存 {cache} 中。如何提供："
+                "把 HF_ENDPOINT 设为能连上的镜像（如 `HF_ENDPOINT=https://hf-mirror.com`）；或传入用 save_pretrained() "
                 "保存的本地文件夹{local}；或联网运行一次以下载到缓存。",
                 "Cannot reach the Hugging Face hub at {endpoint} ({reason}), and the {what} is not in the cache "
                 "{cache}. To supply it: set HF_ENDPOINT to a mirror you can reach (e.g. "
@@ -148,13 +148,13 @@ def _load(what: str, source: str, load: Callable[..., Any], kwargs: dict[str, An
         if Path(source).is_dir():
             where = Msg("本地文件夹 {source}", "the local directory {source}", source=source)
         else:
-            where = Msg("Hugging Face 模型库（{endpoint}）和缓存 {cache}", "the Hugging Face hub ({endpoint}) and the "
+            where = Msg("Hugging Face 模型库（`{endpoint}`）和缓存 {cache}", "the Hugging Face hub ({endpoint}) and the "
                         "cache {cache}", endpoint=hub_endpoint(), cache=kwargs["cache_dir"])
         if "local_files_only" in kwargs and not Path(source).is_dir():
             # transformers words a cache miss as "couldn't connect to huggingface.co": no connection was tried
             raise ModelUnavailableError(Msg(
                 "{what}不在缓存 {cache} 中，而离线模式（--offline 或 HF_HUB_OFFLINE=1）不会下载任何文件。如何提供："
-                "不用离线模式联网运行一次，从 {endpoint} 下载到缓存（HF_ENDPOINT 可指定镜像，如 https://hf-mirror.com）；"
+                "不用离线模式联网运行一次，从 {endpoint} 下载到缓存（HF_ENDPOINT 可指定镜像，如 `https://hf-mirror.com`）；"
                 "或传入用 save_pretrained() 保存的本地文件夹。",
                 "The {what} is not in the cache {cache}, and offline mode (--offline or HF_HUB_OFFLINE=1) downloads "
                 "nothing. To supply it: run once online (without offline mode) to fill the cache from {endpoint} "
@@ -162,7 +162,7 @@ def _load(what: str, source: str, load: Callable[..., Any], kwargs: dict[str, An
                 "save_pretrained().", what=what, cache=kwargs["cache_dir"], endpoint=hub_endpoint())) from None
         raise ModelUnavailableError(Msg(
             "无法从{where}加载{what}：{first}。如何提供：传入用 save_pretrained() 保存的本地文件夹；或把 HF_ENDPOINT "
-            "设为镜像（如 https://hf-mirror.com）；或联网运行一次以下载到缓存。",
+            "设为镜像（如 `https://hf-mirror.com`）；或联网运行一次以下载到缓存。",
             "Could not load the {what} from {where}: {first}. To supply it: pass a local directory saved with "
             "save_pretrained(), set HF_ENDPOINT to a mirror (e.g. https://hf-mirror.com), or run once online to "
             "fill the cache.", what=what, where=where, first=first)) from None

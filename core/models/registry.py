@@ -98,7 +98,7 @@ def _load_hub_copy(name: str, runtime: Runtime, cache: Path, offline: bool,
     # OpenAI's own weights, converted: features from either source are the same model's (cosine > 0.999), so
     # the library keeps one id and a library made from OpenAI's file is reused, not "made by another model"
     encoder.model_id = name
-    encoder.source_note = Msg("{name} 是从 Hugging Face hub（{endpoint}，{repo}）加载的：无法连接 OpenAI 的下载地址。",
+    encoder.source_note = Msg("{name} 是从 Hugging Face hub（`{endpoint}`，{repo}）加载的：无法连接 OpenAI 的下载地址。",
                               "{name} was loaded from the Hugging Face hub ({endpoint}, {repo}): "
                               "OpenAI's download was not reachable.", name=name, endpoint=hub_endpoint(), repo=repo)
     if runtime.engine != "torch" and not runtime.engine_auto:
