@@ -1,6 +1,6 @@
 """Every string in the UI language, in Chromium (issue 11, item 3): `--lang zh` in an English browser
-shows Gradio's own texts in Chinese too, the language switch takes them along, and a core error
-arrives in Chinese. Screenshots in test-artifacts/lang_*.png."""
+shows Gradio's own texts in Chinese too, the language switch takes them along, messages already on
+screen follow it, and a core error arrives in Chinese. Screenshots in test-artifacts/lang_*.png."""
 from __future__ import annotations
 
 import re
@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:Warning:gradio.queueing")]
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
+SHAPES = ASSETS_DIR / "shapes"
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,43 @@ def test_switching_language_takes_the_upload_texts_along(page):
     page.reload()
     page.get_by_role("tab", name="Library").wait_for()
     page.locator("#zs-image").get_by_text("Drop an image here").first.wait_for()
+
+
+def test_messages_on_screen_follow_the_switch(page, tmp_path):
+    """What callbacks wrote in English (the add summary, with an unreadable file's reason; a search's
+    info) is said again in Chinese by the switch alone, and back in English."""
+    page.locator("#lang").get_by_text("English").click()
+    page.get_by_role("tab", name="Library").click()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    page.locator("#lib-upload input[type=file]").set_input_files([str(SHAPES / "08_red_triangle.png"), str(broken)])
+    page.get_by_role("button", name="Add to library").click()
+    summary = page.locator("#lib-summary")
+    summary.get_by_text("unreadable: broken.jpg").wait_for()
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#search-image input[type=file]").set_input_files(str(SHAPES / "08_red_triangle.png"))
+    page.get_by_role("button", name="Search", exact=True).click()
+    info = page.locator("#search-info")
+    info.get_by_text("images found").wait_for()
+
+    page.locator("#lang").get_by_text("中文").click()
+    info.get_by_text("找到").wait_for()
+    assert "found" not in info.inner_text()
+    shot(page, "lang_messages_search_zh")
+    page.get_by_role("tab", name="图库").click()
+    summary.get_by_text("无法读取：broken.jpg").wait_for()
+    text = summary.inner_text()
+    assert "新增 1 张" in text and "Added" not in text
+    reason = text.split("无法读取：broken.jpg：", 1)[1]
+    assert CJK.match(reason), text      # core's reason in Chinese (the decoder's own words may follow)
+    shot(page, "lang_messages_zh")
+
+    page.locator("#lang").get_by_text("English").click()
+    summary.get_by_text("Added 1, already present 0, unreadable 1").wait_for()
+    assert not CJK.search(summary.inner_text())
+    shot(page, "lang_messages_en")
+    page.get_by_role("tab", name="Search").click()
+    info.get_by_text("images found").wait_for()
 
 
 def test_a_core_error_arrives_in_chinese(page):

@@ -87,6 +87,8 @@ def test_train_live_stop_free_and_use_the_model(browser, app):  # noqa: F811
         page.locator("#learn-status").get_by_text("The app now uses").wait_for()
         page.locator("#lang").get_by_text("中文").click()
         page.get_by_role("button", name="开始训练").wait_for(state="visible")
+        page.locator("#learn-status").get_by_text("应用已改用模型").wait_for()   # the message on screen follows
+        assert "The app now uses" not in page.locator("#learn-status").inner_text()
         shot(page, "learn_train_zh")
     finally:
         context.close()

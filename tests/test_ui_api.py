@@ -58,6 +58,25 @@ def test_every_event_has_its_api_name(client):
     assert EXPECTED_APIS <= set(client.view_api(return_format="dict")["named_endpoints"])
 
 
+MESSAGE_SLOTS = {"zs-status", "search-info", "caption-status", "lib-summary", "lib-stats", "lib-report",
+                 "lib-page-info", "lib-confirm-text", "learn-status", "learn-map-note", "learn-sim-out",
+                 "learn-probe-out"}
+
+
+def test_every_message_slot_is_written_with_its_memory(app):
+    """The language switch says again what each slot's State remembers (ui/say.py): an event that
+    wrote a slot without its State would bring an older message back on the next switch."""
+    switch = next(f for f in app.demo.fns.values()
+                  if f.fn is not None and f.inputs and getattr(f.inputs[0], "elem_id", None) == "lang")
+    memories = switch.inputs[1:]
+    slots = switch.outputs[len(switch.outputs) - len(memories):]
+    assert {s.elem_id for s in slots} == MESSAGE_SLOTS
+    for fn in app.demo.fns.values():
+        written = {o._id for o in fn.outputs}
+        for slot, memory in zip(slots, memories):
+            assert fn is switch or slot._id not in written or memory._id in written, (fn.name, slot.elem_id)
+
+
 def test_add_then_search_finds_it_first(app, client, tmp_path):
     summary = client.predict([handle_file(CAT)], api_name="/add_to_library")
     assert "unreadable 0" in summary

@@ -163,12 +163,13 @@ def _header(loc: "Localizer", start: str, subtitle: Callable[[str], str]) -> gr.
 
 def _language_events(demo: gr.Blocks, radio: gr.Radio, lang_state: gr.State, loc: "Localizer",
                      follow_browser: bool, then: list[dict]) -> None:
-    """The radio relabels every registered component; on load it follows the browser's locale."""
-    def relabel(value: str):
+    """The radio relabels every registered component and says every filled message slot again;
+    on load it follows the browser's locale."""
+    def relabel(value: str, *said):
         lang = pick_lang(value)
-        return [lang, *loc.updates(lang)]
+        return [lang, *loc.updates(lang, said)]
 
-    event = radio.change(relabel, [radio], [lang_state, *loc.components], api_visibility="private",
+    event = radio.change(relabel, [radio, *loc.memories], [lang_state, *loc.components], api_visibility="private",
                          concurrency_limit=None, show_progress="hidden", js=switch_js())   # Gradio's texts too
     for extra in then:
         event = event.then(**extra)

@@ -2,6 +2,8 @@
 
 `Callbacks(wb)` receives the Workbench built once at start; every method is one event.
 The last input of each is the UI language (a gr.State, so API clients need not pass it).
+A message for a slot (a status or info Markdown) is a `Say` (ui/say.py): text in that language
+that a later language switch can say again in the other.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import gradio as gr
 
@@ -21,6 +24,7 @@ from core.messages import Msg, localize
 
 from .errors import fail, user_errors
 from .i18n import t
+from .say import Say, say
 
 __all__ = ["Callbacks", "UploadJanitor", "CUSTOM", "UPLOAD_CHUNK"]
 
@@ -115,11 +119,13 @@ class Callbacks:
             picture = self.wb.image(image)   # core's safe loader: the same error for every bad file
             top, note = self.wb.classify(picture, labels if labelset == CUSTOM else labelset,
                                          custom_template if templates == CUSTOM else templates, lang)
-            added = self._ingest([image], who(self.access, request)) if add else None
-            status = t("zs.added", lang, summary=self._summary(added, lang)) if added else ""
-            unknown = self._unknown(labels if labelset == CUSTOM else "", lang)
-            status = "\n\n".join(s for s in (unknown, note and f"ℹ️ {localize(note, lang)}", status) if s)
-        return {label: p for label, p in top}, status
+            added = self._summary(self._ingest([image], who(self.access, request))) if add else None
+            unknown = self._unknown(labels if labelset == CUSTOM else "")
+
+        def status(l: str) -> str:
+            parts = (unknown(l), note and f"ℹ️ {localize(note, l)}", added and t("zs.added", l, summary=added(l)))
+            return "\n\n".join(s for s in parts if s)
+        return {label: p for label, p in top}, Say(status, lang)
 
     # ------------------------------------------------------------ search
 
@@ -135,8 +141,8 @@ class Callbacks:
             result = self.wb.search(query)
         strong = count_strong(result.hits)
         hits = result.hits if all_k else result.hits[:strong]
-        info = self._search_info(result, query.text, lang, weak=len(result.hits) - strong, shown_all=all_k)
-        return self._gallery(hits, strong), [h.id for h in hits], info
+        info = self._search_info(result, query.text, weak=len(result.hits) - strong, shown_all=all_k)
+        return self._gallery(hits, strong), [h.id for h in hits], Say(info, lang)
 
     def search_similar(self, image_id: str, k: float, lang: str):
         """Image→image from a library image id -> (gallery items, hit ids, info markdown)"""
@@ -144,18 +150,18 @@ class Callbacks:
             raise fail("lib.no_selection", lang)
         with user_errors(lang):
             entry, hits = self.wb.similar(image_id, int(k))
-        info = t("search.similar_to", lang, name=entry.name, id=entry.id, n=len(hits))
-        return self._gallery(hits), [h.id for h in hits], info
+        return self._gallery(hits), [h.id for h in hits], say("search.similar_to", lang, name=entry.name, id=entry.id,
+                                                              n=len(hits))
 
     @staticmethod
     def pick(ids: list[str], evt: gr.SelectData) -> str:
         """Gallery click -> the id of the clicked image."""
         return ids[evt.index] if ids and 0 <= evt.index < len(ids) else ""
 
-    def _unknown(self, text: str, lang: str) -> str:
-        """A warning naming the words the model never saw ("" when it knows them all)."""
-        words = self.wb.unknown_words(text)
-        return t("warn.unknown_words", lang, words=", ".join(words)) if words else ""
+    def _unknown(self, text: str) -> Callable[[str], str]:
+        """lang -> a warning naming the words the model never saw ("" when it knows them all)."""
+        words = ", ".join(self.wb.unknown_words(text))
+        return lambda lang: t("warn.unknown_words", lang, words=words) if words else ""
 
     def _gallery(self, hits, strong: int | None = None) -> list[tuple[str, str]]:
         """Thumbnails captioned "score · name"; hits from index `strong` on are marked ◌ (weak)."""
@@ -163,20 +169,26 @@ class Callbacks:
         return [(str(self.wb.thumbnail(h)), f"{'◌ ' if i >= strong else ''}{h.score:.3f} · {h.name}")
                 for i, h in enumerate(hits)]
 
-    def _search_info(self, result: SearchResult, asked: str, lang: str, weak: int = 0, shown_all: bool = True) -> str:
-        lines = [w for w in (self._unknown(asked, lang),) if w]
-        if result.note:   # core's note is a Msg: English, and Chinese for a Chinese page
-            lines.append(t("search.note", lang, note=localize(result.note, lang)))
-        elif result.text_used and result.text_used != asked.strip():
-            lines.append(t("search.used", lang, text=result.text_used))
-        if not result.hits:
-            lines.append(t("search.empty_lib" if not len(self.wb) else "search.none", lang))
-        else:
-            lines.append(t("search.count", lang, n=len(result.hits) - (0 if shown_all else weak)))
-        if weak:
-            lines.append(t("search.weak_marked" if shown_all else "search.weak_hidden", lang, m=weak,
-                           pct=round(WEAK_RATIO * 100)))
-        return "\n\n".join(lines)
+    def _search_info(self, result: SearchResult, asked: str, weak: int = 0,
+                     shown_all: bool = True) -> Callable[[str], str]:
+        """lang -> the search's info markdown (read from the library now, said in any language later)."""
+        unknown, empty = self._unknown(asked), not len(self.wb)
+
+        def info(lang: str) -> str:
+            lines = [w for w in (unknown(lang),) if w]
+            if result.note:   # core's note is a Msg: English, and Chinese for a Chinese page
+                lines.append(t("search.note", lang, note=localize(result.note, lang)))
+            elif result.text_used and result.text_used != asked.strip():
+                lines.append(t("search.used", lang, text=result.text_used))
+            if not result.hits:
+                lines.append(t("search.empty_lib" if empty else "search.none", lang))
+            else:
+                lines.append(t("search.count", lang, n=len(result.hits) - (0 if shown_all else weak)))
+            if weak:
+                lines.append(t("search.weak_marked" if shown_all else "search.weak_hidden", lang, m=weak,
+                               pct=round(WEAK_RATIO * 100)))
+            return "\n\n".join(lines)
+        return info
 
     # ------------------------------------------------------------ captions
 
@@ -196,9 +208,9 @@ class Callbacks:
         try:
             meta = self.wb.caption([picture], stage=stage)[0]
         except (ModelUnavailableError, UnknownModelError) as e:
-            return "", "", t("cap.unavailable", lang, detail=localize(e, lang))
+            return "", "", say("cap.unavailable", lang, detail=e)
         zh_error = meta.get("caption_zh_error")
-        status = t("cap.no_zh", lang, detail=localize(zh_error, lang)) if zh_error else t("cap.done", lang)
+        status = say("cap.no_zh", lang, detail=zh_error) if zh_error else say("cap.done", lang)
         return meta["caption_en"], meta.get("caption_zh") or "", status
 
     # ------------------------------------------------------------ library
@@ -212,26 +224,27 @@ class Callbacks:
             report = self._ingest(files, who(self.access, request), progress=progress, lang=lang)
         if report.errors:   # a toast too: the summary may be scrolled out of view on a projector
             gr.Warning(self._toast(report, lang), title=t("warn.title", lang))
-        return self._summary(report, lang)
+        return Say(self._summary(report), lang)
 
     def seed_library(self, lang: str, request: gr.Request = None, progress=gr.Progress()):
         """Add the bundled sample images -> summary markdown (the teacher only)."""
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("给图库添加示例图片", "seed the library"))
             report = self.wb.seed(progress=self._progress(progress, None, t("lib.progress", lang), t("lib.unit", lang)))
-        return self._summary(report, lang)
+        return Say(self._summary(report), lang)
 
     def library_page(self, page: float | None, lang: str):
         """-> (gallery items, ids on the page, page info markdown, page number)"""
         with user_errors(lang):
             pg = self.wb.page(page)
         items = [(str(self.wb.thumbnail(e)), _gallery_label(e.name, e.id, e.meta, lang)) for e in pg.entries]
-        info = t("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total) if pg.total else t("lib.empty", lang)
+        info = (say("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total) if pg.total
+                else say("lib.empty", lang))
         return items, [e.id for e in pg.entries], info, pg.page
 
-    def library_stats(self, lang: str) -> str:
+    def library_stats(self, lang: str) -> Say:
         s = self.wb.stats()
-        return t("lib.stats", lang, n=s["images"], model=s["model_id"], dim=s["dim"], path=s["path"],
+        return say("lib.stats", lang, n=s["images"], model=s["model_id"], dim=s["dim"], path=s["path"],
                  images_mb=s["image_bytes"] / _MB, feats_mb=s["features_bytes"] / _MB)
 
     def confirm_remove(self, image_id: str, lang: str):
@@ -240,41 +253,41 @@ class Callbacks:
             raise fail("lib.no_selection", lang)
         with user_errors(lang):
             entry = self.wb.entry(image_id)
-        return gr.update(visible=True), t("lib.confirm", lang, name=entry.name, id=entry.id)
+        return gr.update(visible=True), say("lib.confirm", lang, name=entry.name, id=entry.id)
 
-    def remove_image(self, image_id: str, lang: str, request: gr.Request = None) -> str:
+    def remove_image(self, image_id: str, lang: str, request: gr.Request = None) -> Say:
         if not (image_id or "").strip():
             raise fail("lib.no_selection", lang)
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("删除图片", "delete images"))
             entry, = self.wb.remove([image_id])
-        return t("lib.removed", lang, name=entry.name, id=entry.id, n=len(self.wb))
+        return say("lib.removed", lang, name=entry.name, id=entry.id, n=len(self.wb))
 
     def teacher_controls(self, request: gr.Request = None):
         """On page load: the delete / maintenance buttons only for the teacher (core checks again)."""
         admin = who(self.access, request).admin
         return [gr.update(visible=admin)] * 4
 
-    def verify_library(self, lang: str) -> str:
+    def verify_library(self, lang: str) -> Say:
         with user_errors(lang):
             r = self.wb.verify()
         if not r["healthy"]:
-            return t("lib.verify_bad", lang, missing=r["missing_files"], orphans=r["orphan_files"],
-                     finite=r["features_finite"])
-        return t("lib.verify_ok", lang, rows=r["rows"])
+            return say("lib.verify_bad", lang, missing=r["missing_files"], orphans=r["orphan_files"],
+                       finite=r["features_finite"])
+        return say("lib.verify_ok", lang, rows=r["rows"])
 
-    def compact_library(self, lang: str, request: gr.Request = None) -> str:
+    def compact_library(self, lang: str, request: gr.Request = None) -> Say:
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("压缩图库", "compact the library"))
             self.wb.compact()
-        return t("lib.compacted", lang, n=len(self.wb))
+        return say("lib.compacted", lang, n=len(self.wb))
 
-    def repair_library(self, lang: str, request: gr.Request = None) -> str:
+    def repair_library(self, lang: str, request: gr.Request = None) -> Say:
         """Rows without files removed, files without rows re-added (never deleted) -> summary."""
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("修复图库", "repair the library"))
             r = self.wb.repair()
-        return t("lib.repaired", lang, removed=r["rows_removed"], readded=r["images_readded"], n=len(self.wb))
+        return say("lib.repaired", lang, removed=r["rows_removed"], readded=r["images_readded"], n=len(self.wb))
 
     # ------------------------------------------------------------ helpers
 
@@ -297,18 +310,23 @@ class Callbacks:
                 progress((done, total), desc=desc, unit=unit)
         return advance
 
-    def _summary(self, report: IngestReport, lang: str) -> str:
-        head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
-                 errors=len(report.errors), n=len(self.wb))
-        items = [t("lib.dup_item", lang, name=n) for n in report.duplicates]
-        items += [t("lib.error_item", lang, name=n, reason=r) for n, r in report.errors]
-        return "\n".join([head, ""] + [f"- {i}" for i in items])
+    def _summary(self, report: IngestReport) -> Callable[[str], str]:
+        """lang -> the ingest summary markdown (with the library's size now)."""
+        size = len(self.wb)
+
+        def summary(lang: str) -> str:
+            head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
+                     errors=len(report.errors), n=size)
+            items = [t("lib.dup_item", lang, name=n) for n in report.duplicates]
+            items += [t("lib.error_item", lang, name=n, reason=localize(r, lang)) for n, r in report.errors]
+            return "\n".join([head, ""] + [f"- {i}" for i in items])
+        return summary
 
     def _toast(self, report: IngestReport, lang: str, shown: int = 5) -> str:
         """The summary line and the first unreadable files, HTML-escaped (toasts render HTML)."""
         head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
                  errors=len(report.errors), n=len(self.wb))
-        lines = [t("lib.error_item", lang, name=n, reason=r) for n, r in report.errors[:shown]]
+        lines = [t("lib.error_item", lang, name=n, reason=localize(r, lang)) for n, r in report.errors[:shown]]
         return "<br>".join(html.escape(x) for x in [head, *lines] + (["…"] if len(report.errors) > shown else []))
 
 

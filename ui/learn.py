@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import time
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -29,6 +30,7 @@ from .callbacks import Callbacks, who
 from .errors import fail, user_errors
 from .guard import blocked_paths, served_paths
 from .i18n import t
+from .say import Say, say
 
 __all__ = ["LearnCallbacks", "learn_tab"]
 
@@ -72,17 +74,17 @@ class LearnCallbacks:
         """-> (loss plot, metrics plot, status) every POLL_S until the training ends."""
         while True:
             state = self.trainer.snapshot()
-            yield _loss_frame(state), _metrics_frame(state), _train_status(state, lang)
+            yield _loss_frame(state), _metrics_frame(state), Say(partial(_train_status, state), lang)
             if not state.running:
                 return
             time.sleep(POLL_S)
 
-    def train_stop(self, lang: str, request: gr.Request = None) -> str:
+    def train_stop(self, lang: str, request: gr.Request = None) -> Say:
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("停止训练", "stop a training"))
-        return t("learn.stopping" if self.trainer.stop() else "learn.idle", lang)
+        return say("learn.stopping" if self.trainer.stop() else "learn.idle", lang)
 
-    def use_model(self, lang: str, request: gr.Request = None) -> str:
+    def use_model(self, lang: str, request: gr.Request = None) -> Say:
         """Switch the app to the last run's best.pt, with that run's own library (teacher only)."""
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("切换应用使用的模型", "switch the app's model"))
@@ -94,7 +96,7 @@ class LearnCallbacks:
         self._serve(new.root)
         old, self.cb.wb = self.cb.wb, new
         old.close()
-        return t("learn.switched", lang, model=new.encoder.model_id, path=new.root, n=len(new))
+        return say("learn.switched", lang, model=new.encoder.model_id, path=new.root, n=len(new))
 
     def _serve(self, root: Path) -> None:
         """Let the running server serve the new library's images and thumbnails (and nothing else)."""
@@ -114,7 +116,7 @@ class LearnCallbacks:
             rows.append({"x": emap.query[0], "y": emap.query[1], "label": f"🔎 {query.strip()}", "name": query.strip(),
                          "id": "", "image": ""})
         frame = pd.DataFrame(rows, columns=["x", "y", "label", "name", "id", "image"])
-        return frame, rows, _map_note(emap, lang)
+        return frame, rows, Say(partial(_map_note, emap), lang)
 
     @staticmethod
     def map_pick(points: list[dict], evt: gr.SelectData):
@@ -130,7 +132,7 @@ class LearnCallbacks:
         entries = self.wb.page(1, PICK_CHOICES).entries
         return gr.update(choices=[(f"{e.name} · {e.id}", e.id) for e in entries])
 
-    def similarity(self, picked: list[str] | None, files: list[str] | None, texts: str, lang: str) -> str:
+    def similarity(self, picked: list[str] | None, files: list[str] | None, texts: str, lang: str) -> Say:
         """-> HTML heat map: images along the top, texts down the side, cosine similarity in each cell."""
         images = list(picked or []) + list(files or [])
         lines = [x for x in (texts or "").splitlines() if x.strip()]
@@ -142,7 +144,7 @@ class LearnCallbacks:
             sim = self.wb.learn.similarity(images, lines)
             thumbs = [self._thumb(self.wb.thumbnail(self.wb.entry(i))) for i in picked or []]
             thumbs += [self._thumb(f) for f in files or []]
-        return _heatmap(sim.matrix, thumbs, sim.texts, sim.notes, lang)
+        return Say(partial(_heatmap, sim.matrix, thumbs, sim.texts, sim.notes), lang)
 
     def _thumb(self, image: str | Path) -> str:
         """A small inline JPEG of an image (data: URL: nothing more to serve)."""
@@ -154,16 +156,10 @@ class LearnCallbacks:
 
     # ------------------------------------------------------------ zero-shot vs linear probe
 
-    def probe(self, classes: str, assignments: str, lang: str) -> str:
+    def probe(self, classes: str, assignments: str, lang: str) -> Say:
         with user_errors(lang):
             r = self.wb.learn.probe(classes or "", assignments or "", lang=lang)
-        lines = [t("learn.probe_head", lang, probe=r.probe_accuracy, zs=r.zeroshot_accuracy, train=r.train, test=r.test),
-                 "", t("learn.probe_cols", lang), "| --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {html.escape(c)} | {a} | {b} | {p:.0f}% | {z:.0f}% |" for c, a, b, p, z in r.per_class]
-        notes = [t("learn.probe_few", lang, label=n.split(":")[1], n=n.split(":")[2]) if n.startswith("few:")
-                 else t("learn.probe_scan", lang, n=n.split(":")[1]) if n.startswith("scan:") else f"ℹ️ {n}"
-                 for n in r.notes]
-        return "\n".join(lines + ([""] + notes if notes else []) + ["", t("learn.probe_why", lang)])
+        return Say(partial(_probe_table, r), lang)
 
 
 # ---------------------------------------------------------------- formatting
@@ -197,6 +193,16 @@ def _train_status(state, lang: str) -> str:
     if state.best is not None and not state.running:
         parts.append(t("learn.can_use", lang, best=state.best))
     return "\n\n".join(parts)
+
+
+def _probe_table(r, lang: str) -> str:
+    lines = [t("learn.probe_head", lang, probe=r.probe_accuracy, zs=r.zeroshot_accuracy, train=r.train, test=r.test),
+             "", t("learn.probe_cols", lang), "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {html.escape(c)} | {a} | {b} | {p:.0f}% | {z:.0f}% |" for c, a, b, p, z in r.per_class]
+    notes = [t("learn.probe_few", lang, label=n.split(":")[1], n=n.split(":")[2]) if n.startswith("few:")
+             else t("learn.probe_scan", lang, n=n.split(":")[1]) if n.startswith("scan:") else f"ℹ️ {n}"
+             for n in r.notes]
+    return "\n".join(lines + ([""] + notes if notes else []) + ["", t("learn.probe_why", lang)])
 
 
 def _map_note(emap, lang: str) -> str:
@@ -274,13 +280,13 @@ def _train_section(lc: LearnCallbacks, loc, lang_state) -> None:
             metrics = loc(gr.LinePlot, x="epoch", y="value", color="metric", label="learn.metric_plot",
                           x_title="learn.ax_epoch", y_title="learn.ax_value", color_title="learn.ax_metric",
                           elem_id="learn-metrics", height=260)
-        status = gr.Markdown(elem_id="learn-status")
+        status = loc.message(elem_id="learn-status")
     live = {"concurrency_id": "learn_watch", "concurrency_limit": 8, "show_progress": "hidden"}
-    start.click(lc.train_start, [data, epochs, batch, tower, hard, images, lang_state], [loss, metrics, status],
-                api_name="train_start", **live)
-    watch.click(lc.train_watch, [lang_state], [loss, metrics, status], api_name="train_watch", **live)
-    stop.click(lc.train_stop, [lang_state], [status], api_name="train_stop", concurrency_limit=None)
-    use.click(lc.use_model, [lang_state], [status], api_name="use_model", concurrency_id="ingest")
+    start.click(**loc.wire(lc.train_start, [data, epochs, batch, tower, hard, images, lang_state],
+                           [loss, metrics, status], api_name="train_start", **live))
+    watch.click(**loc.wire(lc.train_watch, [lang_state], [loss, metrics, status], api_name="train_watch", **live))
+    stop.click(**loc.wire(lc.train_stop, [lang_state], [status], api_name="train_stop", concurrency_limit=None))
+    use.click(**loc.wire(lc.use_model, [lang_state], [status], api_name="use_model", concurrency_id="ingest"))
 
 
 def _map_section(lc: LearnCallbacks, loc, lang_state) -> None:
@@ -291,14 +297,14 @@ def _map_section(lc: LearnCallbacks, loc, lang_state) -> None:
             labels = loc(gr.Textbox, label="learn.map_labels", placeholder="learn.map_labels_ph", scale=2)
             query = loc(gr.Textbox, label="learn.map_query", placeholder="learn.map_query_ph", scale=2)
         draw = loc(gr.Button, value="learn.map_draw", variant="primary", elem_id="learn-map-draw")
-        note = gr.Markdown(elem_id="learn-map-note")
+        note = loc.message(elem_id="learn-map-note")
         plot = loc(gr.ScatterPlot, x="x", y="y", color="label", tooltip=["image", "name", "id", "label"],
                    label="learn.map_plot", x_title="learn.ax_x", y_title="learn.ax_y", color_title="learn.ax_label",
                    elem_id="learn-map", height=480)
         picked = loc(gr.Gallery, label="learn.map_picked", columns=6, height=200)
         points = gr.State([])
-    draw.click(lc.embedding_map, [method, labels, query, lang_state], [plot, points, note], api_name="embedding_map",
-               concurrency_id="model")
+    draw.click(**loc.wire(lc.embedding_map, [method, labels, query, lang_state], [plot, points, note],
+                          api_name="embedding_map", concurrency_id="model"))
     plot.select(lc.map_pick, [points], [picked], **_PRIVATE)
 
 
@@ -313,9 +319,9 @@ def _similarity_section(lc: LearnCallbacks, loc, lang_state) -> gr.Dropdown:
         texts = loc(gr.Textbox, lines=4, label="learn.sim_texts", placeholder="learn.sim_texts_ph",
                     elem_id="learn-sim-texts")
         go = loc(gr.Button, value="learn.sim_go", variant="primary", elem_id="learn-sim-go")
-        out = gr.HTML(elem_id="learn-sim-out")
-    go.click(lc.similarity, [picker, files, texts, lang_state], [out], api_name="similarity_matrix",
-             concurrency_id="model")
+        out = loc.message(gr.HTML, elem_id="learn-sim-out")
+    go.click(**loc.wire(lc.similarity, [picker, files, texts, lang_state], [out], api_name="similarity_matrix",
+                        concurrency_id="model"))
     return picker
 
 
@@ -326,5 +332,6 @@ def _probe_section(lc: LearnCallbacks, loc, lang_state) -> None:
                       elem_id="learn-probe-classes")
         assign = loc(gr.Textbox, lines=3, label="learn.probe_assign", placeholder="learn.probe_assign_ph")
         go = loc(gr.Button, value="learn.probe_go", variant="primary", elem_id="learn-probe-go")
-        out = gr.Markdown(elem_id="learn-probe-out")
-    go.click(lc.probe, [classes, assign, lang_state], [out], api_name="linear_probe", concurrency_id="model")
+        out = loc.message(elem_id="learn-probe-out")
+    go.click(**loc.wire(lc.probe, [classes, assign, lang_state], [out], api_name="linear_probe",
+                        concurrency_id="model"))

@@ -38,13 +38,13 @@ _HEAD = """<script>(() => {
   Object.defineProperty(navigator, 'languages', {get: () => [tag], configurable: true});
 })();</script>"""
 
-_SWITCH = """(lang) => {
+_SWITCH = """(lang, ...rest) => {
   const u = new URL(location.href);
   if (u.searchParams.get('lang') !== lang) { u.searchParams.set('lang', lang); history.replaceState(history.state, '', u); }
   const main = document.querySelector('script[type="module"][src*="assets/index-"]');
   if (ASSET && main) import(new URL(ASSET, main.src).href)
     .then((m) => m.changeLocale(LOCALES[lang])).catch((e) => console.warn('changeLocale', e));
-  return lang;
+  return [lang, ...rest];
 }"""
 
 
@@ -63,7 +63,8 @@ def detect_js(follow_browser: bool = True) -> str:
 
 @lru_cache(maxsize=1)
 def switch_js() -> str:
-    """JS (lang -> lang) for the language radio: Gradio's texts follow, `?lang=` is recorded."""
+    """JS for the language radio: Gradio's texts follow, `?lang=` is recorded. It hands its inputs
+    (the language, then the message slots' States) on unchanged to the Python side."""
     return _SWITCH.replace("ASSET", json.dumps(_change_locale_module())).replace("LOCALES", json.dumps(GRADIO_LOCALES))
 
 

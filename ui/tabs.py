@@ -5,6 +5,8 @@ Localizer) and wires its events to `Callbacks` methods with stable api_names.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable
 
 import gradio as gr
@@ -13,6 +15,7 @@ from core.library.search import MAX_K
 
 from .callbacks import CUSTOM, Callbacks
 from .i18n import choices, has_key, t
+from .say import Say
 
 __all__ = ["Localizer", "SafeImage", "classify_tab", "search_tab", "caption_tab", "library_tab"]
 
@@ -51,13 +54,15 @@ _LOCALIZED = ("label", "value", "placeholder", "info", "choices", "x_title", "y_
 
 class Localizer:
     """Creates components with strings in the start language and remembers which property
-    holds which string, so a language switch can update them all in one event.
+    holds which string, so a language switch can update them all in one event. Message slots
+    (`message`) are the callbacks' texts: the switch says their last `Say` again.
 
     A property's spec is an i18n key, a callable lang -> text, or {value: key} for choices."""
 
     def __init__(self, lang: str):
         self.lang = lang
         self._items: list[tuple[gr.components.Component, dict]] = []
+        self._slots: list[tuple[gr.components.Component, gr.State]] = []   # message, how to say it again
 
     def __call__(self, cls, **kwargs):
         specs = {k: v for k, v in kwargs.items() if k in _LOCALIZED
@@ -70,12 +75,53 @@ class Localizer:
         self._items.append((component, specs))
         return component
 
+    def message(self, cls=gr.Markdown, **kwargs):
+        """A message slot: a Markdown (or HTML) that events wired with `wire` fill with a `Say`."""
+        component = cls(**kwargs)
+        self._slots.append((component, gr.State(None)))
+        return component
+
+    def wire(self, fn: Callable, inputs: list, outputs: list, **kwargs) -> dict:
+        """The keyword arguments of an event running fn (a function or a generator): each message
+        slot among its outputs gets the Say's text and its State the Say's renderer (None for plain
+        text: nothing to say again). Gradio's API skips State outputs: API callers see the same
+        endpoint, and get the text."""
+        states = {id(c): s for c, s in self._slots}
+        slots = [i for i, c in enumerate(outputs) if id(c) in states]
+        if not slots:
+            return {"fn": fn, "inputs": inputs, "outputs": outputs, **kwargs}
+
+        def split(result):
+            values = list(result) if len(outputs) > 1 else [result]
+            renders = [values[i].render if isinstance(values[i], Say) else None for i in slots]
+            return (*(str(v) if isinstance(v, Say) else v for v in values), *renders)
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)   # Gradio reads the signature (gr.Request, gr.Progress) through __wrapped__
+            def remembered(*args, **kw):
+                for result in fn(*args, **kw):
+                    yield split(result)
+        else:
+            @functools.wraps(fn)
+            def remembered(*args, **kw):
+                return split(fn(*args, **kw))
+        return {"fn": remembered, "inputs": inputs, "outputs": [*outputs, *(states[id(outputs[i])] for i in slots)],
+                **kwargs}
+
     @property
     def components(self) -> list:
-        return [c for c, _ in self._items]
+        """What the language switch updates: the registered components, then the message slots."""
+        return [c for c, _ in self._items] + [c for c, _ in self._slots]
 
-    def updates(self, lang: str) -> list[dict]:
-        return [gr.update(**{k: self._text(v, lang) for k, v in specs.items()}) for _, specs in self._items]
+    @property
+    def memories(self) -> list[gr.State]:
+        """The slots' States, inputs of the language switch (in the order of `components`' slots)."""
+        return [s for _, s in self._slots]
+
+    def updates(self, lang: str, said: tuple) -> list[dict]:
+        """`components`' updates in `lang`; `said`: the `memories`' values (a slot without one stays)."""
+        labels = [gr.update(**{k: self._text(v, lang) for k, v in specs.items()}) for _, specs in self._items]
+        return labels + [gr.update(value=render(lang)) if render else gr.update() for render in said]
 
     @staticmethod
     def _text(spec, lang: str):
@@ -105,9 +151,9 @@ def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[li
             add = loc(gr.Checkbox, label="zs.add", value=False)
             button = loc(gr.Button, value="zs.button", variant="primary")
             result = loc(gr.Label, label="zs.result", num_top_classes=5, elem_id="zs-result")
-            status = gr.Markdown(elem_id="zs-status")
-    button.click(cb.classify, [image, labelset, labels, templates, custom, add, lang], [result, status],
-                 api_name="classify", **MODEL)
+            status = loc.message(elem_id="zs-status")
+    button.click(**loc.wire(cb.classify, [image, labelset, labels, templates, custom, add, lang], [result, status],
+                            api_name="classify", **MODEL))
     # typed labels / a custom template only matter when chosen: show their boxes only then
     quick = dict(concurrency_limit=None, show_progress="hidden", **_PRIVATE)
     labelset.change(_shown_if_custom, [labelset], [labels], **quick)
@@ -128,7 +174,7 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -
             all_k = loc(gr.Checkbox, label="search.all_k", value=False, elem_id="search-all-k")
             button = loc(gr.Button, value="search.button", variant="primary")
         with gr.Column(scale=2):
-            info = gr.Markdown(elem_id="search-info")
+            info = loc.message(elem_id="search-info")
             gallery = loc(gr.Gallery, label="search.results", columns=4, height=560, object_fit="contain",
                           fit_columns=False, elem_id="search-gallery")
             with gr.Row():
@@ -138,13 +184,11 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -
     # (API callers get the default: weak matches left out, as on the page)
     show_all = gr.State(False)
     all_k.change(lambda v: bool(v), [all_k], [show_all], **_PRIVATE, concurrency_limit=CHEAP, show_progress="hidden")
-    run = dict(fn=cb.search, inputs=[text, image, minus, k, threshold, show_all, lang], outputs=[gallery, ids, info],
-               **MODEL)
+    run = loc.wire(cb.search, [text, image, minus, k, threshold, show_all, lang], [gallery, ids, info], **MODEL)
     button.click(**run, api_name="search")
     text.submit(**run, **_PRIVATE)
-    near = dict(fn=cb.search_similar, inputs=[selected, k, lang], outputs=[gallery, ids, info],
-                concurrency_limit=CHEAP)
-    similar.click(**near, api_name="search_similar")
+    similar.click(**loc.wire(cb.search_similar, [selected, k, lang], [gallery, ids, info], concurrency_limit=CHEAP),
+                  api_name="search_similar")
     # a click only selects (the preview keeps the clicked image); "similar" searches with it on demand
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, concurrency_limit=CHEAP)
 
@@ -158,8 +202,8 @@ def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
         with gr.Column():
             en = loc(gr.Textbox, label="cap.en", interactive=False)
             zh = loc(gr.Textbox, label="cap.zh", interactive=False)
-            status = gr.Markdown(elem_id="caption-status")
-    button.click(cb.caption, [image, lang], [en, zh, status], api_name="caption", concurrency_limit=1)
+            status = loc.message(elem_id="caption-status")
+    button.click(**loc.wire(cb.caption, [image, lang], [en, zh, status], api_name="caption", concurrency_limit=1))
 
 
 def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> tuple[dict, list]:
@@ -173,15 +217,15 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> tuple[dict, li
             with gr.Row():
                 add = loc(gr.Button, value="lib.add", variant="primary", scale=2)
                 seed = loc(gr.Button, value="lib.seed", scale=1)
-            summary = gr.Markdown(elem_id="lib-summary")
+            summary = loc.message(elem_id="lib-summary")
         with gr.Column(scale=3):
-            stats = gr.Markdown(elem_id="lib-stats")
+            stats = loc.message(elem_id="lib-stats")
             with gr.Row():
                 stats_btn = loc(gr.Button, value="lib.stats_button", size="sm")
                 verify = loc(gr.Button, value="lib.verify", size="sm")
                 compact = loc(gr.Button, value="lib.compact", size="sm")
                 fix = loc(gr.Button, value="lib.repair", size="sm")
-            report = gr.Markdown(elem_id="lib-report")
+            report = loc.message(elem_id="lib-report")
     gallery = loc(gr.Gallery, label="lib.gallery", columns=8, height=620, object_fit="cover", fit_columns=False,
                   elem_id="lib-gallery")
     with gr.Row(variant="compact"):
@@ -189,35 +233,36 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> tuple[dict, li
         page = loc(gr.Number, label="lib.page", value=1, precision=0, minimum=1, scale=0, min_width=100,
                    show_label=False, container=False)
         nxt = loc(gr.Button, value="lib.next", size="sm", scale=0, min_width=120)
-        info = gr.Markdown(elem_id="lib-page-info")
+        info = loc.message(elem_id="lib-page-info")
     with gr.Row():
         selected = loc(gr.Textbox, label="lib.selected", scale=2)
         remove = loc(gr.Button, value="lib.remove", variant="stop", scale=1)
     with gr.Row(visible=False, elem_id="lib-confirm") as confirm_row:   # delete asks first
-        question = gr.Markdown(elem_id="lib-confirm-text")
+        question = loc.message(elem_id="lib-confirm-text")
         yes = loc(gr.Button, value="lib.confirm_yes", variant="stop", scale=0, min_width=160)
         no = loc(gr.Button, value="lib.confirm_no", scale=0, min_width=120)
 
     def refresh_all(page_no, lang_value):
         return (*cb.library_page(page_no, lang_value), cb.library_stats(lang_value))
 
-    refresh = dict(fn=refresh_all, inputs=[page, lang], outputs=[gallery, ids, info, page, stats],
-                   concurrency_limit=CHEAP, show_progress="hidden", **_PRIVATE)
+    refresh = loc.wire(refresh_all, [page, lang], [gallery, ids, info, page, stats], concurrency_limit=CHEAP,
+                       show_progress="hidden", **_PRIVATE)
     cheap = dict(concurrency_limit=CHEAP)
-    add.click(cb.add_to_library, [files, lang], [summary], api_name="add_to_library", **INGEST).then(
+    add.click(**loc.wire(cb.add_to_library, [files, lang], [summary], api_name="add_to_library", **INGEST)).then(
         lambda: (1, None), None, [page, files], **_PRIVATE).then(**refresh)
-    seed.click(cb.seed_library, [lang], [summary], api_name="seed_library", **INGEST).then(
+    seed.click(**loc.wire(cb.seed_library, [lang], [summary], api_name="seed_library", **INGEST)).then(
         lambda: 1, None, [page], **_PRIVATE).then(**refresh)
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, **cheap)
-    remove.click(cb.confirm_remove, [selected, lang], [confirm_row, question], **_PRIVATE, **cheap)
+    remove.click(**loc.wire(cb.confirm_remove, [selected, lang], [confirm_row, question], **_PRIVATE, **cheap))
     no.click(lambda: gr.update(visible=False), None, [confirm_row], **_PRIVATE, **cheap)
     yes.click(lambda: gr.update(visible=False), None, [confirm_row], **_PRIVATE, **cheap).then(
-        cb.remove_image, [selected, lang], [report], api_name="remove_image", **cheap).then(**refresh)
-    _pager(cb, prev, nxt, page, lang, [gallery, ids, info, page], step=lambda p, d: max(1, int(p or 1) + d))
-    stats_btn.click(cb.library_stats, [lang], [stats], api_name="library_stats", **cheap)
-    verify.click(cb.verify_library, [lang], [report], api_name="verify_library", **cheap)
-    compact.click(cb.compact_library, [lang], [report], api_name="compact_library", concurrency_limit=1)
-    fix.click(cb.repair_library, [lang], [report], api_name="repair_library", **INGEST).then(**refresh)
+        **loc.wire(cb.remove_image, [selected, lang], [report], api_name="remove_image", **cheap)).then(**refresh)
+    _pager(loc.wire(cb.library_page, [page, lang], [gallery, ids, info, page], concurrency_limit=CHEAP),
+           prev, nxt, page, step=lambda p, d: max(1, int(p or 1) + d))
+    stats_btn.click(**loc.wire(cb.library_stats, [lang], [stats], api_name="library_stats", **cheap))
+    verify.click(**loc.wire(cb.verify_library, [lang], [report], api_name="verify_library", **cheap))
+    compact.click(**loc.wire(cb.compact_library, [lang], [report], api_name="compact_library", concurrency_limit=1))
+    fix.click(**loc.wire(cb.repair_library, [lang], [report], api_name="repair_library", **INGEST)).then(**refresh)
     return refresh, [seed, compact, fix, remove]
 
 
@@ -225,10 +270,9 @@ def _shown_if_custom(choice: str):
     return gr.update(visible=choice == CUSTOM)
 
 
-def _pager(cb: Callbacks, prev: gr.Button, nxt: gr.Button, page: gr.Number, lang: gr.State, outputs: list,
-           step: Callable[[float, int], int]) -> None:
-    """Previous / next / typed page number -> one library page (api_name "library_page")."""
-    show = dict(fn=cb.library_page, inputs=[page, lang], outputs=outputs, concurrency_limit=CHEAP)
+def _pager(show: dict, prev: gr.Button, nxt: gr.Button, page: gr.Number, step: Callable[[float, int], int]) -> None:
+    """Previous / next / typed page number -> one library page (`show`: the event showing it; api_name
+    "library_page")."""
     page.submit(**show, api_name="library_page")
     prev.click(lambda p: step(p, -1), [page], [page], **_PRIVATE).then(**show, **_PRIVATE)
     nxt.click(lambda p: step(p, +1), [page], [page], **_PRIVATE).then(**show, **_PRIVATE)

@@ -1,0 +1,39 @@
+"""Messages that stay in the UI language after they are shown.
+
+A callback fills a message slot (ui/tabs.py `Localizer.message`: a Markdown with a hidden
+gr.State beside it) with a `Say`: the text in the request's language that can also say itself
+in the other one. The event wiring (`Localizer.wire`) keeps each Say's renderer in the slot's
+State, and the language switch renders every filled slot again.
+
+    return say("lib.compacted", lang, n=len(self.wb))               # a key and its fields
+    return Say(lambda l: self._summary_text(report, n, l), lang)    # anything else
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from core.messages import Msg, localize
+
+from .i18n import t
+
+__all__ = ["Say", "say"]
+
+
+class Say(str):
+    """Text in one language (the str value, what an API caller gets) that can say itself in
+    another: `.render(lang)`. A str, like core's Msg, so a callback still returns text."""
+
+    render: Callable[[str], str]
+
+    def __new__(cls, render: Callable[[str], str], lang: str) -> "Say":
+        self = super().__new__(cls, render(lang))
+        self.render = render
+        return self
+
+
+def say(key: str, lang: str, **fields) -> Say:
+    """t(key, lang, **fields) as a Say; fields that are Msgs or errors carrying one follow the language too."""
+    def render(l: str) -> str:
+        return t(key, l, **{k: localize(v, l) if isinstance(v, (Msg, BaseException)) else v
+                            for k, v in fields.items()})
+    return Say(render, lang)
