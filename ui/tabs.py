@@ -235,7 +235,7 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> tuple[dict, li
         nxt = loc(gr.Button, value="lib.next", size="sm", scale=0, min_width=120)
         info = loc.message(elem_id="lib-page-info")
     with gr.Row():
-        selected = loc(gr.Textbox, label="lib.selected", scale=2)
+        selected = loc(gr.Textbox, label="lib.selected", scale=2, elem_id="lib-selected")
         remove = loc(gr.Button, value="lib.remove", variant="stop", scale=1)
     with gr.Row(visible=False, elem_id="lib-confirm") as confirm_row:   # delete asks first
         question = loc.message(elem_id="lib-confirm-text")
