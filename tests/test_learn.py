@@ -106,3 +106,18 @@ def test_train_live_then_use_the_model(app, teacher):
     assert "mini:" in stats and before not in stats      # every tab's next call uses the new model
     with pytest.raises(AppError, match="teacher"):
         Client(app.url, auth=STUDENT, verbose=False).predict(api_name="/use_model")
+
+
+def test_learn_notes_follow_the_ui_language():
+    """Core's notes in the map, the similarity matrix and the probe (Msg) reach a Chinese page in Chinese."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    from core.messages import Msg
+    from ui.learn import _heatmap, _map_note, _probe_table
+
+    note = Msg("英文查询：'{q}'", "English query: '{q}'", q="a cat")
+    assert "英文查询" in _heatmap(np.eye(1), ["data:,"], ["一只猫"], [note], "zh")
+    assert "英文查询" in _map_note(SimpleNamespace(points=[1], total=1, method="pca", notes=[note]), "zh")
+    probe = SimpleNamespace(probe_accuracy=90.0, zeroshot_accuracy=80.0, train=2, test=2, per_class=[], notes=[note])
+    assert "英文查询" in _probe_table(probe, "zh") and "English query" in _probe_table(probe, "en")

@@ -117,7 +117,10 @@ def launch_options(wb: Workbench | None = None, access: Access | None = None, la
     options = {"allowed_paths": served_paths(root), "blocked_paths": blocked_paths(root), "css": CSS,
                "theme": gr.themes.Soft(), "max_file_size": MAX_BYTES,   # oversized uploads refused before read
                "auth": None if access.open else access.accounts.check,
-               "auth_message": None if access.open else AUTH_MESSAGE}
+               "auth_message": None if access.open else AUTH_MESSAGE,
+               # the page comes from this Python server, not Node (Spaces may set GRADIO_SSR_MODE=true):
+               # LocaleScript must see its HTML, and the guards every request
+               "ssr_mode": False}
     app_kwargs = {"middleware": [Middleware(LoginLimiter, throttle=access.throttle),
                                  Middleware(LocaleScript, forced=pick_lang(lang) if lang else None)]}
     if wb is not None:

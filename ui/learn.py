@@ -200,7 +200,7 @@ def _probe_table(r, lang: str) -> str:
              "", t("learn.probe_cols", lang), "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {html.escape(c)} | {a} | {b} | {p:.0f}% | {z:.0f}% |" for c, a, b, p, z in r.per_class]
     notes = [t("learn.probe_few", lang, label=n.split(":")[1], n=n.split(":")[2]) if n.startswith("few:")
-             else t("learn.probe_scan", lang, n=n.split(":")[1]) if n.startswith("scan:") else f"ℹ️ {n}"
+             else t("learn.probe_scan", lang, n=n.split(":")[1]) if n.startswith("scan:") else f"ℹ️ {localize(n, lang)}"
              for n in r.notes]
     return "\n".join(lines + ([""] + notes if notes else []) + ["", t("learn.probe_why", lang)])
 
@@ -215,7 +215,7 @@ def _map_note(emap, lang: str) -> str:
         elif n == "knn":
             notes.append(t("learn.map_knn", lang))
         else:
-            notes.append(f"ℹ️ {n}")
+            notes.append(f"ℹ️ {localize(n, lang)}")
     return "\n\n".join(notes)
 
 
@@ -234,7 +234,7 @@ def _heatmap(matrix, thumbs: list[str], texts: list[str], notes: list[str], lang
             cells.append(f'<td style="background:{colour};text-align:center;padding:6px">{v:.3f}</td>')
         rows.append(f'<tr><th style="text-align:right;padding:6px">{html.escape(text)}</th>{"".join(cells)}</tr>')
     caption = t("learn.sim_caption", lang)
-    extra = "".join(f"<p>ℹ️ {html.escape(n)}</p>" for n in notes)
+    extra = "".join(f"<p>ℹ️ {html.escape(localize(n, lang))}</p>" for n in notes)
     return (f'<div id="sim-matrix"><p>{caption}</p><table style="border-collapse:collapse">'
             f'<tr><th></th>{head}</tr>{"".join(rows)}</table>{extra}</div>')
 
