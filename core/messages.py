@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Msg", "localize", "join"]
+__all__ = ["Msg", "localize", "join", "error_message"]
 
 
 class Msg(str):
@@ -64,6 +64,12 @@ def localize(value: Any, lang: str) -> str:
         if len(value.args) == 1 and isinstance(value.args[0], Msg):
             return value.args[0].text(lang)
     return str(value)
+
+
+def error_message(e: BaseException) -> str:
+    """The message `e` was raised with, to put inside another message: its Msg (both languages)
+    when it has one, else str(e) verbatim."""
+    return e.args[0] if len(e.args) == 1 and isinstance(e.args[0], Msg) else str(e)
 
 
 def join(parts, sep: str = " ") -> str | None:

@@ -146,3 +146,17 @@ def test_msg_is_its_english_text_and_says_itself_in_chinese():
     assert m.text("zh") == "无法读取 a.jpg：文件已损坏" and localize(m, "en") == str(m)
     assert localize(ValueError(m), "zh") == "无法读取 a.jpg：文件已损坏"
     assert localize(ValueError("plain"), "zh") == "plain"
+
+
+def test_one_helper_gives_the_message_an_error_was_raised_with():
+    """core.messages.error_message is the only copy: the encoders and the query planner use it."""
+    from core.language import query
+    from core.messages import error_message
+    from core.models import base
+    reason = Msg("缺少模型", "the model is missing")
+    assert error_message(RuntimeError(reason)) is reason                       # both languages kept
+    assert error_message(OSError(2, "No such file")) == "[Errno 2] No such file"   # anything else: str(e)
+    assert base.error_message is error_message and query.error_message is error_message
+    for path in (PROJECT_ROOT / "core").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "isinstance(e.args[0], Msg)" not in text or path.name == "messages.py", path

@@ -17,7 +17,7 @@ from typing import Callable, Protocol, Sequence
 from PIL import Image
 
 from ..errors import ModelUnavailableError
-from ..messages import Msg
+from ..messages import Msg, error_message
 from .script import has_cjk, is_chinese
 
 __all__ = ["QueryPlan", "prepare_query", "caption_metadata", "Translates", "Captions"]
@@ -57,7 +57,7 @@ def prepare_query(text: str, encoder, translator: Translates | None) -> QueryPla
     try:
         english = translator.translate([text], to="en")[0].strip()
     except ModelUnavailableError as e:
-        return _untranslated(text, _message(e))
+        return _untranslated(text, error_message(e))
     if not english:
         return _untranslated(text, Msg("翻译模型给出了空的译文", "the translator returned an empty translation"))
     return QueryPlan(text, english, True, Msg("英文查询：'{english}'", "English query: '{english}'", english=english))
@@ -70,11 +70,6 @@ def _untranslated(text: str, reason: str) -> QueryPlan:
         "Chinese query sent untranslated, so expect poor results: this CLIP model reads little Chinese. Supply "
         "the translator, type the query in English, or choose a Chinese-capable model (ChineseCLIP, AltCLIP, "
         "mini). Why: {reason}", reason=reason), warning=True)
-
-
-def _message(e: BaseException) -> str:
-    """The message `e` was raised with: its Msg (both languages) when it has one, else str(e)."""
-    return e.args[0] if len(e.args) == 1 and isinstance(e.args[0], Msg) else str(e)
 
 
 def caption_metadata(images: Sequence[Image.Image], captioner: Captions,
@@ -101,7 +96,7 @@ def caption_metadata(images: Sequence[Image.Image], captioner: Captions,
         chinese = translator.translate(english, to="zh")
     except ModelUnavailableError as e:
         for d in out:
-            d["caption_zh_error"] = _message(e)   # a Msg: the app shows it in the user's language
+            d["caption_zh_error"] = error_message(e)   # a Msg: the app shows it in the user's language
         return out
     for d, zh in zip(out, chinese):
         d["caption_zh"] = zh

@@ -18,18 +18,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..messages import Msg
+from ..messages import error_message
 from ..settings import Runtime
 
-__all__ = ["Encoder", "error_message"]
+__all__ = ["Encoder", "error_message"]   # error_message lives in core.messages; re-exported for the encoders
 
 _PREPROCESS_WORKERS = min(8, os.cpu_count() or 1)
-
-
-def error_message(e: BaseException) -> str:
-    """The message `e` was raised with, to put inside another message: its Msg (both languages)
-    when it has one, else str(e) verbatim."""
-    return e.args[0] if len(e.args) == 1 and isinstance(e.args[0], Msg) else str(e)
 
 
 class Encoder(ABC):
