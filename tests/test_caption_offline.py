@@ -169,8 +169,11 @@ class _Answers(http.server.BaseHTTPRequestHandler):
 class local_hub:
     """A local HTTP server standing in for the hub's front page: `with local_hub() as endpoint:`."""
 
+    def __init__(self, port: int = 0, handler: type = _Answers):
+        self.port, self.handler = port, handler
+
     def __enter__(self) -> str:
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
@@ -189,7 +192,8 @@ def test_probe_answers_fast_and_is_remembered_for_a_while(online, monkeypatch):
     assert hf.hub_unreachable(down) and online == [up, down]   # remembered: no second probe
     monkeypatch.setattr(hf, "PROBE_TTL_S", 0.0)
     assert hf.hub_unreachable(down) and online == [up, down, down]   # after PROBE_TTL_S: asked again
-    assert "unknown url type" in hf.hub_unreachable("hf-mirror.com")   # HF_ENDPOINT without https://
+    lacks = hf.hub_unreachable("hf-mirror.com")   # HF_ENDPOINT without https://
+    assert "lacks http:// or https://" in lacks and "缺少" in lacks.text("zh")
 
 
 def test_probe_gives_up_on_a_hanging_lookup(online, monkeypatch):
@@ -202,6 +206,98 @@ def test_probe_gives_up_on_a_hanging_lookup(online, monkeypatch):
     reason = hf.hub_unreachable("http://hub.invalid")
     assert time.perf_counter() - start < 2
     assert isinstance(reason, Msg) and "no answer within" in reason and "秒内没有应答" in reason.text("zh")
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """An HTTP proxy stand-in: answers every request itself with 200 and records what it was asked for."""
+
+    def do_HEAD(self):
+        self.server.asked.append(f"{self.command} {self.path}")
+        self.send_response(200)
+        self.end_headers()
+
+    do_GET = do_CONNECT = do_HEAD
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub_session(monkeypatch):
+    """No proxy settings but the test's own, and huggingface_hub's shared HTTP session made anew (it reads the
+    proxies once, when it is made), before the test and after it."""
+    from huggingface_hub.utils import close_session
+    for name in ("ALL_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    close_session()
+    yield close_session
+    close_session()
+
+
+def test_probe_goes_through_an_all_proxy_as_the_downloads_do(online, hub_session, monkeypatch):
+    """A Clash/V2Ray-style setup: only ALL_PROXY is set, and the hub's name resolves only on the proxy's side."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid")
+    proxy = local_hub(handler=_Proxy)
+    with proxy as address:
+        proxy.server.asked = []
+        monkeypatch.setenv("ALL_PROXY", address)
+        assert hf.hub_unreachable() is None
+        assert proxy.server.asked == ["HEAD http://hub.invalid/"] and online == ["http://hub.invalid"]
+        monkeypatch.delenv("ALL_PROXY")
+        hub_session()                               # a new session, without the proxy
+        monkeypatch.setattr(hf, "_probes", {})
+        start = time.perf_counter()
+        reason = hf.hub_unreachable()
+        assert reason is not None and time.perf_counter() - start < 2 * hf.PROBE_TIMEOUT_S + 0.5
+        assert proxy.server.asked == ["HEAD http://hub.invalid/"]   # asked directly: no name, no answer
+
+
+def test_an_unusable_proxy_is_unreachable_with_its_reason(online, hub_session, monkeypatch):
+    monkeypatch.setenv("ALL_PROXY", f"socks5://127.0.0.1:{closed_port()}")   # without httpx's socks extra: says so
+    reason = hf.hub_unreachable("http://hub.invalid")
+    assert reason and ("socks" in reason.lower() or "refused" in reason)
+
+
+# ---------------------------------------------------------------- a failure is remembered, a brief one not for good
+
+def test_an_unreachable_hub_is_asked_again_after_the_probe_ttl(online, monkeypatch, tmp_path):
+    clock = [1000.0]
+    monkeypatch.setattr(hf, "_now", lambda: clock[0])
+    port = closed_port()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    cached, calls = set(), []
+    lazy = hf.LazyLoad(lambda: hf.load_pretrained("test model", "org/model", [fake_loader("model", cached, calls)],
+                                                  tmp_path, False))
+    with pytest.raises(ModelUnavailableError, match="Cannot reach") as first:
+        lazy.get()
+    assert "refused" in first.value.hub_unreachable and len(online) == 1
+    clock[0] += hf.PROBE_TTL_S - 1
+    with pytest.raises(ModelUnavailableError) as again:   # within the probe's TTL: remembered, nothing tried
+        lazy.get()
+    assert again.value is first.value
+    assert len(online) == 1 and calls == [("model", True)]
+    with local_hub(port):                         # the mirror is back, and a minute has passed
+        clock[0] += 1
+        assert lazy.get() == ["model"] and lazy.loaded
+    assert len(online) == 2 and calls == [("model", True), ("model", True), ("model", False)]
+
+
+def test_a_missing_model_stays_remembered(online, monkeypatch, tmp_path):
+    clock = [1000.0]
+    monkeypatch.setattr(hf, "_now", lambda: clock[0])
+    cached, calls = set(), []
+    lazy = hf.LazyLoad(lambda: hf.load_pretrained("test model", "org/gone", [
+        fake_loader("gone", cached, calls, fails_online=True)], tmp_path, False))
+    with local_hub() as endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        with pytest.raises(ModelUnavailableError, match="404") as first:
+            lazy.get()
+        assert getattr(first.value, "hub_unreachable", None) is None
+        clock[0] += 100 * hf.PROBE_TTL_S
+        with pytest.raises(ModelUnavailableError) as again:
+            lazy.get()
+    assert again.value is first.value and calls == [("gone", True), ("gone", False)]
 
 
 # ---------------------------------------------------------------- the caption tab says which step runs

@@ -8,6 +8,7 @@ an unreachable hub fails at once with what to do, instead of after transformers'
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -46,8 +47,15 @@ def _env_offline() -> bool:
 
 PROBE_TIMEOUT_S = 3.0   # connecting to the hub; a refused connection or an unknown name answers at once
 PROBE_TTL_S = 60.0      # an answer is reused this long, so a page of requests probes once
-_probes: dict[str, tuple[float, str | None]] = {}   # endpoint -> (monotonic time, why unreachable | None)
+_probes: dict[str, tuple[float, str | None]] = {}   # endpoint -> (_now() time, why unreachable | None)
 _probe_lock = threading.Lock()
+_now = time.monotonic   # the clock of the probe cache and of LazyLoad's retry (a test may stop it)
+
+# What the HTTP client raises when no answer came from the hub (or the proxy in between), by class name, so that
+# httpx (huggingface_hub 1.x), httpx2 (2.x) and requests (0.x) all read the same: the connection, the proxy or its
+# tunnel, or TLS failed, or the URL cannot be asked at all. Anything else (a slow or garbled answer) means it is there.
+_NO_ANSWER = frozenset({"ConnectError", "ConnectTimeout", "ProxyError", "SSLError", "UnsupportedProtocol",
+                        "InvalidURL", "MissingSchema", "InvalidSchema", "ConnectionError", "OfflineModeIsEnabled"})
 
 
 def hub_unreachable(endpoint: str | None = None) -> str | None:
@@ -57,39 +65,35 @@ def hub_unreachable(endpoint: str | None = None) -> str | None:
     endpoint = (endpoint or hub_endpoint()).rstrip("/")
     with _probe_lock:   # concurrent requests wait for one probe instead of each making their own
         seen = _probes.get(endpoint)
-        if seen is not None and time.monotonic() - seen[0] < PROBE_TTL_S:
+        if seen is not None and _now() - seen[0] < PROBE_TTL_S:
             return seen[1]
         reason = _probe(endpoint)
-        _probes[endpoint] = (time.monotonic(), reason)
+        _probes[endpoint] = (_now(), reason)
         return reason
 
 
 def _probe(endpoint: str) -> str | None:
-    """One HEAD request to the endpoint (proxies from the environment, as the downloads use them).
-    Unreachable: the connection (or the proxy's tunnel) failed, or no answer in time. Any HTTP answer,
-    even an error, or a TLS problem (the downloads verify certificates their own way) counts as there."""
-    import http.client
-    import ssl
-    import urllib.error
-    import urllib.request
+    """One HEAD request to the endpoint with the HTTP client huggingface_hub downloads with (its shared
+    session: the same proxies from HTTP(S)_PROXY / ALL_PROXY / NO_PROXY, the same certificates, a client set with
+    set_client_factory), so "reachable" here means reachable for the downloads. Unreachable: the client could not
+    build a connection (DNS, refused, proxy, TLS, no such URL), or no answer in time. Any HTTP answer, even an
+    error, or a connection that then stalls, counts as there."""
+    from huggingface_hub.utils import get_session   # imported here: the time limit below is the request's alone
+    if not endpoint.lower().startswith(("http://", "https://")):   # e.g. HF_ENDPOINT=hf-mirror.com
+        return Msg("地址缺少 http:// 或 https://", "the address lacks http:// or https://")
     answer: list[str | None] = []
 
     def ask() -> None:
         try:
-            request = urllib.request.Request(endpoint + "/", method="HEAD")
-        except ValueError as e:   # HF_ENDPOINT is not a URL, e.g. "hf-mirror.com" without https://
-            answer.append(str(e))
-            return
-        try:
-            urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            pass   # an HTTP answer, even an error: the server is there
-        except urllib.error.URLError as e:   # raised while connecting: DNS, refused, timeout, proxy tunnel
-            if not isinstance(e.reason, ssl.SSLError):   # a TLS handshake means it answered
-                answer.append(str(e.reason) or type(e.reason).__name__)
+            session = get_session()   # a SOCKS proxy without its extra fails here, as the downloads would
+            if type(session).__module__.split(".")[0] == "requests":   # huggingface_hub < 1.0
+                session.head(endpoint + "/", timeout=PROBE_TIMEOUT_S, allow_redirects=False).close()
+            else:
+                session.head(endpoint + "/", timeout=PROBE_TIMEOUT_S, follow_redirects=False)
+        except Exception as e:   # noqa: BLE001  sorted by kind below, never raised
+            if isinstance(e, ImportError) or _NO_ANSWER.intersection(c.__name__ for c in type(e).__mro__):
+                answer.append(str(e) or type(e).__name__)
                 return
-        except (OSError, http.client.HTTPException):
-            pass   # connected, then slow or garbled: there, and the download will say more
         answer.append(None)
 
     worker = threading.Thread(target=ask, name="hub-probe", daemon=True)   # bounds even a hanging DNS lookup
@@ -108,7 +112,8 @@ def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]
     to have it in Chinese too); `flag` is the command-line option that takes a local folder instead.
 
     A hub id (online) is tried from the cache first, without any network; for what is not cached the
-    hub is probed (hub_unreachable) before downloading, so an unreachable hub fails in seconds."""
+    hub is probed (hub_unreachable) before downloading, so an unreachable hub fails in seconds; that
+    error carries the probe's reason as `.hub_unreachable` (None on the others)."""
     kwargs = hub_kwargs(source, cache, offline)
     if Path(source).is_dir() or "local_files_only" in kwargs:
         return [_load(what, source, load, kwargs) for load in loaders]
@@ -121,7 +126,7 @@ def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]
             pass
         reason = hub_unreachable()
         if reason is not None:
-            raise ModelUnavailableError(Msg(
+            error = ModelUnavailableError(Msg(
                 "无法连接 Hugging Face 模型库 `{endpoint}`（{reason}），而{what}不在缓存 {cache} 中。如何提供："
                 "把 HF_ENDPOINT 设为能连上的镜像（如 `HF_ENDPOINT=https://hf-mirror.com`）；或传入用 save_pretrained() "
                 "保存的本地文件夹{local}；或联网运行一次以下载到缓存。",
@@ -130,7 +135,9 @@ def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]
                 "HF_ENDPOINT=https://hf-mirror.com), pass a local directory saved with save_pretrained(){local}, "
                 "or run once online to fill the cache.",
                 endpoint=hub_endpoint(), reason=reason, what=what, cache=kwargs["cache_dir"],
-                local=_local_hint(flag))) from None
+                local=_local_hint(flag)))
+            error.hub_unreachable = reason   # perhaps brief (a mirror overloaded, a proxy starting): see LazyLoad
+            raise error from None
         out.append(_load(what, source, load, kwargs))
     return out
 
@@ -179,24 +186,31 @@ def is_hub_id(name: str) -> bool:
 
 
 class LazyLoad:
-    """A value built once on first use, under a lock; a failure is remembered and re-raised
-    (a missing model must not cost a cache search and a hub probe on every request)."""
+    """A value built once on first use, under a lock. A failure is remembered and re-raised (a missing
+    model must not cost a cache search and a hub probe on every request): for good when the model is
+    missing or unknown, only until the probe's answer expires (PROBE_TTL_S) when the hub did not answer,
+    so a mirror that was briefly down is asked again instead of disabling the model until a restart."""
 
     def __init__(self, build: Callable[[], Any]):
         self._build, self._lock = build, threading.Lock()
         self._value: Any = None
         self._error: ModelUnavailableError | UnknownModelError | None = None
+        self._retry_at = math.inf   # _now() from which a remembered error is tried again
 
     def get(self) -> Any:
         if self._value is None:
             with self._lock:
-                if self._value is None and self._error is None:
-                    try:
-                        self._value = self._build()
-                    except (ModelUnavailableError, UnknownModelError) as e:   # both final: never retried
-                        self._error = e
-                if self._error is not None:
-                    raise self._error
+                if self._value is None:
+                    if self._error is not None and _now() >= self._retry_at:
+                        self._error = None
+                    if self._error is None:
+                        try:
+                            self._value = self._build()
+                        except (ModelUnavailableError, UnknownModelError) as e:
+                            brief = getattr(e, "hub_unreachable", None) is not None   # else final: never retried
+                            self._error, self._retry_at = e, _now() + PROBE_TTL_S if brief else math.inf
+                    if self._error is not None:
+                        raise self._error
         return self._value
 
     @property
