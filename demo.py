@@ -125,7 +125,9 @@ def hub_sync(args: argparse.Namespace):
 
 def prepare_space() -> None:
     """On a Hugging Face Space: Hugging Face's own caches on the persistent disk when there is one, the
-    model calls under spaces.GPU on ZeroGPU, and a restart (SIGTERM) running the atexit flush and push."""
+    model calls under spaces.GPU on ZeroGPU, and a restart (SIGTERM) running the atexit flush and push.
+    Runs before build(): on ZeroGPU, install() imports `spaces`, which must patch torch before the
+    runtime is picked (CUDA fp16, not the CPU) and hook Gradio's launch() before it is called."""
     from core.zerogpu import install
     if persistent_root() is not None:
         os.environ.setdefault("HF_HOME", str(default_paths().cache / "huggingface"))
@@ -138,7 +140,7 @@ def prepare_space() -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    prepare_space()
+    prepare_space()   # first: nothing may pick a runtime, build a model or launch before ZeroGPU's install()
     if args.share and args.access.open:
         if not args.share_public:
             log.error("--share without --auth/--admin: anyone with the link could delete library images and fill "

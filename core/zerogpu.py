@@ -3,19 +3,29 @@
 A ZeroGPU Space (SPACES_ZERO_GPU set by the platform, the `spaces` package installed) has no GPU
 of its own: a function decorated with `spaces.GPU` gets one for the length of each call, in a
 worker process forked from the app (so it has the models) that receives the call's arguments
-pickled and sends the result back pickled. The model calls of the workbench all pass through a
-few methods, so they are wrapped there, once, at start (`install()`, called by demo.py before any
-model is built):
+pickled and sends the result back pickled. `install()` (demo.py calls it first, before a runtime
+is picked, a model built or Gradio launched) does three things, in this order:
+
+1. `import spaces`. Importing it patches torch in the app process: `torch.cuda.is_available()` is
+   True and CUDA work is recorded, not run, so core.settings.pick_runtime() picks CUDA + fp16 and the
+   models are "moved" to a GPU the worker really has. It also hooks Gradio's launch(): at launch it
+   packs the weights for the workers and reports the Space's GPU functions to the platform. Imported
+   any later (at the first model call, say), pick_runtime would already have chosen the CPU, so every
+   "GPU" call would run CPU code in the worker; imported after launch(), the hook would never run.
+2. Decorates `device_name` with `spaces.GPU` at once, so the startup report at launch finds a GPU
+   function even when no model has run yet: ZeroGPU counts the functions decorated before launch().
+3. Wraps the few methods every model call passes through:
 
     Encoder.encode_pixels, Encoder.encode_texts    every image / text forward pass of every encoder
                                                    (search, classify, ingest, the Learn tab)
     Captioner.caption, Translator._run             caption and translation generate() calls
 
-Each model object gets its own GPU function (made on its first call, a closure over the object),
-so only the batch crosses to the worker (pixels, texts, PIL images) and only CPU tensors or
-strings come back; the model itself is never pickled. Weights load in the app process first
-(`prepare`), where ZeroGPU keeps them until a worker moves them to its GPU. `gpu(fn)` is the same
-decorator for any other function (an identity off ZeroGPU). Core never imports `spaces` off ZeroGPU.
+Each model object gets its own GPU function (made on its first call, a closure over the object, so
+its worker is forked once the object and its weights exist), so only the batch crosses to the
+worker (pixels, texts, PIL images) and only CPU tensors or strings come back; the model itself is
+never pickled. Weights load in the app process first (`prepare`), where ZeroGPU keeps them until a
+worker moves them to its GPU. `gpu(fn)` is the same decorator for any other function (an identity
+off ZeroGPU). Core never imports `spaces` off ZeroGPU.
 """
 from __future__ import annotations
 
@@ -27,7 +37,7 @@ import sys
 import threading
 from typing import Any, Callable, TypeVar
 
-__all__ = ["enabled", "gpu", "install", "TARGETS", "ZERO_GPU_ENV", "DURATION"]
+__all__ = ["enabled", "gpu", "install", "device_name", "TARGETS", "ZERO_GPU_ENV", "DURATION"]
 
 F = TypeVar("F", bound=Callable)
 
@@ -53,6 +63,12 @@ _RUNNER = "_zerogpu_run"
 _lock = threading.Lock()
 
 
+def device_name() -> str:
+    """The GPU's name (in a ZeroGPU worker: the lent GPU's); "cpu" without one."""
+    import torch
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
 def enabled() -> bool:
     """On a ZeroGPU Space: SPACES_ZERO_GPU set (not 0/false) and `spaces` importable."""
     flag = os.environ.get(ZERO_GPU_ENV, "").strip().lower()
@@ -75,10 +91,14 @@ def gpu(fn: F | None = None, *, duration: int | Callable[..., int] = DURATION):
 
 
 def install() -> bool:
-    """Route every method in TARGETS through `spaces.GPU` (once); True when on ZeroGPU. Call it
-    before encoders are built: core/batching.py keeps the bound methods it was given."""
+    """On ZeroGPU: import `spaces` (so torch shows the lent GPU), make a GPU function for the startup
+    report, and route every method in TARGETS through `spaces.GPU` (each once); True when on ZeroGPU.
+    Call it first: before a runtime is picked or a model built (pick_runtime must see CUDA, and
+    core/batching.py keeps the bound methods it was given) and before Gradio's launch()."""
     if not enabled():
         return False
+    importlib.import_module("spaces")   # first of all: patches torch, hooks Gradio's launch()
+    gpu(device_name, duration=10)   # kept by spaces (decorated once however often install() runs)
     for module, cls_name, attr, seconds, prepare in TARGETS:
         cls = getattr(importlib.import_module(module), cls_name)
         if not hasattr(cls.__dict__[attr], _ORIGINAL):
