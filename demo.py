@@ -68,8 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="search index: exact, or FAISS ivf | hnsw | ivfpq (auto: exact for small libraries)")
     p.add_argument("--sync-to-hub", default=os.environ.get("CLIP_WB_SYNC_TO_HUB") or None, metavar="DATASET_REPO",
                    help="back the library up to this Hugging Face dataset (created private; needs an HF_TOKEN with "
-                        "write access) and restore it from there when the local library is empty, e.g. after a "
-                        "Space restart (default $CLIP_WB_SYNC_TO_HUB)")
+                        "write access) and restore it from there when the local library holds no image, e.g. after "
+                        "a Space restart; a repo holding another library is never pushed to (default "
+                        "$CLIP_WB_SYNC_TO_HUB)")
+    p.add_argument("--sync-public", action="store_true", default=os.environ.get("CLIP_WB_SYNC_PUBLIC") == "1",
+                   help="allow --sync-to-hub to push to a public dataset: anyone can then download the images "
+                        "(default: only a private one; $CLIP_WB_SYNC_PUBLIC=1)")
     p.add_argument("--sync-every", type=float, default=float(os.environ.get("CLIP_WB_SYNC_EVERY") or 5),
                    metavar="MINUTES", help="minutes between pushes with --sync-to-hub (default 5; $CLIP_WB_SYNC_EVERY)")
     args = p.parse_args(argv)
@@ -89,21 +93,11 @@ def build(args: argparse.Namespace):
     """(Blocks, launch options): the full app with its JSON API at /api/..., or an explanation page
     if the model/library failed. The API takes the same logins, roles and quotas as the app."""
     from ui import build_app, build_error_app, launch_options
-    sync = hub_sync(args)   # before the library opens: an empty one is restored from the dataset
     try:
-        wb = build_workbench(args.model, args.library, args.device, args.offline,
-                             captioner=args.captioner, translator=args.translator, index=args.index, runtime=args.runtime,
-                             background=True)
-        atexit.register(wb.close)   # on shutdown, features_library.pth gets what the flusher has not written
+        wb = open_workbench(args)
     except STARTUP_ERRORS as e:
         log.error("cannot start the workbench: %s", e)
         return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None, args.access, args.lang)
-    if wb.notice:
-        log.warning("%s", wb.notice)
-    if not len(wb) and not args.no_seed:   # a first start: something to search at once
-        log.info("empty library: %s the bundled sample images (--no-seed to start empty)", wb.seed().summary())
-    if sync is not None:
-        sync.start()        # pushes now, then every --sync-every minutes; trouble is shown, never fatal
     from core.library.sync import storage
     if (warning := storage(wb.root).warning) is not None:
         log.warning("%s", warning)
@@ -112,14 +106,38 @@ def build(args: argparse.Namespace):
     return build_app(wb, lang=args.lang, access=args.access), launch_options(wb, args.access, args.lang)
 
 
+def open_workbench(args: argparse.Namespace):
+    """The workbench of the app: its library restored first from --sync-to-hub's dataset when it holds
+    no image, seeded on a first start, its backup started. Raises STARTUP_ERRORS."""
+    sync = hub_sync(args)   # before the library opens
+    wb = build_workbench(args.model, args.library, args.device, args.offline,
+                         captioner=args.captioner, translator=args.translator, index=args.index, runtime=args.runtime,
+                         background=True)
+    # Registered after sync.close, so it runs before it (atexit runs the last registered first): at exit
+    # features_library.pth gets what the flusher has not written, then that state is pushed.
+    atexit.register(wb.close)
+    if wb.notice:
+        log.warning("%s", wb.notice)
+    if not len(wb) and not args.no_seed:   # a first start: something to search at once
+        if sync is not None and sync.paused:   # the dataset may hold the class's library: add nothing to push over it
+            log.warning("empty library: no sample images while the backup to %s waits (see above)", sync.repo_id)
+        else:
+            log.info("empty library: %s the bundled sample images (--no-seed to start empty)", wb.seed().summary())
+    if sync is not None:
+        sync.start()        # pushes now, then every --sync-every minutes; trouble is shown, never fatal
+    return wb
+
+
 def hub_sync(args: argparse.Namespace):
-    """--sync-to-hub: a HubSync of the library, restored now if it is empty or missing (None without the flag)."""
+    """--sync-to-hub: a HubSync of the library, restored now if it holds no image (None without the flag)."""
     if not args.sync_to_hub:
         return None
     from core.library.sync import HubSync
-    sync = HubSync(args.library or default_paths().library, args.sync_to_hub, every=args.sync_every)
+    sync = HubSync(args.library or default_paths().library, args.sync_to_hub, every=args.sync_every,
+                   allow_public=args.sync_public)
     sync.restore()
-    atexit.register(sync.close)   # registered before wb.close: at exit the library is flushed, then pushed once more
+    # Registered before wb.close, so it runs after it: the library is flushed, then pushed once more here.
+    atexit.register(sync.close)
     return sync
 
 

@@ -125,6 +125,7 @@ class FakeHub:
         self.commits: list[list] = []
         self.fail_commit: Exception | None = None
         self.fail_download: Exception | None = None
+        self.public: set[str] = set()      # repos made public on the Hub (create_repo makes private ones)
         self.pool = ThreadPoolExecutor(1)   # HfApi.run_as_future: one job at a time, in order
 
     def repo(self, repo_id: str) -> Path:
@@ -146,6 +147,19 @@ class FakeHub:
 
             def list_repo_files(self, repo_id, repo_type=None, revision=None, **_):
                 return sorted(hub.files(repo_id))
+
+            def repo_info(self, repo_id, repo_type=None, **_):
+                assert repo_type == "dataset"
+                return SimpleNamespace(id=repo_id, private=repo_id not in hub.public)
+
+            def hf_hub_download(self, repo_id, filename, repo_type=None, revision=None, local_dir=None, **_):
+                assert repo_type == "dataset"
+                if hub.fail_download is not None:
+                    raise hub.fail_download
+                target = Path(local_dir) / filename
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(hub.repo(repo_id) / filename, target)
+                return str(target)
 
             def create_commit(self, repo_id, operations, commit_message, repo_type=None, revision=None, **_):
                 if hub.fail_commit is not None:
@@ -192,7 +206,7 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setattr(hubsync.HubSync, "__init__", _tracked(hubsync.HubSync.__init__, syncs))
     yield fake
     for s in syncs:   # never leave a scheduler thread pushing after its test
-        s.close(timeout=30)
+        s.close()
     fake.pool.shutdown(wait=True)
 
 
@@ -252,7 +266,7 @@ def test_push_wipe_restore_gives_back_the_same_library(hub, tiny_clip_path, tmp_
     assert all(f.split(".")[1] == str(gen) for f in files if f.startswith("store/"))   # only the live generation
     assert sum(f.startswith("images/") for f in files) == 9     # the removed image is gone from the head
 
-    sync.close(timeout=30)
+    sync.close()
     wb.close()
     shutil.rmtree(root)                                           # the Space restarts: its disk is new
 
@@ -321,7 +335,7 @@ def test_a_failed_restore_keeps_the_hub_copy_and_starts_without_pushing(hub, tin
     _add(wb, 3, seed=1)
     first = HubSync(root, REPO, token="hf_test")
     assert first.start() and first.push(timeout=30)
-    first.close(timeout=30)
+    first.close()
     wb.close()
     on_hub = hub.files()
 
@@ -343,7 +357,7 @@ def test_a_library_that_holds_images_is_never_replaced_by_a_restore(hub, tiny_cl
     _add(wb, 2, seed=5)
     pusher = HubSync(other, REPO, token="hf_test")
     assert pusher.start() and pusher.push(timeout=30)
-    pusher.close(timeout=30)
+    pusher.close()
 
     root = tmp_path / "library"
     local = _workbench(tiny_clip_path, root)
@@ -384,7 +398,7 @@ def test_the_demo_restores_before_the_library_opens_and_pushes_after(hub, monkey
     _add(wb, 3, seed=1)
     pushed = HubSync(root, REPO, token="hf_test")
     assert pushed.start() and pushed.push(timeout=30)
-    pushed.close(timeout=30)
+    pushed.close()
     before = _state(wb)
     wb.close()
     shutil.rmtree(root)
@@ -396,6 +410,244 @@ def test_the_demo_restores_before_the_library_opens_and_pushes_after(hub, monkey
     sync = demo.hub_sync(args)
     assert sync is not None and hubsync.active(root) is sync
     assert _state(_workbench(tiny_clip_path, root)) == before
+
+
+def _class_library(hub, tiny_clip_path, where: Path, n: int = 5) -> dict[str, bytes]:
+    """The school machine: a library of n images, pushed to REPO; its state."""
+    wb = _workbench(tiny_clip_path, where)
+    _add(wb, n, seed=1)
+    school = HubSync(where, REPO, token="hf_test")
+    assert school.restore() == 0 and school.start() and school.push(timeout=30)
+    school.close()
+    wb.close()
+    return _state(wb)
+
+
+def _start_demo(monkeypatch, tiny_clip_path, root: Path, *flags: str):
+    """demo.py's start (restore, open, seed, start the backup), its atexit handlers kept in `exits`."""
+    import demo
+    exits: list = []
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setattr(demo.atexit, "register", exits.append)
+    args = demo.parse_args(["--library", str(root), "--model", str(tiny_clip_path), "--device", "cpu", "--offline",
+                            "--sync-to-hub", REPO, "--sync-every", "60", *flags])
+    return demo.open_workbench(args), hubsync.active(root), exits
+
+
+def _exit(exits: list) -> None:
+    for fn in reversed(exits):   # as atexit does: the last registered first
+        fn()
+
+
+def test_a_failed_restore_seeds_nothing_and_the_next_start_restores(hub, monkeypatch, tiny_clip_path, tmp_path):
+    """The home machine starts with the network down: no sample images are added (they would be pushed
+    over the class's library), and once the network is back the class's library is restored."""
+    school = _class_library(hub, tiny_clip_path, tmp_path / "school")
+    on_hub, commits = hub.files(), len(hub.commits)
+    root = tmp_path / "home"
+    hub.fail_download = ConnectionError("Temporary failure in name resolution")
+    wb, sync, exits = _start_demo(monkeypatch, tiny_clip_path, root)          # seeding is on
+    assert len(wb) == 0 and sync.paused and "Could not restore" in sync.problem
+    assert sync.scheduler is None
+    _exit(exits)
+    assert hub.files() == on_hub and len(hub.commits) == commits
+
+    hub.fail_download = None                                                   # the network is back
+    wb, sync, exits = _start_demo(monkeypatch, tiny_clip_path, root)
+    assert _state(wb) == school and not sync.paused and sync.problem is None
+    assert sync.push(timeout=30)
+    _exit(exits)
+    assert {f for f in hub.files() if f.startswith("images/")} == {f for f in on_hub if f.startswith("images/")}
+    assert not any(isinstance(op, CommitOperationDelete) and op.path_in_repo.startswith("images/")
+                   for ops in hub.commits[commits:] for op in ops)
+
+
+@pytest.mark.parametrize("how", ["seeded before the fix", "made without --sync-to-hub"])
+def test_a_library_that_was_not_restored_never_replaces_the_class_library(hub, tiny_clip_path, tmp_path, how):
+    """A local library holding other images (the samples seeded after a failed restore, or a library made
+    before --sync-to-hub was used) is not restored, and must not be pushed either: its first push used
+    to delete every class image from the repo's head."""
+    school = _class_library(hub, tiny_clip_path, tmp_path / "school")
+    on_hub, commits = hub.files(), len(hub.commits)
+    root = tmp_path / "home"
+    if how == "seeded before the fix":
+        hub.fail_download = ConnectionError("network is unreachable")
+        failed = HubSync(root, REPO, token="hf_test")
+        assert failed.restore() == 0 and failed.paused and not failed.start()
+        hub.fail_download = None
+        failed.close()
+    wb = _workbench(tiny_clip_path, root)
+    _add(wb, 3, seed=7)                                                       # not the class's images
+    mine = _state(wb)
+
+    sync = HubSync(root, REPO, token="hf_test")
+    assert sync.restore() == 0                                                # it holds images: kept
+    assert sync.start() and not sync.push(timeout=30)
+    assert hub.files() == on_hub and len(hub.commits) == commits             # nothing deleted, nothing sent
+    zh, en = _both(sync.problem)
+    assert "holds another library" in en and "nothing is pushed" in en and "empty library folder" in en
+    assert "another dataset repo" in en and str(root) in en
+    assert "另一个图库" in zh and "不会推送" in zh and "空的图库文件夹" in zh
+    assert storage(root).warning is sync.problem and sync.paused
+    _add(wb, 1, seed=8)
+    assert not sync.push(timeout=30) and hub.files() == on_hub               # checked again: still refused
+    sync.close()
+    wb.close()
+    assert hub.files() == on_hub and _state(_workbench(tiny_clip_path, root)) == {**mine, **_state(wb)}
+
+    again = HubSync(root, REPO, token="hf_test")                             # the hold outlives a restart
+    assert again.paused and "holds another library" in again.problem
+    assert again.restore() == 0 and again.start() and not again.push(timeout=30)
+    assert hub.files() == on_hub
+    again.close()
+
+    elsewhere = HubSync(root, "teacher/home-library", token="hf_test")      # the way out: another repo
+    assert not elsewhere.paused and elsewhere.start() and elsewhere.push(timeout=30)
+    assert sum(f.startswith("images/") for f in hub.files("teacher/home-library")) == 4
+    elsewhere.close()
+
+    fresh = tmp_path / "fresh"                                                 # or an empty library folder
+    assert HubSync(fresh, REPO, token="hf_test").restore() == 5
+    assert _state(_workbench(tiny_clip_path, fresh)) == school
+
+
+def test_a_push_deletes_only_what_this_library_put_in_the_repo(hub, tiny_clip_path, tmp_path):
+    """Files found in the repo are never deleted; files this library pushed are, when it drops them,
+    also after a restart (what was pushed is kept in .hub-sync.json)."""
+    stranger = hub.repo(REPO) / "images" / "zz" / "uploaded-by-hand.jpg"
+    stranger.parent.mkdir(parents=True)
+    stranger.write_bytes(b"not ours")
+    root = tmp_path / "library"
+    wb = _workbench(tiny_clip_path, root)
+    added = _add(wb, 3, seed=1)
+    sync = HubSync(root, REPO, token="hf_test")
+    assert sync.start() and sync.push(timeout=30)
+    assert "images/zz/uploaded-by-hand.jpg" in hub.files()
+    sync.close()
+    first = {f for f in hub.files() if f.startswith("images/")}
+    assert len(first) == 4
+
+    wb.remove(added[:1])                                                      # while no sync runs
+    again = HubSync(root, REPO, token="hf_test")
+    assert again.start() and again.push(timeout=30)
+    images = {f for f in hub.files() if f.startswith("images/")}
+    assert len(images) == 3 and "images/zz/uploaded-by-hand.jpg" in images   # ours deleted, the stranger kept
+    assert not any(isinstance(op, CommitOperationAdd) and op.path_in_repo.startswith("images/")
+                   for op in hub.commits[-1])                                 # nothing sent twice after the restart
+    again.close()
+    wb.close()
+
+
+def test_a_restore_cut_short_is_finished_at_the_next_start(hub, monkeypatch, tiny_clip_path, tmp_path):
+    school = _class_library(hub, tiny_clip_path, tmp_path / "school")
+    root = tmp_path / "home"
+    real = hubsync.os.replace
+
+    def power_cut(src, dst):
+        if Path(dst).name == "features_library.pth":
+            raise OSError("power cut")
+        return real(src, dst)
+    monkeypatch.setattr(hubsync.os, "replace", power_cut)
+    cut = HubSync(root, REPO, token="hf_test")
+    assert cut.restore() == 0 and cut.paused
+    assert any((root / "images").rglob("*.png")) and not (root / "store.json").exists()   # images, no store.json
+    monkeypatch.setattr(hubsync.os, "replace", real)
+    cut.close()
+
+    again = HubSync(root, REPO, token="hf_test")
+    assert again.restore() == 5 and not again.paused and again.problem is None
+    wb = _workbench(tiny_clip_path, root)
+    assert wb.verify(deep=True)["healthy"] and _state(wb) == school
+    assert again.start() and again.push(timeout=30)
+    assert {f for f in hub.files() if f.startswith("images/")} == {f"{e.path.relative_to(root).as_posix()}"
+                                                                   for e in wb.entries()}
+    wb.close()
+
+
+def test_a_library_without_a_live_image_is_restored_and_keeps_its_files(hub, tiny_clip_path, tmp_path):
+    school = _class_library(hub, tiny_clip_path, tmp_path / "school")
+    root = tmp_path / "home"
+    wb = _workbench(tiny_clip_path, root)
+    wb.remove(_add(wb, 2, seed=9))                                            # every row removed: no live image
+    orphan = root / "images" / "zz" / "kept.png"                              # a file no row names
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"mine")
+    wb.close()
+    assert hubsync.holds_rows(root) is False
+    assert HubSync(root, REPO, token="hf_test").restore() == 5
+    assert orphan.read_bytes() == b"mine"                                      # nothing local is deleted
+    assert list((root / hubsync.REPLACED_DIR).glob("*/store.json"))           # the empty library, moved aside
+    assert _state(_workbench(tiny_clip_path, root)) == school
+
+
+def test_a_public_dataset_gets_no_images_unless_that_is_meant(hub, monkeypatch, tiny_clip_path, tmp_path):
+    import demo
+    hub.public.add(REPO)
+    hub.repo(REPO).mkdir(parents=True)                                       # it exists, made public on the Hub
+    root = tmp_path / "library"
+    wb = _workbench(tiny_clip_path, root)
+    _add(wb, 2, seed=1)
+    sync = HubSync(root, REPO, token="hf_test")
+    assert sync.start() and not sync.push(timeout=30)
+    assert hub.files() == {".gitattributes"} and not hub.commits
+    zh, en = _both(sync.problem)
+    assert "is public" in en and "private" in en and "--sync-public" in en and "CLIP_WB_SYNC_PUBLIC=1" in en
+    assert "公开" in zh and "私有" in zh and "--sync-public" in zh
+    hub.public.discard(REPO)                                                 # made private on the Hub: it goes on
+    assert sync.push(timeout=30) and sync.problem is None
+    sync.close()
+
+    hub.public.add(REPO)
+    _add(wb, 1, seed=2)
+    meant = HubSync(root, REPO, token="hf_test", allow_public=True)
+    assert meant.start() and meant.push(timeout=30)
+    assert sum(f.startswith("images/") for f in hub.files()) == 3
+    meant.close()
+    wb.close()
+    assert demo.parse_args(["--sync-to-hub", REPO]).sync_public is False
+    assert demo.parse_args(["--sync-to-hub", REPO, "--sync-public"]).sync_public is True
+    monkeypatch.setenv("CLIP_WB_SYNC_PUBLIC", "1")
+    assert demo.parse_args(["--sync-to-hub", REPO]).sync_public is True
+
+
+EXIT_SCRIPT = """
+import os, sys
+from pathlib import Path
+sys.path[:0] = [{root!r}, {tests!r}]
+from test_spaces import FakeHub, REPO, _add
+from core.library import sync as hubsync
+hub = FakeHub(Path({hub!r}))
+hubsync.HfApi, hubsync.snapshot_download = hub.api, hub.snapshot_download
+os.environ["HF_TOKEN"] = "hf_test"
+import demo
+args = demo.parse_args(["--library", {library!r}, "--model", {model!r}, "--device", "cpu", "--offline", "--no-seed",
+                        "--sync-to-hub", REPO, "--sync-every", "60"])
+wb = demo.open_workbench(args)
+assert hubsync.active({library!r}).push(timeout=60)
+_add(wb, 2, seed=4)          # then a normal exit: atexit flushes the library, then pushes it
+print("added", flush=True)
+"""
+
+
+def test_at_exit_the_flushed_library_is_pushed_without_a_warning(hub, tiny_clip_path, tmp_path):
+    """The real atexit order, in a process of its own: demo.py registers sync.close before wb.close, so
+    the flush runs first and the last push sends its result; the scheduler's own atexit push (which
+    ran before the flush) is gone, and nothing is handed to the executor Python has shut down."""
+    import subprocess
+    library, repo = tmp_path / "library", tmp_path / "hub"
+    script = tmp_path / "run_and_exit.py"
+    script.write_text(EXIT_SCRIPT.format(root=str(PROJECT_ROOT), tests=str(Path(__file__).parent), hub=str(repo),
+                                         library=str(library), model=str(tiny_clip_path)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0 and "added" in done.stdout, done.stderr
+    assert "cannot schedule" not in done.stderr and "did not finish" not in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+    pushed = repo / REPO
+    for name in ("store.json", "journal.log", "features_library.pth"):        # the flushed state, to the byte
+        assert (pushed / name).read_bytes() == (library / name).read_bytes(), name
+    import torch
+    assert len(torch.load(pushed / "features_library.pth", weights_only=True)["files"]) == 2
 
 
 # ---------------------------------------------------------------------- ZeroGPU

@@ -2,11 +2,11 @@
 what the app should say about where the library lives (a Space's ephemeral disk loses it).
 
     sync = HubSync("library", "me/class-library")   # --sync-to-hub me/class-library
-    sync.restore()        # before the library opens: an empty/missing library is downloaded
+    sync.restore()        # before the library opens: one that holds no image is filled from the repo
     wb = build_workbench(..., "library")
     sync.start()          # a CommitScheduler pushes the library every `every` minutes
     ...
-    sync.close()          # on exit: one last push, then stop
+    sync.close()          # at exit, after wb.close() has flushed: one last push, then stop
     storage("library").warning   # a bilingual Msg when the images would vanish, else None
 
 What is pushed (SYNCED; a restored copy opens and passes `verify`):
@@ -27,27 +27,49 @@ of whole records, with every image a row names. The upload then reads the mirror
 live library, and the library's writers wait only for the copy, never for the network. The
 mirror is written only under the scheduler's `lock`. Files gone from the library (a removed
 image, a compacted generation) are deleted from the repo in the same commit, so the repo's
-head is always a library that opens; older states stay in the dataset's history.
+head is always a library that opens. Deleted images stay in the dataset's git history until
+it is squashed (HfApi.super_squash_history).
 
-Restore: only when the local library is empty or missing (no store.json, journal.log,
-features_library.pth, and no stored file): it is downloaded into `<library>/.hub-restore/`,
-checked (store.json present), then moved into place, store.json last. A local library that
-holds anything is never replaced, and nothing here ever deletes a local image.
+Whose library: a library is known by its store.json's `created` time (core/library/sync_state.py:
+the same in every copy and restore, new in every new library). Before the first push of each
+run the repo's store.json is read: a repo that holds another library is never pushed to (a
+push would replace the class's library with, say, the sample images of a machine that could
+not restore it); `problem` says so and how to go on, and the hold is kept in
+`<library>/.hub-sync.json` over restarts until a check finds no other library. A push only
+ever deletes repo files that this folder's sync pushed or restored itself (listed in that
+same file), never files it merely found in the repo. A repo that is public is not pushed to
+unless `allow_public` (--sync-public) says so: `private=True` only applies to a repo created here.
+
+Restore: only when the local library holds no image (no library at all, or one with no live
+row: e.g. a start whose restore failed), or when a restore was cut short. It is downloaded
+into `<library>/.hub-restore/`, checked (store.json present), then moved into place,
+store.json last; images already there are kept (same name, same content), and the empty
+library's own store.json, journal, snapshot and columns are moved aside into
+`<library>/.hub-restore-replaced/<time>/`. Nothing here ever deletes a local file. A library
+whose rows cannot be counted (a version-1 library, a lost store.json) is kept as it is.
 
 Failures (no token, repo missing or not writable, no network) never raise: they are logged
 and kept as `problem`, a bilingual `Msg` the app shows. A restore that failed stops pushes for
-this run, so the copy on the Hub (probably the class's images) is never overwritten by a
-library that started empty.
+this run and keeps a hold on them (`paused`: the app adds no sample images either), so the
+copy on the Hub is never overwritten by a library that started empty.
+
+Exit: CommitScheduler registers its own atexit push; it is unregistered here, because it
+would run before the library's flush (atexit runs the last registered first) and `close`
+pushes instead: demo.py registers `close` before `wb.close`, so at exit the library is
+flushed, then pushed here in the calling thread (the scheduler's executor is shut down by
+then: a push handed to it would never run).
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import fnmatch
-import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,22 +78,24 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, 
 
 from ..messages import Msg
 from ..settings import persistent_root
-from .columns import COLUMN_FILES
 from .store import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, STORE_DIR
+from .sync_state import HOLD_CONFLICT, HOLD_RESTORE, STATE_NAME, SyncState, holds_rows, identity, library_files, stat
 
-__all__ = ["HubSync", "Storage", "storage", "active", "SYNCED", "SYNC_ENV", "EVERY_ENV", "DEFAULT_EVERY"]
+__all__ = ["HubSync", "Storage", "storage", "active", "SYNCED", "SYNC_ENV", "EVERY_ENV", "PUBLIC_ENV", "DEFAULT_EVERY",
+           "library_files"]
 
 log = logging.getLogger(__name__)
 
 SYNC_ENV = "CLIP_WB_SYNC_TO_HUB"        # the dataset repo, when --sync-to-hub is not given
 EVERY_ENV = "CLIP_WB_SYNC_EVERY"        # minutes between pushes
+PUBLIC_ENV = "CLIP_WB_SYNC_PUBLIC"      # 1: pushing to a public dataset is meant (--sync-public)
 DEFAULT_EVERY = 5.0
 SYNCED = [MANIFEST_NAME, JOURNAL_NAME, SNAPSHOT_NAME, f"{STORE_DIR}/*", "images/*", "staging/*"]
 MIRROR_DIR = ".hub-sync"
 RESTORE_DIR = ".hub-restore"
+REPLACED_DIR = ".hub-restore-replaced"
 _COPIED = {MANIFEST_NAME, JOURNAL_NAME}                       # changed in place or tiny: copied, not linked
 _MOVE_ORDER = ("images", "staging", STORE_DIR, JOURNAL_NAME, SNAPSHOT_NAME, MANIFEST_NAME)   # store.json last
-_COLUMN_STEMS = {name.partition(".")[0] for name in COLUMN_FILES}
 
 _active: dict[Path, "HubSync"] = {}
 _active_lock = threading.Lock()
@@ -82,39 +106,12 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
 def _synced(rel: str) -> bool:
     return any(fnmatch.fnmatch(rel, pattern) for pattern in SYNCED)
 
 
-def library_files(root: Path) -> dict[str, Path]:
-    """The files of the library at `root` that make it whole (relative posix path -> path). The
-    caller holds the library's lock, so they are one consistent state. {} when there is no store.json."""
-    try:
-        gen = str(int(json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))["generation"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    files = {name: root / name for name in (MANIFEST_NAME, JOURNAL_NAME, SNAPSHOT_NAME) if (root / name).is_file()}
-    for p in sorted((root / STORE_DIR).glob(f"*.{gen}.*")):
-        parts = p.name.split(".")
-        if p.is_file() and parts[0] in _COLUMN_STEMS and parts[1] == gen:
-            files[f"{STORE_DIR}/{p.name}"] = p
-    for sub in ("images", "staging"):
-        for p in sorted((root / sub).rglob("*")):
-            if p.is_file() and not p.name.startswith("."):
-                files[p.relative_to(root).as_posix()] = p
-    return files
-
-
-def _holds_library(root: Path) -> bool:
-    """Anything a restore could overwrite: a manifest, journal, snapshot, or any stored file."""
-    if any((root / name).exists() for name in (MANIFEST_NAME, JOURNAL_NAME, SNAPSHOT_NAME)):
-        return True
-    return any(p.is_file() for sub in ("images", "staging", STORE_DIR) for p in (root / sub).rglob("*"))
+def _when(created: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(created)) if created is not None else "?"
 
 
 class _LibraryScheduler(CommitScheduler):
@@ -122,8 +119,7 @@ class _LibraryScheduler(CommitScheduler):
 
     def __init__(self, owner: "HubSync", **kwargs):
         self.owner = owner          # set before super().__init__: its thread pushes at once
-        self.sent: dict[str, tuple[int, int]] = dict(owner.restored_files)   # rel -> (size, mtime_ns) on the Hub
-        self.remote: set[str] | None = set(owner.restored_files) if owner.restored_files else None
+        self.remote: set[str] | None = None   # the repo's synced files, listed (and checked) at a run's first push
         super().__init__(**kwargs)
 
     def push_to_hub(self):
@@ -131,14 +127,22 @@ class _LibraryScheduler(CommitScheduler):
         try:
             with self.lock:
                 files = owner.snapshot(self.folder_path)
-                if self.remote is None:   # what the repo holds: files gone from the library are deleted there
-                    self.remote = {f for f in self.api.list_repo_files(self.repo_id, repo_type=self.repo_type,
-                                                                      revision=self.revision) if _synced(f)}
-                stats = {rel: _stat(p) for rel, p in files.items()}
-                adds = [rel for rel in files if self.sent.get(rel) != stats[rel] or rel not in self.remote]
-                gone = sorted(rel for rel in self.remote if rel not in files)
+                if MANIFEST_NAME not in files:   # no library here (yet): nothing that would open
+                    return None
+                if self.remote is None:
+                    listing = set(self.api.list_repo_files(self.repo_id, repo_type=self.repo_type,
+                                                           revision=self.revision))
+                    if not owner._check_repo(self.api, listing, files[MANIFEST_NAME], self.revision):
+                        return None
+                    self.remote = {f for f in listing if _synced(f)}
+                sent = owner.state.sent
+                stats = {rel: stat(p) for rel, p in files.items()}
+                adds = [rel for rel in files if sent.get(rel) != stats[rel] or rel not in self.remote]
+                gone = sorted(rel for rel in self.remote if rel in sent and rel not in files)   # ours only
                 if not adds and not gone:
                     owner._pushed(None)
+                    return None
+                if not owner._may_publish(self.api):
                     return None
                 operations = ([CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(files[rel])) for rel in adds]
                               + [CommitOperationDelete(path_in_repo=rel) for rel in gone])
@@ -147,11 +151,13 @@ class _LibraryScheduler(CommitScheduler):
                                               commit_message=f"CLIP Workbench library: {images} images",
                                               revision=self.revision)
                 for rel in adds:
-                    self.sent[rel] = stats[rel]
+                    sent[rel] = stats[rel]
                     self.remote.add(rel)
                 for rel in gone:
-                    self.sent.pop(rel, None)
                     self.remote.discard(rel)
+                for rel in [rel for rel in sent if rel not in files and rel not in self.remote]:
+                    del sent[rel]
+                owner.state.save()
             log.info("library pushed to dataset %s: %d file(s) up, %d deleted", self.repo_id, len(adds), len(gone))
             owner._pushed(None)
             return info
@@ -165,29 +171,39 @@ class HubSync:
     Never raises for hub or network trouble: `problem` (a bilingual Msg, or None) says what went wrong."""
 
     def __init__(self, root: str | os.PathLike, repo_id: str, every: float = DEFAULT_EVERY, token: str | None = None,
-                 private: bool = True):
-        """private: a repo created here is private (a class's photos); an existing repo keeps its setting."""
+                 private: bool = True, allow_public: bool = False):
+        """private: a repo created here is private (a class's photos); an existing repo keeps its setting,
+        and is pushed to only while it is private, unless allow_public."""
         self.root = Path(root)
         self.repo_id = repo_id.strip()
         self.every = float(every)
         self.token = token or get_token()
         self.private = private
-        self.problem: Msg | None = None
-        self.restored_files: dict[str, tuple[int, int]] = {}   # what restore() brought (already on the Hub)
+        self.allow_public = allow_public
+        self.state = SyncState.load(self.root / STATE_NAME, self.repo_id)
+        self.problem: Msg | None = self._conflict() if self.state.hold == HOLD_CONFLICT else None
         self.scheduler: _LibraryScheduler | None = None
-        self.paused = False       # a restore failed: pushing could overwrite the copy on the Hub
         self.pushes = 0           # successful pushes (tests, logs)
+        self._restore_failed = False
         self._closed = False
         with _active_lock:
             _active[self.root.resolve()] = self
 
+    @property
+    def paused(self) -> bool:
+        """Pushes wait until the repo has been checked (a restore failed, now or at an earlier start, or the
+        repo holds another library): the app adds no sample images meanwhile."""
+        return self._restore_failed or self.state.hold is not None
+
     # ------------------------------------------------------------------ restore
 
     def restore(self) -> int:
-        """Download the library from the repo when the local one is empty or missing. Returns the
+        """Fill the library from the repo when it holds no image (or a restore was cut short). Returns the
         number of images restored (0: nothing to do, a new repo, or a failure; see `problem`)."""
-        if _holds_library(self.root):
-            log.info("library %s is not empty: kept as it is (not restored from %s)", self.root, self.repo_id)
+        state = self.state
+        if not state.restoring and (rows := holds_rows(self.root)) is not False:
+            log.info("library %s %s: kept as it is (not restored from %s)", self.root,
+                     "holds images" if rows else "cannot be counted", self.repo_id)
             return 0
         tmp = self.root / RESTORE_DIR
         try:
@@ -197,40 +213,82 @@ class HubSync:
                               allow_patterns=SYNCED)
             if not (tmp / MANIFEST_NAME).is_file():
                 log.info("dataset %s holds no library yet: starting a new one", self.repo_id)
-                return 0
-            restored = {p.relative_to(tmp).as_posix() for p in tmp.rglob("*")
-                        if p.is_file() and not p.relative_to(tmp).as_posix().startswith(".cache/")}
-            for name in _MOVE_ORDER:
-                src, dst = tmp / name, self.root / name
-                if not src.exists():
-                    continue
-                if dst.is_dir():   # an empty folder (checked above: no stored file anywhere)
-                    shutil.rmtree(dst)
-                os.replace(src, dst)
-            self.restored_files = {rel: _stat(self.root / rel) for rel in restored if (self.root / rel).is_file()}
-            images = sum(rel.startswith("images/") for rel in self.restored_files)
+                return self._settled()
+            theirs = identity(tmp / MANIFEST_NAME)
+            if not state.restoring and holds_rows(tmp) is False and theirs == identity(self.root / MANIFEST_NAME):
+                log.info("dataset %s holds this same library, with no image either: nothing to restore", self.repo_id)
+                return self._settled()
+            state.restoring = True
+            state.save()
+            restored = self._move_into_place(tmp)
+            state.library, state.sent = theirs, restored
+            self._settled()
+            images = sum(rel.startswith("images/") for rel in restored)
             log.info("restored the library from dataset %s: %d images", self.repo_id, images)
             return images
         except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
             log.info("dataset %s does not exist yet (or is private and no token was given): a new library", self.repo_id)
-            return 0
+            return self._settled()
         except Exception as e:   # noqa: BLE001  network, auth, disk: the app starts with what it has
-            self.paused = True
+            self._restore_failed = True
+            state.hold = HOLD_RESTORE
+            try:
+                state.save()
+            except OSError as err:
+                log.warning("cannot keep the sync's state in %s: %s", state.path, _reason(err))
             self._say(Msg("无法从数据集 {repo} 恢复图库（{reason}）。应用使用本地图库启动；为避免覆盖 Hub 上的副本，"
-                          "本次运行不会推送。请检查网络和 HF_TOKEN 后重启 Space。",
+                          "不会推送，也不会添加示例图片。请检查网络和 HF_TOKEN 后重启 Space：仍然没有图片的图库会在那时恢复。",
                           "Could not restore the library from the dataset {repo} ({reason}). The app started with the "
                           "local library; to keep the copy on the Hub from being overwritten, nothing is pushed "
-                          "during this run. Check the network and HF_TOKEN, then restart the Space.",
+                          "and no sample images are added. Check the network and HF_TOKEN, then restart the Space: "
+                          "a library that still holds no image is restored then.",
                           repo=self.repo_id, reason=_reason(e)))
             return 0
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def _move_into_place(self, tmp: Path) -> dict[str, tuple[int, int]]:
+        """The download in `tmp` becomes the library, store.json last; {rel: stat} of what it brought.
+        An image or staged file already here has the same name, so the same content: it is kept. This
+        folder's own store.json, journal, snapshot and columns (a library without images, or a restore
+        cut short) are moved aside into .hub-restore-replaced/<time>/, never deleted."""
+        aside = self.root / REPLACED_DIR / time.strftime("%Y%m%d-%H%M%S")
+        for name in (MANIFEST_NAME, JOURNAL_NAME, SNAPSHOT_NAME, STORE_DIR):   # store.json first
+            path = self.root / name
+            if path.is_file() or (path.is_dir() and any(path.iterdir())):
+                aside.mkdir(parents=True, exist_ok=True)
+                os.replace(path, aside / name)
+        if aside.exists():
+            log.info("the library's own files (no image) are kept in %s", aside)
+        downloaded = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
+        downloaded = sorted((rel for rel in downloaded if _synced(rel)),
+                            key=lambda rel: (_MOVE_ORDER.index(rel.split("/")[0]), rel))
+        for rel in downloaded:
+            dst = self.root / rel
+            if dst.exists():
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, dst)
+        return {rel: stat(self.root / rel) for rel in downloaded}
+
+    def _settled(self) -> int:
+        """The repo holds no library that pushes could overwrite, or this folder now holds it: pushes may go on."""
+        state = self.state
+        if state.hold is not None or state.restoring:
+            state.hold = state.other = None
+            state.restoring = False
+            self.problem = None
+        try:
+            state.save()
+        except OSError as e:
+            log.warning("cannot keep the sync's state in %s: %s", state.path, _reason(e))
+        return 0
+
     # ------------------------------------------------------------------ push
 
     def start(self) -> bool:
         """Start pushing every `every` minutes (the first push at once). False when it cannot."""
-        if self.scheduler is not None or self.paused:
+        if self.scheduler is not None or self._restore_failed:
             return self.scheduler is not None
         if not self.token:
             self._say(Msg("要把图库备份到数据集 {repo}，需要一个有写入权限的 Hugging Face 令牌：在 Space 设置中添加 "
@@ -251,6 +309,7 @@ class HubSync:
                           "that HF_TOKEN may write to it; the local images are not affected.",
                           repo=self.repo_id, reason=_reason(e)))
             return False
+        atexit.unregister(self.scheduler._push_to_hub)   # it would push before the flush: close() pushes after it
         return True
 
     def push(self, timeout: float | None = None) -> bool:
@@ -260,17 +319,15 @@ class HubSync:
         self.scheduler.trigger().result(timeout)
         return self.problem is None
 
-    def close(self, timeout: float | None = 120) -> None:
-        """On exit: one last push of what changed, then stop the scheduler (safe to call twice)."""
+    def close(self) -> None:
+        """On exit, after the library's flush: stop the scheduler and push what changed once more, in this
+        thread (at exit the scheduler's executor is already shut down). Safe to call twice."""
         if self._closed:
             return
         self._closed = True
         if self.scheduler is not None:
-            try:
-                self.push(timeout)
-            except Exception as e:   # noqa: BLE001  a timeout at exit: the last periodic push stands
-                log.warning("last push of the library to %s did not finish: %s", self.repo_id, _reason(e))
-            self.scheduler.stop()
+            self.scheduler.stop()             # a push still queued in the executor does nothing
+            self.scheduler.push_to_hub()      # waits for one under way (the scheduler's lock); never raises
         with _active_lock:
             if _active.get(self.root.resolve()) is self:
                 del _active[self.root.resolve()]
@@ -294,6 +351,52 @@ class HubSync:
                 p.rmdir()
         return {rel: mirror / rel for rel in files}
 
+    def _check_repo(self, api: HfApi, listing: set[str], manifest: Path, revision: str | None) -> bool:
+        """Before a run's first push (the scheduler's lock held): the repo must hold no library or this one."""
+        state, mine = self.state, identity(manifest)
+        theirs = mine
+        if MANIFEST_NAME in listing:
+            with tempfile.TemporaryDirectory() as tmp:
+                theirs = identity(Path(api.hf_hub_download(repo_id=self.repo_id, filename=MANIFEST_NAME,
+                                                           repo_type="dataset", revision=revision, local_dir=tmp)))
+        if theirs != mine:
+            state.hold, state.other = HOLD_CONFLICT, theirs
+            state.save()
+            self._say(self._conflict())
+            return False
+        if state.hold is not None:
+            log.info("dataset %s holds no other library: pushes go on", self.repo_id)
+        state.bind(mine)
+        state.hold = state.other = None
+        state.save()
+        return True
+
+    def _conflict(self) -> Msg:
+        return Msg("数据集 {repo} 中保存的是另一个图库（创建于 {theirs}），不是本机的图库（{root}，创建于 {mine}），"
+                   "因此不会推送：推送会替换那个图库。要使用数据集中的图库，请用一个空的图库文件夹启动应用"
+                   "（换一个 --library 文件夹，或把 {root} 移到别处），它会从数据集恢复；要备份本机的图库，"
+                   "请改用另一个数据集仓库（--sync-to-hub）。",
+                   "The dataset {repo} holds another library (created {theirs}) than this one ({root}, created "
+                   "{mine}), so nothing is pushed: a push would replace that library. To work with the library in "
+                   "the dataset, start the app with an empty library folder (another --library folder, or move "
+                   "{root} aside) and it is restored from the dataset; to back this library up, use another "
+                   "dataset repo (--sync-to-hub).",
+                   repo=self.repo_id, root=str(self.root), theirs=_when(self.state.other),
+                   mine=_when(identity(self.root / MANIFEST_NAME)))
+
+    def _may_publish(self, api: HfApi) -> bool:
+        """The class's photos go to a private repo only (unless allow_public): checked before every commit."""
+        if self.allow_public or api.repo_info(self.repo_id, repo_type="dataset").private is True:
+            return True
+        self._say(Msg("数据集 {repo} 是公开的：任何人都能下载其中的图片，因此不会推送。请在 Hub 上数据集的 Settings 中"
+                      "把它设为私有，或用 --sync-to-hub 换一个私有仓库；"
+                      "若确实要备份到公开数据集，请加上 --sync-public（或 {env}=1）启动。",
+                      "The dataset {repo} is public: anyone could download the images in it, so nothing is pushed. "
+                      "Make it private in the dataset's Settings on the Hub, or use "
+                      "another, private repo with --sync-to-hub; to back up to a public dataset on purpose, start "
+                      "with --sync-public (or {env}=1).", repo=self.repo_id, env=PUBLIC_ENV))
+        return False
+
     def _pushed(self, error: BaseException | None) -> None:
         if error is None:
             self.pushes += 1
@@ -307,8 +410,9 @@ class HubSync:
                       repo=self.repo_id, reason=_reason(error), every=self.every))
 
     def _say(self, message: Msg) -> None:
+        if message != self.problem:
+            log.warning("%s", message)
         self.problem = message
-        log.warning("%s", message)
 
 
 def _mirror_file(src: Path, dst: Path, copy: bool) -> None:
