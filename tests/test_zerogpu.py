@@ -145,3 +145,23 @@ def test_the_readme_says_what_zerogpu_does():
                   f"up to {seconds['encode_texts']} s", f"a caption up to {seconds['caption']} s",
                   f"最多 {seconds['encode_texts']} 秒", f"描述最多 {seconds['caption']} 秒"):
         assert claim in paragraph, claim
+
+
+
+def test_search_on_zerogpu_scans_on_the_cpu(monkeypatch, tmp_path, encoder):
+    """A CUDA runtime on ZeroGPU: the exact index scans outside model calls, on the CPU in float32
+    (no CUDA here: a scan on the device would fail), with the same hits as a CPU runtime."""
+    import torch
+
+    from core import open_library, zerogpu
+    from core.library.index import ExactIndex
+    from core.library.ingest import ingest, iter_image_files
+    from core.settings import Runtime, pick_runtime
+    from core_fixtures import SAMPLES
+
+    lib = open_library(tmp_path / "lib", encoder)
+    ingest(lib, encoder, list(iter_image_files([SAMPLES])))
+    query = encoder.encode_texts(["a cat"])
+    monkeypatch.setattr(zerogpu, "enabled", lambda: True)
+    on_zerogpu = ExactIndex(lib, Runtime(torch.device("cuda"), torch.float16))
+    assert on_zerogpu.search(query, 5)[1].tolist() == ExactIndex(lib, pick_runtime("cpu")).search(query, 5)[1].tolist()

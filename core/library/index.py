@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import zerogpu
 from ..settings import Runtime
 from .ann import EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, build_index, choose_kind, load_index
 from .store import STORE_DIR, Library, view_vectors
@@ -46,6 +47,9 @@ class ExactIndex:
 
     def __init__(self, library: Library, runtime: Runtime):
         self.library, self.runtime = library, runtime
+        # On a ZeroGPU Space CUDA exists only inside a model call (core/zerogpu.py): a search outside
+        # one scans on the CPU in float32, never in the main process's stand-in CUDA (CPU fp16, slow)
+        self._on_device = runtime.is_cuda and not zerogpu.enabled()
         self._lock = threading.Lock()
         self._dev: tuple[int, torch.Tensor] | None = None       # (generation, base on the device)
         self._dev_tail: torch.Tensor | None = None
@@ -77,7 +81,7 @@ class ExactIndex:
 
     def _scores(self, queries: torch.Tensor, view) -> torch.Tensor:
         """[Q, S + T] cosine scores of every slot, on the runtime's device."""
-        if self.runtime.is_cuda:
+        if self._on_device:
             base, tail = self._device(view)
             q = queries.to(base.device, base.dtype)
             return torch.cat([q @ base.T, q @ tail.T], dim=1).float()
