@@ -165,3 +165,14 @@ def test_search_on_zerogpu_scans_on_the_cpu(monkeypatch, tmp_path, encoder):
     monkeypatch.setattr(zerogpu, "enabled", lambda: True)
     on_zerogpu = ExactIndex(lib, Runtime(torch.device("cuda"), torch.float16))
     assert on_zerogpu.search(query, 5)[1].tolist() == ExactIndex(lib, pick_runtime("cpu")).search(query, 5)[1].tolist()
+
+
+def test_live_training_on_zerogpu_stays_on_the_cpu(monkeypatch, tmp_path):
+    from core import zerogpu
+    from core.lab.live import LiveConfig
+
+    monkeypatch.setattr(zerogpu, "enabled", lambda: True)
+    assert LiveConfig().train_config(tmp_path).device == "cpu"
+    assert LiveConfig(device="cuda").train_config(tmp_path).device == "cuda"     # asked for on purpose
+    monkeypatch.setattr(zerogpu, "enabled", lambda: False)
+    assert LiveConfig().train_config(tmp_path).device == "auto"

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .. import zerogpu
 from ..errors import WorkbenchError
 from ..messages import Msg
 from ..models.base import error_message
@@ -43,7 +44,11 @@ class LiveConfig:
         return TrainConfig(data=self.data, epochs=self.epochs, batch_size=self.batch_size,
                            text_encoder=self.text_encoder, hard_negatives=self.hard_negatives,
                            shapes_train=self.shapes_train, shapes_val=self.shapes_val, shapes_test=self.shapes_test,
-                           image_size=self.image_size, device=self.device, out=str(out), plots=False)
+                           image_size=self.image_size, device=self._device(), out=str(out), plots=False)
+
+    def _device(self) -> str:
+        """On a ZeroGPU Space the app process has no real CUDA (core/zerogpu.py): "auto" trains on the CPU."""
+        return "cpu" if self.device == "auto" and zerogpu.enabled() else self.device
 
 
 @dataclass(frozen=True)
