@@ -9,7 +9,7 @@ import torch
 
 from core.models import registry as encoders
 from core.errors import ModelUnavailableError, UnknownModelError
-from core.models import load_encoder
+from core.models import load_encoder, openai_clip
 from core.images import load_image
 from core.settings import pick_runtime
 from core_fixtures import SAMPLES
@@ -110,6 +110,7 @@ def test_mocked_download_fills_the_cache_once(tmp_path, monkeypatch, tiny_clip_p
         shutil.copy(tiny_clip_path, target)
         return str(target)
     monkeypatch.setattr(clip.clip, "_download", fake_download)
+    monkeypatch.setattr(openai_clip, "openai_unreachable", lambda url: None)   # the host answers (mocked)
     first = load_encoder("ViT-B/32", CPU, cache=tmp_path)
     second = load_encoder("ViT-B/32", CPU, cache=tmp_path)
     assert len(calls) == 1 and calls[0].endswith("ViT-B-32.pt")
@@ -120,6 +121,7 @@ def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
     def broken(url, root):
         raise OSError("Name or service not known")
     monkeypatch.setattr(clip.clip, "_download", broken)
+    monkeypatch.setattr(openai_clip, "openai_unreachable", lambda url: None)   # the host answers (mocked)
     with pytest.raises(ModelUnavailableError, match="Could not download model RN50"):
         load_encoder("RN50", CPU, cache=tmp_path)
 

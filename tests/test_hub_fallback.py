@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ModelUnavailableError
-from core.models import load_encoder
+from core.models import load_encoder, openai_clip
+from core.settings import pick_runtime
 from core.workbench import build_workbench
 from tiny_models import make_tiny_clip_file, make_tiny_hf_clip_dir
 
@@ -60,6 +61,8 @@ def _mock(monkeypatch, openai_ok: bool, hub_dir: Path | None, tmp_path: Path) ->
         target.parent.mkdir(parents=True, exist_ok=True)
         return str(make_tiny_clip_file(target))
     monkeypatch.setattr(clip.clip, "_download", openai_download)
+    monkeypatch.setattr(openai_clip, "openai_unreachable",   # the probe before the download: answered by the mock
+                        lambda url: None if openai_ok else "[Errno -2] Name or service not known")
     hub = FakeHub(hub_dir)
     monkeypatch.setattr(tf_hub, "hf_hub_download", hub.fetch)
     monkeypatch.setattr(tf_hub, "snapshot_download", hub.fetch)
@@ -111,3 +114,25 @@ def test_both_sources_fail_then_the_mini_model_and_both_reasons(monkeypatch, tmp
     wb = build_workbench("ViT-B/32", tmp_path / "lib", device="cpu", cache=tmp_path / "cache")
     assert wb.fallback and wb.encoder.domain == "shapes" and "openai/clip-vit-base-patch32" in wb.notice
     assert hub.calls
+
+
+def test_a_blocked_openai_host_fails_at_once(monkeypatch, tmp_path):
+    """A host that refuses (or drops) connections is answered in seconds, before clip's download (which has no
+    time limit and would hang the start for minutes), with the way to supply the file."""
+    import socket
+    import time
+
+    import clip
+
+    with socket.socket() as s:   # a local port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/models/0123/ViT-B-32.pt"
+    monkeypatch.setattr(openai_clip, "_model_urls", lambda: {"ViT-B/32": url})
+    monkeypatch.setattr(clip.clip, "_download", lambda *a: pytest.fail("downloaded from an unreachable host"))
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as err:
+        openai_clip.load_clip_named("ViT-B/32", pick_runtime("cpu"), tmp_path, offline=False)
+    assert time.monotonic() - started < 3
+    assert f"127.0.0.1:{port}" in str(err.value) and "--model" in str(err.value)
+    assert openai_clip.openai_unreachable("http://127.0.0.1:1/x")          # refused

@@ -288,6 +288,14 @@ def load_clip_named(name: str, runtime: Runtime, cache: Path, offline: bool) -> 
                 "Model {name} is not in the cache ({target}) and offline mode is on. "
                 "Copy the checkpoint there, pass --model /path/to/{file}, or go online once.",
                 name=name, target=target, file=os.path.basename(url)))
+        reason = openai_unreachable(url)
+        if reason is not None:   # at once: a blocked host otherwise hangs the start for minutes
+            raise ModelUnavailableError(Msg(
+                "无法连接 OpenAI 的下载地址 `{host}`（{reason}），模型 {name} 不在缓存 {folder} 中。"
+                "请在别处下载 {file} 后传入 --model /path/to/it，或把它放进 {folder}。",
+                "Cannot reach OpenAI's download host {host} ({reason}), and model {name} is not in the cache "
+                "{folder}. Download {file} elsewhere and pass --model /path/to/it, or put it in {folder}.",
+                host=_origin(url), reason=reason, name=name, file=os.path.basename(url), folder=target.parent))
         import clip
         try:
             clip.clip._download(url, str(cache / "clip"))  # tqdm progress bar + SHA256 check
@@ -300,3 +308,40 @@ def load_clip_named(name: str, runtime: Runtime, cache: Path, offline: bool) -> 
                 "or put it in {folder}.", name=name, url=url, target=target, error=str(e),
                 file=os.path.basename(url), folder=target.parent)) from None
     return load_clip_file(target, runtime, model_id=name, cache=cache)
+
+
+PROBE_TIMEOUT_S = 3.0   # a refused connection or an unknown name answers at once; a dropped one waits this long
+
+
+def _origin(url: str) -> str:
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def openai_unreachable(url: str) -> str | None:
+    """None when OpenAI's download host answers (any HTTP status); else why not, within a few seconds.
+    Asked with urllib, as clip downloads (the same proxy settings), in a thread that bounds a hanging
+    DNS lookup."""
+    import threading
+    import urllib.error
+    import urllib.request
+    answer: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(_origin(url) + "/", method="HEAD"),
+                                   timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:   # an answer, even an error: the host is there
+            pass
+        except (OSError, ValueError) as e:   # URLError, timeouts, refused, unknown name, bad URL
+            answer.append(str(getattr(e, "reason", None) or e) or type(e).__name__)
+            return
+        answer.append(None)
+
+    worker = threading.Thread(target=ask, name="openai-probe", daemon=True)
+    worker.start()
+    worker.join(2 * PROBE_TIMEOUT_S)
+    if not answer:
+        return Msg("{seconds} 秒内没有应答", "no answer within {seconds} s", seconds=round(2 * PROBE_TIMEOUT_S))
+    return answer[0]
