@@ -8,7 +8,7 @@ import re
 import pytest
 
 from core.settings import ASSETS_DIR
-from test_ui_browser import CHROMIUM_ARGS, TIMEOUT_MS, browser, shot  # noqa: F401  (shared fixture)
+from test_ui_browser import browser, open_page, shot  # noqa: F401  (shared fixture)
 from ui_server import serve
 
 pytestmark = [pytest.mark.browser,
@@ -28,11 +28,7 @@ def app(tiny_clip_path, tmp_path_factory):
 @pytest.fixture
 def page(browser, app):
     """An English-speaking browser (locale en-US) opening an app started with --lang zh."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
-    context.set_default_timeout(TIMEOUT_MS)
-    pg = context.new_page()
-    pg.goto(app.url)
-    pg.get_by_role("tab", name="图库").wait_for()
+    context, pg = open_page(browser, app.url, "en-US", ready="图库")
     yield pg
     context.close()
 

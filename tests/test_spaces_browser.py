@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_ui_browser import TIMEOUT_MS, browser, shot  # noqa: F401  (shared fixture)
+from test_ui_browser import browser, open_page, shot  # noqa: F401  (shared fixture)
 from ui_server import serve
 
 pytestmark = [pytest.mark.browser,
@@ -25,11 +25,8 @@ def app(tiny_clip_path, tmp_path_factory):
 @pytest.mark.parametrize("locale, marker, name", [("en-US", "vanish", "space_warning_en"),
                                                   ("zh-CN", "重启", "space_warning_zh")])
 def test_a_space_without_a_disk_warns_that_uploads_vanish(browser, app, locale, marker, name):
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale=locale)
-    context.set_default_timeout(TIMEOUT_MS)
+    context, page = open_page(browser, app.url, locale, ready="图库" if locale.startswith("zh") else "Library")
     try:
-        page = context.new_page()
-        page.goto(app.url)
         banner = page.locator("#storage")
         banner.get_by_text(marker).first.wait_for()
         text = banner.inner_text()

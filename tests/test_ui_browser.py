@@ -48,13 +48,20 @@ def app(tiny_clip_path, tmp_path_factory):
 
 @pytest.fixture
 def page(browser, app):
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
-    context.set_default_timeout(TIMEOUT_MS)
-    pg = context.new_page()
-    pg.goto(app.url)
-    pg.get_by_role("tab", name="Library").wait_for()
+    context, pg = open_page(browser, app.url, "en-US", ready="Library")
     yield pg
     context.close()
+
+
+def open_page(browser, url: str, locale: str, ready: str):
+    """(context, page): a fresh browser context in `locale` with the app open, once the tab named
+    `ready` shows. Close the context when done."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale=locale)
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = context.new_page()
+    pg.goto(url)
+    pg.get_by_role("tab", name=ready).wait_for()
+    return context, pg
 
 
 def shot(page, name: str) -> None:
