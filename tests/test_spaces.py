@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-from huggingface_hub.errors import RepositoryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 from core.library import sync as hubsync
 from core.library.ingest import Upload, open_library
@@ -124,6 +124,7 @@ class FakeHub:
         self.root = root
         self.commits: list[list] = []
         self.fail_commit: Exception | None = None
+        self.lose_answer: Exception | None = None   # the commit is applied, then this is raised (answer lost)
         self.fail_download: Exception | None = None
         self.public: set[str] = set()      # repos made public on the Hub (create_repo makes private ones)
         self.pool = ThreadPoolExecutor(1)   # HfApi.run_as_future: one job at a time, in order
@@ -167,14 +168,21 @@ class FakeHub:
                 operations = list(operations)
                 for op in operations:
                     target = hub.repo(repo_id) / op.path_in_repo
+                    if not isinstance(op, CommitOperationAdd):
+                        assert isinstance(op, CommitOperationDelete)
+                        if not target.is_file():   # the Hub refuses the whole commit
+                            raise EntryNotFoundError(f"404 {op.path_in_repo} not found in {repo_id}")
+                for op in operations:
+                    target = hub.repo(repo_id) / op.path_in_repo
                     if isinstance(op, CommitOperationAdd):
                         target.parent.mkdir(parents=True, exist_ok=True)
                         with op.as_file() as f:
                             target.write_bytes(f.read())
                     else:
-                        assert isinstance(op, CommitOperationDelete)
                         target.unlink()
                 hub.commits.append(operations)
+                if hub.lose_answer is not None:
+                    raise hub.lose_answer
                 return SimpleNamespace(commit_message=commit_message)
 
             def run_as_future(self, fn, *args, **kwargs):
@@ -327,6 +335,27 @@ def test_a_failed_push_is_said_and_loses_nothing(hub, tiny_clip_path, tmp_path):
     assert len(wb) == 6 and wb.verify(deep=True)["healthy"]      # nothing local was touched
     hub.fail_commit = None
     assert sync.push(timeout=30) and sync.problem is None and storage(root).warning is None
+
+
+def test_a_commit_whose_answer_was_lost_does_not_break_every_later_push(hub, tiny_clip_path, tmp_path):
+    """The Hub applied a commit that removed an image, but its answer was lost: the next push must list
+    the repo again instead of deleting that image a second time (the Hub refuses a missing path)."""
+    root = tmp_path / "library"
+    wb = _workbench(tiny_clip_path, root)
+    added = _add(wb, 3, seed=1)
+    sync = HubSync(root, REPO, token="hf_test")
+    assert sync.start() and sync.push(timeout=30)
+    wb.remove(added[:1])
+    hub.lose_answer = TimeoutError("read timed out")
+    assert not sync.push(timeout=30) and "read timed out" in sync.problem
+    assert sum(f.startswith("images/") for f in hub.files()) == 2          # applied all the same
+    hub.lose_answer = None
+    _add(wb, 1, seed=2)
+    assert sync.push(timeout=30) and sync.problem is None
+    sync.close()
+    wb.close()
+    assert {f for f in hub.files() if f.startswith("images/")} == {
+        e.path.relative_to(root).as_posix() for e in _workbench(tiny_clip_path, root).entries()}
 
 
 def test_a_failed_restore_keeps_the_hub_copy_and_starts_without_pushing(hub, tiny_clip_path, tmp_path):

@@ -162,6 +162,9 @@ class _LibraryScheduler(CommitScheduler):
             owner._pushed(None)
             return info
         except Exception as e:   # noqa: BLE001  network, auth, a full disk: said in the app, retried next time
+            # The commit may have been applied with its answer lost: the next push lists the repo again, so
+            # it never deletes a file the repo no longer has (the Hub refuses that, and every push would fail).
+            self.remote = None
             owner._pushed(e)
             return None
 
