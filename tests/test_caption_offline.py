@@ -275,7 +275,8 @@ def test_an_unreachable_hub_is_asked_again_after_the_probe_ttl(online, monkeypat
     clock[0] += hf.PROBE_TTL_S - 1
     with pytest.raises(ModelUnavailableError) as again:   # within the probe's TTL: remembered, nothing tried
         lazy.get()
-    assert again.value is first.value
+    assert_same_error(again.value, first.value)
+    assert again.value.hub_unreachable == first.value.hub_unreachable
     assert len(online) == 1 and calls == [("model", True)]
     with local_hub(port):                         # the mirror is back, and a minute has passed
         clock[0] += 1
@@ -297,7 +298,39 @@ def test_a_missing_model_stays_remembered(online, monkeypatch, tmp_path):
         clock[0] += 100 * hf.PROBE_TTL_S
         with pytest.raises(ModelUnavailableError) as again:
             lazy.get()
-    assert again.value is first.value and calls == [("gone", True), ("gone", False)]
+    assert_same_error(again.value, first.value)
+    assert calls == [("gone", True), ("gone", False)]
+
+
+def assert_same_error(again: BaseException, first: BaseException) -> None:
+    assert type(again) is type(first) and again.args == first.args and str(again) == str(first)
+
+
+def test_a_remembered_error_keeps_no_frames_of_earlier_requests():
+    def build():
+        picture = bytearray(1_000_000)   # noqa: F841  what a request's frame would hold
+        raise ModelUnavailableError(Msg("缺少", "missing"))
+
+    def request(lazy):   # one request's frame, as a callback's would be
+        marker = object()   # noqa: F841
+        lazy.get()
+
+    lazy = hf.LazyLoad(build)
+    errors = []
+    for _ in range(5):
+        try:
+            request(lazy)
+        except ModelUnavailableError as e:
+            errors.append(e)
+    assert len({id(e) for e in errors}) == 5 and all(str(e) == "missing" for e in errors)
+    assert lazy._error.__traceback__ is None and lazy._error.__context__ is None and lazy._error.__cause__ is None
+    for e in errors[1:]:   # this request's own frames only: request -> get, never build or earlier requests
+        frames, tb = [], e.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        assert frames.count("request") == 1 and "build" not in frames, frames
+        assert e.__context__ is None
 
 
 # ---------------------------------------------------------------- the caption tab says which step runs

@@ -208,11 +208,21 @@ class LazyLoad:
                             self._value = self._build()
                         except (ModelUnavailableError, UnknownModelError) as e:
                             brief = getattr(e, "hub_unreachable", None) is not None   # else final: never retried
-                            self._error, self._retry_at = e, _now() + PROBE_TTL_S if brief else math.inf
+                            self._error, self._retry_at = _bare(e), _now() + PROBE_TTL_S if brief else math.inf
+                            raise
                     if self._error is not None:
-                        raise self._error
+                        raise _bare(self._error) from None
         return self._value
 
     @property
     def loaded(self) -> bool:
         return self._value is not None
+
+
+def _bare(e: BaseException) -> BaseException:
+    """A copy of `e` (same class, args and attributes such as `hub_unreachable`) without a traceback, cause or
+    context: a remembered error re-raised as itself would gather every request's frames (and their pictures)."""
+    copy = type(e).__new__(type(e), *e.args)
+    copy.args = e.args
+    copy.__dict__.update(e.__dict__)
+    return copy
