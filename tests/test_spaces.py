@@ -593,6 +593,38 @@ def test_a_restore_cut_short_is_finished_at_the_next_start(hub, monkeypatch, tin
     wb.close()
 
 
+def test_rows_added_after_a_cut_short_restore_and_a_failed_retry_are_kept(hub, monkeypatch, tiny_clip_path, tmp_path):
+    """Restore cut short, the retry fails (the network), the app is used: its rows are not thrown away
+    by the next start's restore; the repo's library is not pushed over either (another library)."""
+    _class_library(hub, tiny_clip_path, tmp_path / "school")
+    on_hub = hub.files()
+    root = tmp_path / "home"
+    real = hubsync.os.replace
+
+    def power_cut(src, dst):
+        if Path(dst).name == "features_library.pth":
+            raise OSError("power cut")
+        return real(src, dst)
+    monkeypatch.setattr(hubsync.os, "replace", power_cut)
+    HubSync(root, REPO, token="hf_test").restore()
+    monkeypatch.setattr(hubsync.os, "replace", real)
+    hub.fail_download = ConnectionError("network is unreachable")
+    retry = HubSync(root, REPO, token="hf_test")
+    assert retry.restore() == 0 and retry.paused and retry.state.restoring
+    hub.fail_download = None
+    wb = _workbench(tiny_clip_path, root)
+    _add(wb, 2, seed=7)
+    mine = _state(wb)
+    wb.close()
+
+    again = HubSync(root, REPO, token="hf_test")
+    assert again.restore() == 0 and not again.state.restoring
+    assert not (root / hubsync.REPLACED_DIR).exists()                           # nothing moved aside
+    assert _state(_workbench(tiny_clip_path, root)) == mine
+    assert again.start() and not again.push(timeout=30) and "holds another library" in again.problem
+    assert hub.files() == on_hub
+
+
 def test_a_library_without_a_live_image_is_restored_and_keeps_its_files(hub, tiny_clip_path, tmp_path):
     school = _class_library(hub, tiny_clip_path, tmp_path / "school")
     root = tmp_path / "home"

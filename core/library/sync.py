@@ -41,7 +41,9 @@ same file), never files it merely found in the repo. A repo that is public is no
 unless `allow_public` (--sync-public) says so: `private=True` only applies to a repo created here.
 
 Restore: only when the local library holds no image (no library at all, or one with no live
-row: e.g. a start whose restore failed), or when a restore was cut short. It is downloaded
+row: e.g. a start whose restore failed), or when a restore was cut short and the folder still has
+no store.json or has the repo's (a library made there since, e.g. after a failed retry, is kept
+and checked like any other, never moved aside). It is downloaded
 into `<library>/.hub-restore/`, checked (store.json present), then moved into place,
 store.json last; images already there are kept (same name, same content), and the empty
 library's own store.json, journal, snapshot and columns are moved aside into
@@ -218,6 +220,16 @@ class HubSync:
                 log.info("dataset %s holds no library yet: starting a new one", self.repo_id)
                 return self._settled()
             theirs = identity(tmp / MANIFEST_NAME)
+            if state.restoring and (self.root / MANIFEST_NAME).exists() and identity(self.root / MANIFEST_NAME) != theirs:
+                # A restore cut short, then a library made here meanwhile (a retry failed, the app went on):
+                # not the repo's library, so the usual rules hold (one with images is kept, and checked at push).
+                log.info("library %s is not the one a cut-short restore was bringing from %s", self.root, self.repo_id)
+                state.restoring = False
+                self._save_state()
+                if (rows := holds_rows(self.root)) is not False:
+                    log.info("library %s %s: kept as it is (not restored from %s)", self.root,
+                             "holds images" if rows else "cannot be counted", self.repo_id)
+                    return 0
             if not state.restoring and holds_rows(tmp) is False and theirs == identity(self.root / MANIFEST_NAME):
                 log.info("dataset %s holds this same library, with no image either: nothing to restore", self.repo_id)
                 return self._settled()
@@ -233,19 +245,13 @@ class HubSync:
             log.info("dataset %s does not exist yet (or is private and no token was given): a new library", self.repo_id)
             return self._settled()
         except Exception as e:   # noqa: BLE001  network, auth, disk: the app starts with what it has
-            self._restore_failed = True
-            state.hold = HOLD_RESTORE
-            try:
-                state.save()
-            except OSError as err:
-                log.warning("cannot keep the sync's state in %s: %s", state.path, _reason(err))
-            self._say(Msg("无法从数据集 {repo} 恢复图库（{reason}）。应用使用本地图库启动；为避免覆盖 Hub 上的副本，"
-                          "不会推送，也不会添加示例图片。请检查网络和 HF_TOKEN 后重启 Space：仍然没有图片的图库会在那时恢复。",
-                          "Could not restore the library from the dataset {repo} ({reason}). The app started with the "
-                          "local library; to keep the copy on the Hub from being overwritten, nothing is pushed "
-                          "and no sample images are added. Check the network and HF_TOKEN, then restart the Space: "
-                          "a library that still holds no image is restored then.",
-                          repo=self.repo_id, reason=_reason(e)))
+            self._hold_restore(Msg("无法从数据集 {repo} 恢复图库（{reason}）。应用使用本地图库启动；为避免覆盖 Hub 上的副本，"
+                                   "不会推送，也不会添加示例图片。请检查网络和 HF_TOKEN 后重启 Space：仍然没有图片的图库会在那时恢复。",
+                                   "Could not restore the library from the dataset {repo} ({reason}). The app started with the "
+                                   "local library; to keep the copy on the Hub from being overwritten, nothing is pushed "
+                                   "and no sample images are added. Check the network and HF_TOKEN, then restart the Space: "
+                                   "a library that still holds no image is restored then.",
+                                   repo=self.repo_id, reason=_reason(e)))
             return 0
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -281,11 +287,22 @@ class HubSync:
             state.hold = state.other = None
             state.restoring = False
             self.problem = None
-        try:
-            state.save()
-        except OSError as e:
-            log.warning("cannot keep the sync's state in %s: %s", state.path, _reason(e))
+        self._save_state()
         return 0
+
+    def _hold_restore(self, message: Msg) -> None:
+        """The repo may hold the class's library and it could not be read: no push this run, none at the next
+        start either until a restore or a check settles it; the app adds no sample images meanwhile."""
+        self._restore_failed = True
+        self.state.hold = HOLD_RESTORE
+        self._save_state()
+        self._say(message)
+
+    def _save_state(self) -> None:
+        try:
+            self.state.save()
+        except OSError as e:
+            log.warning("cannot keep the sync's state in %s: %s", self.state.path, _reason(e))
 
     # ------------------------------------------------------------------ push
 
