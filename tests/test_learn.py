@@ -118,6 +118,6 @@ def test_learn_notes_follow_the_ui_language():
 
     note = Msg("英文查询：'{q}'", "English query: '{q}'", q="a cat")
     assert "英文查询" in _heatmap(np.eye(1), ["data:,"], ["一只猫"], [note], "zh")
-    assert "英文查询" in _map_note(SimpleNamespace(points=[1], total=1, method="pca", notes=[note]), "zh")
+    assert "英文查询" in _map_note(1, 1, "pca", (note,), "zh")
     probe = SimpleNamespace(probe_accuracy=90.0, zeroshot_accuracy=80.0, train=2, test=2, per_class=[], notes=[note])
     assert "英文查询" in _probe_table(probe, "zh") and "English query" in _probe_table(probe, "en")

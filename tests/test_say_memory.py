@@ -3,7 +3,7 @@ so it must hold text and counts, never errors (their tracebacks keep every frame
 from __future__ import annotations
 
 import pickle
-import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +55,76 @@ def test_say_keeps_an_image_errors_name_and_reason_in_both_languages():
     said = say("cap.unavailable", "en", detail=ImageError("a.png", Msg("坏了", "broken")))
     assert "a.png: broken" in said and "a.png: 坏了" in said.render("zh")
     assert not _holds_exception(said.render)
+
+
+def _kept_bytes(render, depth: int = 0) -> int:
+    """Pickled size of what a renderer keeps (its closure cells and partial arguments, nested renderers too)."""
+    total = 0
+    for v in _cells(render):
+        if callable(v) and not isinstance(v, type) and depth < 4:
+            total += _kept_bytes(v, depth + 1)
+        else:
+            total += len(pickle.dumps(v))
+    return total
+
+
+class _Library:
+    """Just what Callbacks.search reads from a Workbench."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def search(self, query):
+        return self.result
+
+    def thumbnail(self, hit):
+        return hit.path
+
+    def unknown_words(self, text):
+        return []
+
+    def __len__(self):
+        return 5000
+
+
+def test_search_info_keeps_counts_not_the_hits(tmp_path):
+    from pathlib import Path
+
+    from core.library.search import Hit, SearchResult
+    from ui.callbacks import Callbacks
+    hits = [Hit(rowid=i, id=f"{i:012x}", sha256=f"{i:064x}", path=Path(f"/lib/images/{i:064x}.jpg"),
+                name=f"picture_{i}.jpg", score=0.9 - i * 1e-5, meta={"caption_en": "a cat " * 20, "tags": list(range(20))})
+            for i in range(1000)]
+    result = SearchResult(hits=hits, text_used="a cat", note=Msg("已翻译", "translated from Chinese"))
+    assert len(pickle.dumps(result)) > 200_000   # what it kept before
+    gallery, ids, info = Callbacks(_Library(result)).search("一只猫", None, "", 1000, 0.0, all_k=True, lang="en")
+    assert isinstance(info, Say) and "1000" in info and "已翻译" in info.render("zh")
+    assert _kept_bytes(info.render) < 20_000
+
+
+def test_ingest_summary_keeps_no_list_of_added_ids():
+    from core.library.ingest import IngestReport
+    from ui.callbacks import Callbacks
+    report = IngestReport(added=[f"{i:012x}" for i in range(20_000)], duplicates=["a.jpg"],
+                          errors=[("b.jpg", Msg("坏", "bad"))])
+    render = Callbacks(_Library(None))._summary(report)
+    assert "b.jpg" in render("en") and "坏" in render("zh") and _kept_bytes(render) < 5_000
+
+
+def test_map_and_training_status_keep_no_points_or_history():
+    from functools import partial
+    from types import SimpleNamespace
+
+    from core.lab.learn import EmbeddingMap, MapPoint
+    from core.lab.live import LiveState
+    from ui.learn import _map_note, _status_of, _train_status
+    emap = EmbeddingMap("pca", [MapPoint(f"{i:012x}", f"p{i}.jpg", 0.1, 0.2, "cat", entry=SimpleNamespace(meta={"x": "y" * 200}))
+                                for i in range(5000)], total=9000, query=None, notes=["knn"])
+    render = partial(_map_note, len(emap.points), emap.total, emap.method, tuple(emap.notes))
+    assert "5000" in render("en") and _kept_bytes(render) < 2_000
+    state = LiveState(running=True, run=Path("/runs/r1"), steps=[(i, 1.0 / (i + 1)) for i in range(20_000)],
+                      epochs=[{"epoch": e, "val_mean_recall": 0.5, "val_en_shape_top1": 0.7} for e in range(30)],
+                      total_steps=30_000)
+    render = partial(_train_status, _status_of(state))
+    assert render("en") == _train_status(state, "en") and "19999" in render("en")
+    assert _kept_bytes(render) < 2_000

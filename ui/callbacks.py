@@ -171,19 +171,22 @@ class Callbacks:
 
     def _search_info(self, result: SearchResult, asked: str, weak: int = 0,
                      shown_all: bool = True) -> Callable[[str], str]:
-        """lang -> the search's info markdown (read from the library now, said in any language later)."""
+        """lang -> the search's info markdown (read from the library now, said in any language later).
+        It keeps the note, the text used and the count, never the result: it lives in the session's State."""
         unknown, empty = self._unknown(asked), not len(self.wb)
+        note, used, n = result.note, result.text_used, len(result.hits)
+        asked = asked.strip()
 
         def info(lang: str) -> str:
             lines = [w for w in (unknown(lang),) if w]
-            if result.note:   # core's note is a Msg: English, and Chinese for a Chinese page
-                lines.append(t("search.note", lang, note=localize(result.note, lang)))
-            elif result.text_used and result.text_used != asked.strip():
-                lines.append(t("search.used", lang, text=result.text_used))
-            if not result.hits:
+            if note:   # core's note is a Msg: English, and Chinese for a Chinese page
+                lines.append(t("search.note", lang, note=localize(note, lang)))
+            elif used and used != asked:
+                lines.append(t("search.used", lang, text=used))
+            if not n:
                 lines.append(t("search.empty_lib" if empty else "search.none", lang))
             else:
-                lines.append(t("search.count", lang, n=len(result.hits) - (0 if shown_all else weak)))
+                lines.append(t("search.count", lang, n=n - (0 if shown_all else weak)))
             if weak:
                 lines.append(t("search.weak_marked" if shown_all else "search.weak_hidden", lang, m=weak,
                                pct=round(WEAK_RATIO * 100)))
@@ -311,14 +314,14 @@ class Callbacks:
         return advance
 
     def _summary(self, report: IngestReport) -> Callable[[str], str]:
-        """lang -> the ingest summary markdown (with the library's size now)."""
-        size = len(self.wb)
+        """lang -> the ingest summary markdown (with the library's size now); keeps the counts and the
+        names it lists, not the report."""
+        size, added, duplicates, errors = len(self.wb), len(report.added), tuple(report.duplicates), tuple(report.errors)
 
         def summary(lang: str) -> str:
-            head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
-                     errors=len(report.errors), n=size)
-            items = [t("lib.dup_item", lang, name=n) for n in report.duplicates]
-            items += [t("lib.error_item", lang, name=n, reason=localize(r, lang)) for n, r in report.errors]
+            head = t("lib.summary", lang, added=added, dups=len(duplicates), errors=len(errors), n=size)
+            items = [t("lib.dup_item", lang, name=n) for n in duplicates]
+            items += [t("lib.error_item", lang, name=n, reason=localize(r, lang)) for n, r in errors]
             return "\n".join([head, ""] + [f"- {i}" for i in items])
         return summary
 

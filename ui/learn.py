@@ -18,6 +18,7 @@ import io
 import time
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -74,7 +75,7 @@ class LearnCallbacks:
         """-> (loss plot, metrics plot, status) every POLL_S until the training ends."""
         while True:
             state = self.trainer.snapshot()
-            yield _loss_frame(state), _metrics_frame(state), Say(partial(_train_status, state), lang)
+            yield _loss_frame(state), _metrics_frame(state), Say(partial(_train_status, _status_of(state)), lang)
             if not state.running:
                 return
             time.sleep(POLL_S)
@@ -116,7 +117,7 @@ class LearnCallbacks:
             rows.append({"x": emap.query[0], "y": emap.query[1], "label": f"🔎 {query.strip()}", "name": query.strip(),
                          "id": "", "image": ""})
         frame = pd.DataFrame(rows, columns=["x", "y", "label", "name", "id", "image"])
-        return frame, rows, Say(partial(_map_note, emap), lang)
+        return frame, rows, Say(partial(_map_note, len(emap.points), emap.total, emap.method, tuple(emap.notes)), lang)
 
     @staticmethod
     def map_pick(points: list[dict], evt: gr.SelectData):
@@ -179,15 +180,27 @@ def _metrics_frame(state) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["epoch", "value", "metric"])
 
 
+def _status_of(state) -> SimpleNamespace:
+    """What the training status says, without the run's loss history (a renderer keeps this per session)."""
+    last = state.epochs[-1] if state.epochs else None
+    return SimpleNamespace(run=state.run, running=state.running, stopped=state.stopped, error=state.error,
+                           step=state.steps[-1][0] if state.steps else 0, total_steps=state.total_steps,
+                           epochs=len(state.epochs), best=state.best,
+                           last={k: last[k] for k in ("val_mean_recall", "val_en_shape_top1") if k in last}
+                           if last is not None else None)
+
+
 def _train_status(state, lang: str) -> str:
+    """`state`: a LiveState or its `_status_of`."""
+    if not isinstance(state, SimpleNamespace):
+        state = _status_of(state)
     if state.run is None:
         return t("learn.idle", lang)
     head = t("learn.running" if state.running else "learn.stopped" if state.stopped else
              "learn.failed" if state.error else "learn.done", lang, run=state.run, error=localize(state.error or "", lang))
-    step = state.steps[-1][0] if state.steps else 0
-    parts = [head, t("learn.progress", lang, step=step, total=state.total_steps or "?", epochs=len(state.epochs))]
-    if state.epochs:
-        last = state.epochs[-1]
+    parts = [head, t("learn.progress", lang, step=state.step, total=state.total_steps or "?", epochs=state.epochs)]
+    if state.last is not None:
+        last = state.last
         parts.append(t("learn.last_epoch", lang, recall=last.get("val_mean_recall", 0),
                        top1=last.get("val_en_shape_top1", float("nan"))))
     if state.best is not None and not state.running:
@@ -205,9 +218,10 @@ def _probe_table(r, lang: str) -> str:
     return "\n".join(lines + ([""] + notes if notes else []) + ["", t("learn.probe_why", lang)])
 
 
-def _map_note(emap, lang: str) -> str:
-    notes = [t("learn.map_count", lang, shown=len(emap.points), total=emap.total, method=emap.method.upper())]
-    for n in emap.notes:
+def _map_note(shown: int, total: int, method: str, map_notes: tuple, lang: str) -> str:
+    """The map's note from its counts and notes (a renderer keeps these, never the map's points)."""
+    notes = [t("learn.map_count", lang, shown=shown, total=total, method=method.upper())]
+    for n in map_notes:
         if n == "empty":
             notes = [t("learn.map_empty", lang)]
         elif n.startswith("sample:"):
