@@ -407,6 +407,33 @@ def test_no_token_no_push_and_a_message_that_says_how(hub, monkeypatch, tiny_cli
     assert not hub.repo(REPO).exists()
 
 
+def test_without_a_token_a_private_repo_is_not_taken_for_a_new_one(hub, monkeypatch, tiny_clip_path, tmp_path):
+    """A private repo looks missing without a token: nothing is seeded or pushed, the page says a token is
+    needed, and the start with HF_TOKEN restores the class's library (not refused as another one)."""
+    school = _class_library(hub, tiny_clip_path, tmp_path / "school")
+    real = hub.snapshot_download
+
+    def anonymous(repo_id, token=None, **kwargs):
+        if token is None:   # what the Hub answers for a private repo without a token
+            raise RepositoryNotFoundError("401 Repository Not Found", response=SimpleNamespace(headers={}, request=None))
+        return real(repo_id, token=token, **kwargs)
+    monkeypatch.setattr(hubsync, "snapshot_download", anonymous)
+    monkeypatch.setattr(hubsync, "get_token", lambda: None)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    root = tmp_path / "home"
+    sync = HubSync(root, REPO)
+    assert sync.restore() == 0 and sync.paused and not sync.start()
+    zh, en = _both(sync.problem)
+    assert "HF_TOKEN" in en and "read/write" in en and "not backed up" in en and "no sample images" in en
+    assert "HF_TOKEN" in zh and "读写权限" in zh
+    sync.close()
+
+    again = HubSync(root, REPO, token="hf_test")                               # the secret is set: restored
+    assert again.paused                                                        # the hold outlived the restart
+    assert again.restore() == 5 and not again.paused and again.problem is None
+    assert _state(_workbench(tiny_clip_path, root)) == school
+
+
 def test_a_repo_that_cannot_be_created_is_said(hub, monkeypatch, tiny_clip_path, tmp_path):
     def refuse(self, repo_id, **_):
         raise PermissionError("403 Forbidden: you cannot write to teacher/class-library")

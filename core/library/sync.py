@@ -53,7 +53,8 @@ whose rows cannot be counted (a version-1 library, a lost store.json) is kept as
 Failures (no token, repo missing or not writable, no network) never raise: they are logged
 and kept as `problem`, a bilingual `Msg` the app shows. A restore that failed stops pushes for
 this run and keeps a hold on them (`paused`: the app adds no sample images either), so the
-copy on the Hub is never overwritten by a library that started empty.
+copy on the Hub is never overwritten by a library that started empty. So does a repo not found
+while there is no token: a private repo looks missing then, and is not taken for a new one.
 
 Exit: CommitScheduler registers its own atexit push; it is unregistered here, because it
 would run before the library's flush (atexit runs the last registered first) and `close`
@@ -241,8 +242,20 @@ class HubSync:
             images = sum(rel.startswith("images/") for rel in restored)
             log.info("restored the library from dataset %s: %d images", self.repo_id, images)
             return images
+        except RepositoryNotFoundError if not self.token else ():
+            # Without a token a private repo looks missing: taken for a new one, samples would be seeded and,
+            # once HF_TOKEN is set, refused as another library. Hold until a start with a token settles it.
+            self._hold_restore(Msg("找不到数据集 {repo}，或者它是私有的而没有提供令牌。读取和备份私有数据集需要一个有读写权限的 "
+                                   "Hugging Face 令牌：在 Space 设置中添加 secret HF_TOKEN（或在本机运行 `hf auth login`），"
+                                   "然后重启。在此之前图库没有备份，也不会添加示例图片。",
+                                   "The dataset {repo} was not found, or it is private and no token was given. Reading and "
+                                   "backing up a private dataset needs a Hugging Face token with read/write access: add an "
+                                   "HF_TOKEN secret in the Space settings (or run `hf auth login` on this machine), then "
+                                   "restart. Until then the library is not backed up and no sample images are added.",
+                                   repo=self.repo_id))
+            return 0
         except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
-            log.info("dataset %s does not exist yet (or is private and no token was given): a new library", self.repo_id)
+            log.info("dataset %s does not exist yet: a new library", self.repo_id)
             return self._settled()
         except Exception as e:   # noqa: BLE001  network, auth, disk: the app starts with what it has
             self._hold_restore(Msg("无法从数据集 {repo} 恢复图库（{reason}）。应用使用本地图库启动；为避免覆盖 Hub 上的副本，"
