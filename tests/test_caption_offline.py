@@ -405,3 +405,78 @@ def test_caption_tab_shows_core_messages_in_the_ui_language():
     assert en == "a cat" and zh == "" and "缺少 opus-mt-en-zh" in status
     _, _, status = Callbacks(_Workbench(_Captioner(), NoZh())).caption("x.png", "en", progress=progress)
     assert "opus-mt-en-zh is missing" in status
+
+
+# ---------------------------------------------------------------- a download that fails on the way may be brief
+
+class _Response:
+    def __init__(self, status_code):
+        self.status_code = status_code
+
+
+class _HTTPError(OSError):
+    def __init__(self, message, status_code):
+        super().__init__(message)
+        self.response = _Response(status_code)
+
+
+class ReadTimeout(Exception):   # httpx's: no OSError
+    pass
+
+
+class RemoteProtocolError(Exception):
+    pass
+
+
+def _wrapped(inner: BaseException) -> OSError:
+    """As transformers raises it: an OSError from the client's error."""
+    try:
+        raise inner
+    except BaseException as e:   # noqa: BLE001
+        try:
+            raise OSError("Can't load the model for 'org/model'.") from e
+        except OSError as outer:
+            return outer
+
+
+@pytest.mark.parametrize("failure, brief", [
+    (_HTTPError("503 Server Error: Service Unavailable for url", 503), True),
+    (_HTTPError("Server Error", 502), True),
+    (_HTTPError("429 Client Error: Too Many Requests", 429), True),
+    (OSError("500 Server Error: Internal Server Error"), True),
+    (_wrapped(ReadTimeout("The read operation timed out")), True),
+    (ReadTimeout("The read operation timed out"), True),
+    (_wrapped(RemoteProtocolError("peer closed connection without sending complete message body")), True),
+    (ConnectionResetError(104, "Connection reset by peer"), True),
+    (_HTTPError("404 Client Error: Repository Not Found", 404), False),
+    (OSError("404 Client Error: org/model not found"), False),
+    (OSError("org/model does not appear to have a file named pytorch_model.bin"), False),
+    (ValueError("Unable to parse config.json: corrupt"), False),
+])
+def test_a_download_failing_on_the_way_is_retried_a_missing_model_not(online, failure, brief, monkeypatch, tmp_path):
+    clock = [1000.0]
+    monkeypatch.setattr(hf, "_now", lambda: clock[0])
+    monkeypatch.setattr(hf, "_probe", lambda endpoint: None)   # the probe is answered
+    calls = []
+
+    def load(source, cache_dir, local_files_only=False):
+        calls.append(local_files_only)
+        if local_files_only:
+            raise OSError("not in the cache")
+        raise failure
+    lazy = hf.LazyLoad(lambda: hf.load_pretrained("test model", "org/model", [load], tmp_path, False))
+    with pytest.raises(ModelUnavailableError) as first:
+        lazy.get()
+    assert (getattr(first.value, "hub_unreachable", None) is not None) == brief
+    clock[0] += hf.PROBE_TTL_S + 1
+    with pytest.raises(ModelUnavailableError):
+        lazy.get()
+    assert len(calls) == (4 if brief else 2)   # asked again after the probe's TTL, or remembered for good
+
+
+def test_a_failure_of_a_local_folder_is_final(tmp_path):
+    def load(source, cache_dir=None, local_files_only=False, **kw):
+        raise TimeoutError("timed out")
+    with pytest.raises(ModelUnavailableError) as err:
+        hf.load_pretrained("test model", str(tmp_path), [load], tmp_path, False)
+    assert getattr(err.value, "hub_unreachable", None) is None

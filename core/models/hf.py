@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -146,11 +147,42 @@ def _local_hint(flag: str | None) -> str:
     return Msg("（{flag} /本地/文件夹）", " ({flag} /local/folder)", flag=flag) if flag else ""
 
 
+# A download that failed on the way (the hub answered the probe): a timeout, a dropped connection or a server error
+# (5xx, 429) is perhaps brief, like an unreachable hub; a 404, a gated repo or corrupt files are final.
+_BRIEF = frozenset({"TimeoutError", "TimeoutException", "Timeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
+                    "ConnectTimeout", "ConnectionError", "ConnectError", "ReadError", "WriteError", "ProtocolError",
+                    "RemoteProtocolError", "ChunkedEncodingError", "IncompleteRead", "RemoteDisconnected",
+                    "ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError"})
+_BRIEF_TEXT = re.compile(r"\b(5\d\d|429) (Server|Client) Error\b|couldn't connect to|timed out", re.IGNORECASE)
+
+
+def _brief(e: BaseException) -> str | None:
+    """Why a download failed if that may pass (see _BRIEF), else None; the error's causes are read too
+    (transformers wraps the client's error in an OSError)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(status, int) and (status >= 500 or status == 429):
+            return f"HTTP {status}"
+        if isinstance(status, int):
+            return None   # the server answered 4xx: final, whatever the message says
+        if _BRIEF.intersection(c.__name__ for c in type(e).__mro__) or _BRIEF_TEXT.search(str(e)):
+            return (str(e).strip().splitlines() or [type(e).__name__])[0]
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _load(what: str, source: str, load: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    """One loader; missing/corrupt files, no network or no cache entry -> ModelUnavailableError."""
+    """One loader; missing/corrupt files, no network or no cache entry -> ModelUnavailableError. A download
+    that failed in a way that may pass (_brief) carries the reason as `.hub_unreachable`, so LazyLoad asks again."""
     try:
         return load(source, **kwargs)
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:   # noqa: BLE001  httpx's timeouts are no OSError: sorted here
+        downloading = not Path(source).is_dir() and "local_files_only" not in kwargs
+        brief = _brief(e) if downloading else None
+        if brief is None and not isinstance(e, (OSError, ValueError, KeyError)):
+            raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
         if Path(source).is_dir():
             where = Msg("本地文件夹 {source}", "the local directory {source}", source=source)
@@ -167,12 +199,14 @@ def _load(what: str, source: str, load: Callable[..., Any], kwargs: dict[str, An
                 "nothing. To supply it: run once online (without offline mode) to fill the cache from {endpoint} "
                 "(HF_ENDPOINT may name a mirror, e.g. https://hf-mirror.com), or pass a local directory saved with "
                 "save_pretrained().", what=what, cache=kwargs["cache_dir"], endpoint=hub_endpoint())) from None
-        raise ModelUnavailableError(Msg(
+        error = ModelUnavailableError(Msg(
             "无法从{where}加载{what}：{first}。如何提供：传入用 save_pretrained() 保存的本地文件夹；或把 HF_ENDPOINT "
             "设为镜像（如 `https://hf-mirror.com`）；或联网运行一次以下载到缓存。",
             "Could not load the {what} from {where}: {first}. To supply it: pass a local directory saved with "
             "save_pretrained(), set HF_ENDPOINT to a mirror (e.g. https://hf-mirror.com), or run once online to "
-            "fill the cache.", what=what, where=where, first=first)) from None
+            "fill the cache.", what=what, where=where, first=first))
+        error.hub_unreachable = brief   # a timeout, a dropped connection, a 5xx: asked again after PROBE_TTL_S
+        raise error from None
 
 
 def model_type(source: str, cache: Path | None, offline: bool, what: str) -> str:
