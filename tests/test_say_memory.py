@@ -128,3 +128,22 @@ def test_map_and_training_status_keep_no_points_or_history():
     render = partial(_train_status, _status_of(state))
     assert render("en") == _train_status(state, "en") and "19999" in render("en")
     assert _kept_bytes(render) < 2_000
+
+
+def test_one_message_that_cannot_be_said_again_leaves_the_others_switching(caplog):
+    import gradio as gr
+
+    from ui.tabs import Localizer
+
+    def broken(lang):
+        raise KeyError("gone")
+    with gr.Blocks():
+        loc = Localizer("en")
+        loc.message()
+        loc.message()
+        loc.message()
+    with caplog.at_level("ERROR"):
+        updates = loc.updates("zh", (say("lib.empty", "en").render, broken, None))
+    assert updates[0]["value"] == say("lib.empty", "zh")
+    assert "value" not in updates[1] and "value" not in updates[2]   # left as they are
+    assert "could not say a message again" in caplog.text

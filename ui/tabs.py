@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from typing import Callable
 
 import gradio as gr
@@ -16,6 +17,8 @@ from core.library.search import MAX_K
 from .callbacks import CUSTOM, Callbacks
 from .i18n import choices, has_key, t
 from .say import Say
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Localizer", "SafeImage", "classify_tab", "search_tab", "caption_tab", "library_tab"]
 
@@ -121,7 +124,18 @@ class Localizer:
     def updates(self, lang: str, said: tuple) -> list[dict]:
         """`components`' updates in `lang`; `said`: the `memories`' values (a slot without one stays)."""
         labels = [gr.update(**{k: self._text(v, lang) for k, v in specs.items()}) for _, specs in self._items]
-        return labels + [gr.update(value=render(lang)) if render else gr.update() for render in said]
+        return labels + [self._again(render, lang) for render in said]
+
+    @staticmethod
+    def _again(render: Callable[[str], str] | None, lang: str):
+        """A slot's message said again in `lang`; one that cannot be stays as it is (the others still switch)."""
+        if not render:
+            return gr.update()
+        try:
+            return gr.update(value=render(lang))
+        except Exception:   # noqa: BLE001  one message must not break the whole language switch
+            log.exception("could not say a message again in %s", lang)
+            return gr.update()
 
     @staticmethod
     def _text(spec, lang: str):
