@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import hashlib
 import pickle
 import shutil
 import sys
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
 from core.library import sync as hubsync
 from core.library.ingest import Upload, open_library
@@ -127,6 +128,7 @@ class FakeHub:
         self.lose_answer: Exception | None = None   # the commit is applied, then this is raised (answer lost)
         self.fail_download: Exception | None = None
         self.public: set[str] = set()      # repos made public on the Hub (create_repo makes private ones)
+        self.log: dict[str, list[SimpleNamespace]] = {}   # repo -> its commits, the head last
         self.pool = ThreadPoolExecutor(1)   # HfApi.run_as_future: one job at a time, in order
 
     def repo(self, repo_id: str) -> Path:
@@ -144,6 +146,7 @@ class FakeHub:
                 assert repo_type == "dataset" and private is True
                 hub.repo(repo_id).mkdir(parents=True, exist_ok=True)
                 (hub.repo(repo_id) / ".gitattributes").touch()
+                hub.head(repo_id)
                 return SimpleNamespace(repo_id=repo_id)
 
             def list_repo_files(self, repo_id, repo_type=None, revision=None, **_):
@@ -151,7 +154,14 @@ class FakeHub:
 
             def repo_info(self, repo_id, repo_type=None, **_):
                 assert repo_type == "dataset"
-                return SimpleNamespace(id=repo_id, private=repo_id not in hub.public)
+                if not hub.repo(repo_id).is_dir():
+                    raise RepositoryNotFoundError("404 Repository Not Found",
+                                                  response=SimpleNamespace(headers={}, request=None))
+                return SimpleNamespace(id=repo_id, private=repo_id not in hub.public, sha=hub.head(repo_id))
+
+            def list_repo_commits(self, repo_id, repo_type=None, revision=None, **_):
+                hub.head(repo_id)
+                return list(reversed(hub.log[repo_id]))
 
             def hf_hub_download(self, repo_id, filename, repo_type=None, revision=None, local_dir=None, **_):
                 assert repo_type == "dataset"
@@ -162,9 +172,13 @@ class FakeHub:
                 shutil.copy2(hub.repo(repo_id) / filename, target)
                 return str(target)
 
-            def create_commit(self, repo_id, operations, commit_message, repo_type=None, revision=None, **_):
+            def create_commit(self, repo_id, operations, commit_message, repo_type=None, revision=None,
+                              commit_description=None, parent_commit=None, **_):
                 if hub.fail_commit is not None:
                     raise hub.fail_commit
+                if parent_commit is not None and parent_commit != hub.head(repo_id):
+                    raise HfHubHTTPError("412 Precondition Failed: the parent commit is not the head",
+                                         response=SimpleNamespace(status_code=412, headers={}, request=None))
                 operations = list(operations)
                 for op in operations:
                     target = hub.repo(repo_id) / op.path_in_repo
@@ -181,14 +195,24 @@ class FakeHub:
                     else:
                         target.unlink()
                 hub.commits.append(operations)
+                oid = hashlib.sha1(f"{repo_id} {len(hub.commits)}".encode()).hexdigest()
+                hub.log[repo_id].append(SimpleNamespace(commit_id=oid, title=commit_message,
+                                                        message=commit_description or ""))
                 if hub.lose_answer is not None:
                     raise hub.lose_answer
-                return SimpleNamespace(commit_message=commit_message)
+                return SimpleNamespace(commit_message=commit_message, oid=oid)
 
             def run_as_future(self, fn, *args, **kwargs):
                 return hub.pool.submit(fn, *args, **kwargs)
 
         return Api()
+
+    def head(self, repo_id: str) -> str:
+        """The repo's head commit (a repo made by hand gets its first one here)."""
+        if not self.log.get(repo_id):
+            self.log[repo_id] = [SimpleNamespace(commit_id=hashlib.sha1(repo_id.encode()).hexdigest(),
+                                                 title="initial commit", message="")]
+        return self.log[repo_id][-1].commit_id
 
     def snapshot_download(self, repo_id, repo_type=None, local_dir=None, token=None, allow_patterns=None, **_):
         assert repo_type == "dataset"
@@ -650,6 +674,36 @@ def test_rows_added_after_a_cut_short_restore_and_a_failed_retry_are_kept(hub, m
     assert _state(_workbench(tiny_clip_path, root)) == mine
     assert again.start() and not again.push(timeout=30) and "holds another library" in again.problem
     assert hub.files() == on_hub
+
+
+def test_two_copies_of_one_library_do_not_overwrite_each_other(hub, tiny_clip_path, tmp_path):
+    """Two folders restored from one repo (same library, same `created`): the first to push wins, the
+    other is held (one writer per repo) instead of replacing the repo's head with its own images."""
+    _class_library(hub, tiny_clip_path, tmp_path / "school")
+    a, b = tmp_path / "a", tmp_path / "b"
+    sync_a, sync_b = HubSync(a, REPO, token="hf_test"), HubSync(b, REPO, token="hf_test")
+    assert sync_a.restore() == 5 and sync_b.restore() == 5
+    wb_a, wb_b = _workbench(tiny_clip_path, a), _workbench(tiny_clip_path, b)
+    _add(wb_a, 2, seed=3)
+    assert sync_a.start() and sync_a.push(timeout=30)
+    after_a, commits = hub.files(), len(hub.commits)
+    _add(wb_b, 1, seed=4)
+    assert sync_b.start() and not sync_b.push(timeout=30)
+    zh, en = _both(sync_b.problem)
+    assert "Another copy" in en and "One writer per repo" in en and "empty library folder" in en
+    assert "另一个副本" in zh and "一个写入者" in zh
+    assert sync_b.paused and hub.files() == after_a and len(hub.commits) == commits
+    _add(wb_a, 1, seed=5)
+    assert sync_a.push(timeout=30)                                             # the first copy goes on
+    sync_b.close()
+    wb_b.close()
+    again = HubSync(b, REPO, token="hf_test")                                  # held over a restart too
+    assert again.paused and "Another copy" in again.problem
+    assert again.restore() == 0 and again.start() and not again.push(timeout=30)
+    assert sum(f.startswith("images/") for f in hub.files()) == 8
+    again.close()
+    sync_a.close()
+    wb_a.close()
 
 
 def test_a_library_without_a_live_image_is_restored_and_keeps_its_files(hub, tiny_clip_path, tmp_path):

@@ -26,8 +26,8 @@ the mirror is one instant of the library: store.json, its generation's columns a
 of whole records, with every image a row names. The upload then reads the mirror, never the
 live library, and the library's writers wait only for the copy, never for the network. The
 mirror is written only under the scheduler's `lock`. Files gone from the library (a removed
-image, a compacted generation) are deleted from the repo in the same commit, so the repo's
-head is always a library that opens. Deleted images stay in the dataset's git history until
+image, a compacted generation) are deleted from the repo in the same commit, so every commit
+made here is a library that opens. Deleted images stay in the dataset's git history until
 it is squashed (HfApi.super_squash_history).
 
 Whose library: a library is known by its store.json's `created` time (core/library/sync_state.py:
@@ -39,6 +39,12 @@ not restore it); `problem` says so and how to go on, and the hold is kept in
 ever deletes repo files that this folder's sync pushed or restored itself (listed in that
 same file), never files it merely found in the repo. A repo that is public is not pushed to
 unless `allow_public` (--sync-public) says so: `private=True` only applies to a repo created here.
+
+One writer per repo: every commit names its parent (`parent_commit`: the commit this folder last
+pushed or restored, kept in `.hub-sync.json`), so a second copy of the same library (a copied
+folder, a second machine restored from the repo) cannot replace what the other pushed: the Hub
+refuses the commit (412), and the copy is held (HOLD_WRITER) with a `problem` that says so. A
+commit whose answer was lost is recognised by a marker in its description (`pending`).
 
 Restore: only when the local library holds no image (no library at all, or one with no live
 row: e.g. a start whose restore failed), or when a restore was cut short and the folder still has
@@ -73,16 +79,18 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, CommitScheduler, HfApi, get_token, snapshot_download
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from ..messages import Msg
 from ..settings import persistent_root
 from .store import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, STORE_DIR
-from .sync_state import HOLD_CONFLICT, HOLD_RESTORE, STATE_NAME, SyncState, holds_rows, identity, library_files, stat
+from .sync_state import (HOLD_CONFLICT, HOLD_RESTORE, HOLD_WRITER, STATE_NAME, SyncState, holds_rows, identity,
+                         library_files, stat)
 
 __all__ = ["HubSync", "Storage", "storage", "active", "SYNCED", "SYNC_ENV", "EVERY_ENV", "PUBLIC_ENV", "DEFAULT_EVERY",
            "library_files"]
@@ -132,7 +140,12 @@ class _LibraryScheduler(CommitScheduler):
                 files = owner.snapshot(self.folder_path)
                 if MANIFEST_NAME not in files:   # no library here (yet): nothing that would open
                     return None
+                if owner.state.hold == HOLD_WRITER:   # another copy writes to the repo: never pushed over
+                    owner._say(owner._other_writer())
+                    return None
                 if self.remote is None:
+                    if owner.state.pending is not None:   # a commit's answer was lost: did it land?
+                        owner._settle_pending(self.api, self.revision)
                     listing = set(self.api.list_repo_files(self.repo_id, repo_type=self.repo_type,
                                                            revision=self.revision))
                     if not owner._check_repo(self.api, listing, files[MANIFEST_NAME], self.revision):
@@ -150,9 +163,25 @@ class _LibraryScheduler(CommitScheduler):
                 operations = ([CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(files[rel])) for rel in adds]
                               + [CommitOperationDelete(path_in_repo=rel) for rel in gone])
                 images = sum(rel.startswith("images/") for rel in files)
-                info = self.api.create_commit(repo_id=self.repo_id, repo_type=self.repo_type, operations=operations,
-                                              commit_message=f"CLIP Workbench library: {images} images",
-                                              revision=self.revision)
+                owner.state.pending = uuid.uuid4().hex   # found in the head's message if the answer is lost
+                owner.state.save()
+                try:
+                    info = self.api.create_commit(repo_id=self.repo_id, repo_type=self.repo_type,
+                                                  operations=operations, revision=self.revision,
+                                                  commit_message=f"CLIP Workbench library: {images} images",
+                                                  commit_description=f"push {owner.state.pending}",
+                                                  parent_commit=owner.state.head)
+                except HfHubHTTPError as e:
+                    if getattr(e.response, "status_code", None) != 412:
+                        raise
+                    # The repo's head is not the commit this folder last pushed or restored: another copy
+                    # of this library pushed since. Overwriting it would drop that copy's images.
+                    owner.state.hold, owner.state.pending = HOLD_WRITER, None
+                    owner.state.save()
+                    owner._say(owner._other_writer())
+                    self.remote = None
+                    return None
+                owner.state.head, owner.state.pending = getattr(info, "oid", None), None
                 for rel in adds:
                     sent[rel] = stats[rel]
                     self.remote.add(rel)
@@ -187,7 +216,8 @@ class HubSync:
         self.private = private
         self.allow_public = allow_public
         self.state = SyncState.load(self.root / STATE_NAME, self.repo_id)
-        self.problem: Msg | None = self._conflict() if self.state.hold == HOLD_CONFLICT else None
+        self.problem: Msg | None = {HOLD_CONFLICT: self._conflict, HOLD_WRITER: self._other_writer}.get(
+            self.state.hold, lambda: None)()
         self.scheduler: _LibraryScheduler | None = None
         self.pushes = 0           # successful pushes (tests, logs)
         self._restore_failed = False
@@ -215,8 +245,9 @@ class HubSync:
         try:
             shutil.rmtree(tmp, ignore_errors=True)   # a restore interrupted before: only downloaded copies
             tmp.mkdir(parents=True, exist_ok=True)
+            head = HfApi(token=self.token).repo_info(self.repo_id, repo_type="dataset").sha
             snapshot_download(self.repo_id, repo_type="dataset", local_dir=str(tmp), token=self.token,
-                              allow_patterns=SYNCED)
+                              allow_patterns=SYNCED, revision=head)
             if not (tmp / MANIFEST_NAME).is_file():
                 log.info("dataset %s holds no library yet: starting a new one", self.repo_id)
                 return self._settled()
@@ -237,7 +268,7 @@ class HubSync:
             state.restoring = True
             state.save()
             restored = self._move_into_place(tmp)
-            state.library, state.sent = theirs, restored
+            state.library, state.sent, state.head = theirs, restored, head
             self._settled()
             images = sum(rel.startswith("images/") for rel in restored)
             log.info("restored the library from dataset %s: %d images", self.repo_id, images)
@@ -403,6 +434,25 @@ class HubSync:
         state.hold = state.other = None
         state.save()
         return True
+
+    def _settle_pending(self, api: HfApi, revision: str | None) -> None:
+        """A commit was sent and its answer lost: if the repo's head is that commit, it is this folder's head."""
+        state = self.state
+        head = next(iter(api.list_repo_commits(self.repo_id, repo_type="dataset", revision=revision)), None)
+        if head is not None and state.pending in f"{head.title}\n{head.message}":
+            state.head = head.commit_id
+        state.pending = None
+        state.save()
+
+    def _other_writer(self) -> Msg:
+        return Msg("另一个副本的图库已推送到数据集 {repo}（它的最新提交不是本机上次推送或恢复的那个），因此本机不会推送："
+                   "推送会覆盖那个副本添加的图片。每个数据集只能有一个写入者。要继续使用数据集中的图库，请停止本机的应用，"
+                   "用一个空的图库文件夹启动，它会从数据集恢复；要备份本机的图库，请改用另一个数据集仓库（--sync-to-hub）。",
+                   "Another copy of this library pushed to the dataset {repo} (its head is not the commit this "
+                   "machine last pushed or restored), so nothing is pushed from here: a push would overwrite the "
+                   "images that copy added. One writer per repo: to go on with the dataset's library, start the "
+                   "app with an empty library folder and it is restored; to back this library up, use another "
+                   "dataset repo (--sync-to-hub).", repo=self.repo_id)
 
     def _conflict(self) -> Msg:
         return Msg("数据集 {repo} 中保存的是另一个图库（创建于 {theirs}），不是本机的图库（{root}，创建于 {mine}），"

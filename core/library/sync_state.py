@@ -21,11 +21,13 @@ from .columns import COLUMN_FILES
 from .journal import JOURNAL_HEADER, JOURNAL_MAGIC, read_records, write_atomic
 from .store import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, STORE_DIR
 
-__all__ = ["library_files", "identity", "holds_rows", "stat", "SyncState", "STATE_NAME", "HOLD_RESTORE", "HOLD_CONFLICT"]
+__all__ = ["library_files", "identity", "holds_rows", "stat", "SyncState", "STATE_NAME", "HOLD_RESTORE", "HOLD_CONFLICT",
+           "HOLD_WRITER"]
 
 STATE_NAME = ".hub-sync.json"       # in the library folder, never pushed
 HOLD_RESTORE = "restore"            # a restore failed: the repo may hold the class's library
 HOLD_CONFLICT = "conflict"          # the repo holds another library than this one
+HOLD_WRITER = "writer"              # another copy of this library pushed to the repo: one writer per repo
 _COLUMN_STEMS = {name.partition(".")[0] for name in COLUMN_FILES}
 
 
@@ -104,6 +106,8 @@ class SyncState:
     hold: str | None = None                        # HOLD_RESTORE | HOLD_CONFLICT: no push until the repo is checked
     other: float | None = None                     # with HOLD_CONFLICT: the identity of the repo's library
     restoring: bool = False                        # files were being moved into place (a crash: do it again)
+    head: str | None = None                        # the repo's commit this folder last pushed or restored
+    pending: str | None = None                     # the marker of a commit sent whose answer never came
 
     @classmethod
     def load(cls, path: Path, repo: str) -> "SyncState":
@@ -114,13 +118,15 @@ class SyncState:
                 return cls(path, repo)
             return cls(path, repo, library=data.get("library"),
                        sent={rel: (int(s[0]), int(s[1])) for rel, s in data.get("sent", {}).items()},
-                       hold=data.get("hold"), other=data.get("other"), restoring=bool(data.get("restoring")))
+                       hold=data.get("hold"), other=data.get("other"), restoring=bool(data.get("restoring")),
+                       head=data.get("head"), pending=data.get("pending"))
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             return cls(path, repo)
 
     def save(self) -> None:
         data = {"repo": self.repo, "library": self.library, "hold": self.hold, "other": self.other,
-                "restoring": self.restoring, "sent": {rel: list(s) for rel, s in sorted(self.sent.items())}}
+                "restoring": self.restoring, "head": self.head, "pending": self.pending,
+                "sent": {rel: list(s) for rel, s in sorted(self.sent.items())}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, lambda f: f.write(json.dumps(data).encode()))
 
