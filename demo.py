@@ -115,7 +115,7 @@ def open_workbench(args: argparse.Namespace):
                          background=True)
     # Registered after sync.close, so it runs before it (atexit runs the last registered first): at exit
     # features_library.pth gets what the flusher has not written, then that state is pushed.
-    atexit.register(wb.close)
+    _on_exit(wb.close)
     if wb.notice:
         log.warning("%s", wb.notice)
     if not len(wb) and not args.no_seed:   # a first start: something to search at once
@@ -137,8 +137,29 @@ def hub_sync(args: argparse.Namespace):
                    allow_public=args.sync_public)
     sync.restore()
     # Registered before wb.close, so it runs after it: the library is flushed, then pushed once more here.
-    atexit.register(sync.close)
+    _on_exit(sync.close)
     return sync
+
+
+_closers: list = []
+
+
+def _on_exit(fn) -> None:
+    """Run `fn` at exit: from main() once the server stops (Ctrl-C, SIGTERM), while thread pools still
+    work (huggingface_hub's LFS upload needs them), and by atexit as the fallback (a second call is cheap:
+    HubSync.close is idempotent, wb.close flushes nothing new)."""
+    _closers.append(fn)
+    atexit.register(fn)
+
+
+def close_all() -> None:
+    """The library's flush, then its last push: what atexit would run, in the same order, now."""
+    while _closers:
+        fn = _closers.pop()
+        try:
+            fn()
+        except Exception:   # noqa: BLE001  one closer failing must not skip the others
+            log.exception("closing %s failed", getattr(fn, "__qualname__", fn))
 
 
 def prepare_space() -> None:
@@ -170,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, quiet=True,
                 prevent_thread_lock=True, **options)
     print(console_hint(demo.local_url, demo.share_url), flush=True)
-    demo.block_thread()
+    try:
+        demo.block_thread()   # returns on Ctrl-C / close; a SIGTERM's SystemExit passes through
+    finally:
+        close_all()
     return 0
 
 

@@ -792,6 +792,36 @@ def test_at_exit_the_flushed_library_is_pushed_without_a_warning(hub, tiny_clip_
     assert len(torch.load(pushed / "features_library.pth", weights_only=True)["files"]) == 2
 
 
+@pytest.mark.parametrize("stop", [None, SystemExit(0)])
+def test_main_flushes_and_pushes_when_the_server_stops_not_only_at_exit(monkeypatch, stop):
+    """Ctrl-C / close (block_thread returns) and SIGTERM (SystemExit): the closers run in main(), while
+    thread pools still work, the last registered first; atexit only finds them done."""
+    import demo
+    ran: list[str] = []
+    monkeypatch.setattr(demo.atexit, "register", lambda fn: fn)
+    monkeypatch.setattr(demo, "_closers", [])
+
+    class Demo:
+        local_url, share_url = "http://127.0.0.1:7860", None
+        def launch(self, **_): pass
+        def block_thread(self):
+            if stop is not None:
+                raise stop
+
+    monkeypatch.setattr(demo, "build", lambda args: (Demo(), {}))
+    monkeypatch.setattr(demo, "prepare_space", lambda: None)
+    demo._on_exit(lambda: ran.append("sync.close"))
+    demo._on_exit(lambda: ran.append("wb.close"))
+    if stop is None:
+        assert demo.main([]) == 0
+    else:
+        with pytest.raises(SystemExit):
+            demo.main([])
+    assert ran == ["wb.close", "sync.close"]
+    demo.close_all()
+    assert ran == ["wb.close", "sync.close"]                                   # once only
+
+
 # ---------------------------------------------------------------------- ZeroGPU
 
 @pytest.fixture
