@@ -147,3 +147,40 @@ def test_one_message_that_cannot_be_said_again_leaves_the_others_switching(caplo
     assert updates[0]["value"] == say("lib.empty", "zh")
     assert "value" not in updates[1] and "value" not in updates[2]   # left as they are
     assert "could not say a message again" in caplog.text
+
+
+def test_a_running_trainings_status_follows_the_sessions_language(monkeypatch):
+    from types import SimpleNamespace
+
+    import ui.learn as learn
+    from core.lab.live import LiveState
+    from ui.say import SessionLangs
+
+    langs = SessionLangs(size=2)
+    monkeypatch.setattr(learn, "session_langs", langs)
+    monkeypatch.setattr(learn, "POLL_S", 0)
+    states = iter([LiveState(running=True, run=Path("/runs/r1"), steps=[(1, 2.0)], total_steps=10)] * 2
+                  + [LiveState(running=False, run=Path("/runs/r1"), steps=[(10, 1.0)], total_steps=10)])
+    trainer = SimpleNamespace(snapshot=lambda: next(states))
+    lc = learn.LearnCallbacks(SimpleNamespace(wb=None, access=None), trainer)
+    me, other = SimpleNamespace(session_hash="me"), SimpleNamespace(session_hash="other")
+    polls = lc.train_watch("en", me)
+    first = next(polls)[2]
+    assert first == learn._train_status(learn._status_of(LiveState(running=True, run=Path("/runs/r1"),
+                                                                  steps=[(1, 2.0)], total_steps=10)), "en")
+    langs.set(other, "zh")          # another session's switch changes nothing here
+    assert next(polls)[2] == first
+    langs.set(me, "zh")             # this session switched while it runs
+    last = next(polls)[2]
+    assert last == last.render("zh") and last != last.render("en")
+
+
+def test_session_languages_keep_only_the_latest_sessions():
+    from types import SimpleNamespace
+
+    from ui.say import SessionLangs
+    langs = SessionLangs(size=2)
+    a, b, c = (SimpleNamespace(session_hash=h) for h in "abc")
+    langs.set(a, "zh"), langs.set(b, "zh"), langs.set(a, "en"), langs.set(c, "zh")
+    assert langs.get(b, "x") == "x" and langs.get(a, "x") == "en" and langs.get(c, "x") == "zh"
+    assert langs.get(None, "en") == "en" and langs.get(SimpleNamespace(session_hash=None), "zh") == "zh"

@@ -30,6 +30,7 @@ from .http_api import build_api
 from .i18n import AUTH_MESSAGE, DEFAULT_LANG, pick_lang, t
 from .learn import learn_tab
 from .locale import LocaleScript, detect_js, switch_js
+from .say import session_langs
 from .tabs import Localizer, caption_tab, classify_tab, library_tab, search_tab
 
 __all__ = ["build_app", "build_error_app", "launch_options", "QueueConfig"]
@@ -168,8 +169,9 @@ def _language_events(demo: gr.Blocks, radio: gr.Radio, lang_state: gr.State, loc
                      follow_browser: bool, then: list[dict]) -> None:
     """The radio relabels every registered component and says every filled message slot again;
     on load it follows the browser's locale."""
-    def relabel(value: str, *said):
+    def relabel(request: gr.Request, value: str, *said):
         lang = pick_lang(value)
+        session_langs.set(request, lang)   # what runs on (a training's live status) follows too
         return [lang, *loc.updates(lang, said)]
 
     event = radio.change(relabel, [radio, *loc.memories], [lang_state, *loc.components], api_visibility="private",

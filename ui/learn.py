@@ -31,7 +31,7 @@ from .callbacks import Callbacks, who
 from .errors import fail, user_errors
 from .guard import blocked_paths, served_paths
 from .i18n import t
-from .say import Say, say
+from .say import Say, say, session_langs
 
 __all__ = ["LearnCallbacks", "learn_tab"]
 
@@ -69,12 +69,14 @@ class LearnCallbacks:
                             hard_negatives=bool(hard), shapes_train=int(images))
         if not self.trainer.start(config):
             raise fail("learn.busy", lang)
-        yield from self.train_watch(lang)
+        yield from self.train_watch(lang, request)
 
-    def train_watch(self, lang: str):
-        """-> (loss plot, metrics plot, status) every POLL_S until the training ends."""
+    def train_watch(self, lang: str, request: gr.Request = None):
+        """-> (loss plot, metrics plot, status) every POLL_S until the training ends; each status in the
+        language the session shows at that poll (a switch while it runs is followed)."""
         while True:
             state = self.trainer.snapshot()
+            lang = session_langs.get(request, lang)
             yield _loss_frame(state), _metrics_frame(state), Say(partial(_train_status, _status_of(state)), lang)
             if not state.running:
                 return

@@ -10,13 +10,15 @@ State, and the language switch renders every filled slot again.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Callable
 
 from core.messages import Msg, error_message, localize
 
 from .i18n import t
 
-__all__ = ["Say", "say"]
+__all__ = ["Say", "say", "SessionLangs", "session_langs"]
 
 
 class Say(str):
@@ -48,3 +50,32 @@ def _message(e: BaseException) -> str:
     if isinstance(reason, Msg) and hasattr(e, "name"):
         return Msg("{name}: {reason}", "{name}: {reason}", name=str(e.name), reason=reason)
     return error_message(e)
+
+
+class SessionLangs:
+    """The language each browser session shows now (keyed by the request's session_hash), for what runs
+    on across a language switch: a training's live status reads it at every poll. The language switch
+    (ui/app.py) writes it. The `size` sessions used last are kept (an LRU: a closed tab costs nothing
+    for long)."""
+
+    def __init__(self, size: int = 500):
+        self.size, self._langs, self._lock = size, OrderedDict(), threading.Lock()
+
+    def set(self, request, lang: str) -> None:
+        key = getattr(request, "session_hash", None)
+        if key is None:
+            return
+        with self._lock:
+            self._langs[key] = lang
+            self._langs.move_to_end(key)
+            while len(self._langs) > self.size:
+                self._langs.popitem(last=False)
+
+    def get(self, request, default: str) -> str:
+        """The session's language now; `default` (the event's language) for a session never switched."""
+        key = getattr(request, "session_hash", None)
+        with self._lock:
+            return self._langs.get(key, default) if key is not None else default
+
+
+session_langs = SessionLangs()
