@@ -46,7 +46,7 @@ def _env_offline() -> bool:
 
 # ---------------------------------------------------------------- is the hub there at all?
 
-PROBE_TIMEOUT_S = 3.0   # connecting to the hub; a refused connection or an unknown name answers at once
+PROBE_TIMEOUT_S = 3.0   # connecting to the hub or OpenAI's host; a refused connection or an unknown name answers at once
 PROBE_TTL_S = 60.0      # an answer is reused this long, so a page of requests probes once
 _probes: dict[str, tuple[float, str | None]] = {}   # endpoint -> (_now() time, why unreachable | None)
 _probe_lock = threading.Lock()
@@ -82,22 +82,28 @@ def _probe(endpoint: str) -> str | None:
     from huggingface_hub.utils import get_session   # imported here: the time limit below is the request's alone
     if not endpoint.lower().startswith(("http://", "https://")):   # e.g. HF_ENDPOINT=hf-mirror.com
         return Msg("地址缺少 http:// 或 https://", "the address lacks http:// or https://")
-    answer: list[str | None] = []
 
-    def ask() -> None:
+    def ask(timeout: float) -> str | None:
         try:
             session = get_session()   # a SOCKS proxy without its extra fails here, as the downloads would
             if type(session).__module__.split(".")[0] == "requests":   # huggingface_hub < 1.0
-                session.head(endpoint + "/", timeout=PROBE_TIMEOUT_S, allow_redirects=False).close()
+                session.head(endpoint + "/", timeout=timeout, allow_redirects=False).close()
             else:
-                session.head(endpoint + "/", timeout=PROBE_TIMEOUT_S, follow_redirects=False)
+                session.head(endpoint + "/", timeout=timeout, follow_redirects=False)
         except Exception as e:   # noqa: BLE001  sorted by kind below, never raised
             if isinstance(e, ImportError) or _NO_ANSWER.intersection(c.__name__ for c in type(e).__mro__):
-                answer.append(str(e) or type(e).__name__)
-                return
-        answer.append(None)
+                return str(e) or type(e).__name__
+        return None
 
-    worker = threading.Thread(target=ask, name="hub-probe", daemon=True)   # bounds even a hanging DNS lookup
+    return bounded_probe(ask, "hub-probe")
+
+
+def bounded_probe(ask: Callable[[float], str | None], name: str) -> str | None:
+    """`ask(PROBE_TIMEOUT_S)` (None: the host answered; else why not) in a daemon thread, waited for at most
+    twice that: a hanging DNS lookup, which no request timeout bounds, becomes "no answer within N s".
+    Each probe keeps its own HTTP stack (the hub's: huggingface_hub's session; OpenAI's: urllib)."""
+    answer: list[str | None] = []
+    worker = threading.Thread(target=lambda: answer.append(ask(PROBE_TIMEOUT_S)), name=name, daemon=True)
     worker.start()
     worker.join(2 * PROBE_TIMEOUT_S)
     if not answer:

@@ -310,7 +310,6 @@ def load_clip_named(name: str, runtime: Runtime, cache: Path, offline: bool) -> 
     return load_clip_file(target, runtime, model_id=name, cache=cache)
 
 
-PROBE_TIMEOUT_S = 3.0   # a refused connection or an unknown name answers at once; a dropped one waits this long
 
 
 def _origin(url: str) -> str:
@@ -323,25 +322,18 @@ def openai_unreachable(url: str) -> str | None:
     """None when OpenAI's download host answers (any HTTP status); else why not, within a few seconds.
     Asked with urllib, as clip downloads (the same proxy settings), in a thread that bounds a hanging
     DNS lookup."""
-    import threading
     import urllib.error
     import urllib.request
-    answer: list[str | None] = []
 
-    def ask() -> None:
+    from .hf import bounded_probe
+
+    def ask(timeout: float) -> str | None:
         try:
-            urllib.request.urlopen(urllib.request.Request(_origin(url) + "/", method="HEAD"),
-                                   timeout=PROBE_TIMEOUT_S).close()
+            urllib.request.urlopen(urllib.request.Request(_origin(url) + "/", method="HEAD"), timeout=timeout).close()
         except urllib.error.HTTPError:   # an answer, even an error: the host is there
             pass
         except (OSError, ValueError) as e:   # URLError, timeouts, refused, unknown name, bad URL
-            answer.append(str(getattr(e, "reason", None) or e) or type(e).__name__)
-            return
-        answer.append(None)
+            return str(getattr(e, "reason", None) or e) or type(e).__name__
+        return None
 
-    worker = threading.Thread(target=ask, name="openai-probe", daemon=True)
-    worker.start()
-    worker.join(2 * PROBE_TIMEOUT_S)
-    if not answer:
-        return Msg("{seconds} 秒内没有应答", "no answer within {seconds} s", seconds=round(2 * PROBE_TIMEOUT_S))
-    return answer[0]
+    return bounded_probe(ask, "openai-probe")
