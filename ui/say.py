@@ -10,10 +10,9 @@ State, and the language switch renders every filled slot again.
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Callable
 
+from core.lru import LRU
 from core.messages import Msg, error_message, localize
 
 from .i18n import t
@@ -59,23 +58,17 @@ class SessionLangs:
     for long)."""
 
     def __init__(self, size: int = 500):
-        self.size, self._langs, self._lock = size, OrderedDict(), threading.Lock()
+        self._langs = LRU(size)
 
     def set(self, request, lang: str) -> None:
         key = getattr(request, "session_hash", None)
-        if key is None:
-            return
-        with self._lock:
-            self._langs[key] = lang
-            self._langs.move_to_end(key)
-            while len(self._langs) > self.size:
-                self._langs.popitem(last=False)
+        if key is not None:
+            self._langs.put(key, lang)
 
     def get(self, request, default: str) -> str:
         """The session's language now; `default` (the event's language) for a session never switched."""
         key = getattr(request, "session_hash", None)
-        with self._lock:
-            return self._langs.get(key, default) if key is not None else default
+        return (self._langs.get(key) if key is not None else None) or default
 
 
 session_langs = SessionLangs()

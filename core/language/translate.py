@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from ..models.hf import LazyLoad, is_hub_id, load_pretrained
 from ..errors import ModelUnavailableError, UnknownModelError
+from ..lru import LRU
 from ..messages import Msg
 from .script import source_language
 from ..settings import Runtime, pick_runtime
@@ -54,32 +54,6 @@ class TranslateSettings:
     max_input_tokens: int = 256  # longer inputs are truncated (NLLB was trained on <= 512)
     batch_size: int = 16         # texts per generate() call
     cache_size: int = 4096       # translations remembered (LRU); 0 disables the cache
-
-
-class _LRU:
-    """A thread-safe least-recently-used map of (target, text) -> translation."""
-
-    def __init__(self, size: int):
-        self.size, self._data, self._lock = size, OrderedDict(), threading.Lock()
-
-    def get(self, key) -> str | None:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        return None
-
-    def put(self, key, value: str) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 class _Parts(NamedTuple):
@@ -171,7 +145,7 @@ class Translator:
         self.runtime = runtime or pick_runtime()
         self.settings, self._cache_dir, self._offline = settings, cache, offline
         self._lazy = {src: LazyLoad(lambda src=src: self._load(src)) for src in set(self._sources.values())}
-        self._memo = _LRU(settings.cache_size)
+        self._memo = LRU(settings.cache_size)   # (target, text) -> translation
         self._run_lock = threading.Lock()  # NLLB's tokenizer holds src_lang as state; one generate() at a time
 
     def _load(self, source: str) -> _Parts:
