@@ -55,20 +55,18 @@ def _format(template: str, fields: dict[str, Any], lang: str) -> str:
 
 def localize(value: Any, lang: str) -> str:
     """A `Msg`, an exception raised with one (or any other value) as text in `lang`."""
-    if isinstance(value, Msg):
-        return value.text(lang)
     if isinstance(value, BaseException):
-        reason = getattr(value, "reason", None)   # ImageError: "name: reason"
-        if isinstance(reason, Msg) and hasattr(value, "name"):
-            return f"{value.name}: {reason.text(lang)}"
-        if len(value.args) == 1 and isinstance(value.args[0], Msg):
-            return value.args[0].text(lang)
-    return str(value)
+        value = error_message(value)
+    return value.text(lang) if isinstance(value, Msg) else str(value)
 
 
 def error_message(e: BaseException) -> str:
-    """The message `e` was raised with, to put inside another message: its Msg (both languages)
-    when it has one, else str(e) verbatim."""
+    """The message `e` was raised with, to put inside another message (or keep without `e` and its
+    traceback): its Msg (both languages) when it has one, an ImageError's "name: reason" too, else
+    str(e) verbatim."""
+    reason = getattr(e, "reason", None)
+    if isinstance(reason, Msg) and hasattr(e, "name"):
+        return Msg("{name}: {reason}", "{name}: {reason}", name=str(e.name), reason=reason)
     return e.args[0] if len(e.args) == 1 and isinstance(e.args[0], Msg) else str(e)
 
 

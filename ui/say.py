@@ -36,19 +36,12 @@ def say(key: str, lang: str, **fields) -> Say:
     """t(key, lang, **fields) as a Say; fields that are Msgs or errors carrying one follow the language too.
     An error is kept as its message (`error_message`), never itself: its traceback would keep every frame's
     locals (an upload's decoded picture...) alive as long as the slot's State."""
-    kept = {k: _message(v) if isinstance(v, BaseException) else v for k, v in fields.items()}
+    kept = {k: error_message(v) if isinstance(v, BaseException) else v for k, v in fields.items()}
 
     def render(l: str) -> str:
         return t(key, l, **{k: localize(v, l) if isinstance(v, Msg) else v for k, v in kept.items()})
     return Say(render, lang)
 
-
-def _message(e: BaseException) -> str:
-    """An error's message without the error: its Msg (an ImageError's "name: reason" too), else its str."""
-    reason = getattr(e, "reason", None)
-    if isinstance(reason, Msg) and hasattr(e, "name"):
-        return Msg("{name}: {reason}", "{name}: {reason}", name=str(e.name), reason=reason)
-    return error_message(e)
 
 
 class SessionLangs:
