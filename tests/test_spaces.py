@@ -14,6 +14,7 @@ import threading
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -618,20 +619,29 @@ def test_a_push_deletes_only_what_this_library_put_in_the_repo(hub, tiny_clip_pa
     wb.close()
 
 
-def test_a_restore_cut_short_is_finished_at_the_next_start(hub, monkeypatch, tiny_clip_path, tmp_path):
-    school = _class_library(hub, tiny_clip_path, tmp_path / "school")
-    root = tmp_path / "home"
+@contextmanager
+def _power_cut(monkeypatch):
+    """The power fails as a restore moves features_library.pth into place: images are in, store.json is not."""
     real = hubsync.os.replace
 
-    def power_cut(src, dst):
+    def cut(src, dst):
         if Path(dst).name == "features_library.pth":
             raise OSError("power cut")
         return real(src, dst)
-    monkeypatch.setattr(hubsync.os, "replace", power_cut)
-    cut = HubSync(root, REPO, token="hf_test")
-    assert cut.restore() == 0 and cut.paused
+    monkeypatch.setattr(hubsync.os, "replace", cut)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(hubsync.os, "replace", real)
+
+
+def test_a_restore_cut_short_is_finished_at_the_next_start(hub, monkeypatch, tiny_clip_path, tmp_path):
+    school = _class_library(hub, tiny_clip_path, tmp_path / "school")
+    root = tmp_path / "home"
+    with _power_cut(monkeypatch):
+        cut = HubSync(root, REPO, token="hf_test")
+        assert cut.restore() == 0 and cut.paused
     assert any((root / "images").rglob("*.png")) and not (root / "store.json").exists()   # images, no store.json
-    monkeypatch.setattr(hubsync.os, "replace", real)
     cut.close()
 
     again = HubSync(root, REPO, token="hf_test")
@@ -650,15 +660,8 @@ def test_rows_added_after_a_cut_short_restore_and_a_failed_retry_are_kept(hub, m
     _class_library(hub, tiny_clip_path, tmp_path / "school")
     on_hub = hub.files()
     root = tmp_path / "home"
-    real = hubsync.os.replace
-
-    def power_cut(src, dst):
-        if Path(dst).name == "features_library.pth":
-            raise OSError("power cut")
-        return real(src, dst)
-    monkeypatch.setattr(hubsync.os, "replace", power_cut)
-    HubSync(root, REPO, token="hf_test").restore()
-    monkeypatch.setattr(hubsync.os, "replace", real)
+    with _power_cut(monkeypatch):
+        HubSync(root, REPO, token="hf_test").restore()
     hub.fail_download = ConnectionError("network is unreachable")
     retry = HubSync(root, REPO, token="hf_test")
     assert retry.restore() == 0 and retry.paused and retry.state.restoring
