@@ -146,8 +146,7 @@ _closers: list = []
 
 def _on_exit(fn) -> None:
     """Run `fn` at exit: from main() once the server stops (Ctrl-C, SIGTERM), while thread pools still
-    work (huggingface_hub's LFS upload needs them), and by atexit as the fallback (a second call is cheap:
-    HubSync.close is idempotent, wb.close flushes nothing new)."""
+    work (huggingface_hub's LFS upload needs them), else by atexit as the fallback."""
     _closers.append(fn)
     atexit.register(fn)
 
@@ -156,6 +155,7 @@ def close_all() -> None:
     """The library's flush, then its last push: what atexit would run, in the same order, now."""
     while _closers:
         fn = _closers.pop()
+        atexit.unregister(fn)   # done here: atexit need not run it again
         try:
             fn()
         except Exception:   # noqa: BLE001  one closer failing must not skip the others
