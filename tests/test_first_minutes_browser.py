@@ -60,7 +60,7 @@ def test_offline_banner_and_shapes_in_chinese(page):
     page.get_by_role("button", name="分类", exact=True).click()
     page.locator("#zs-status").get_by_text("从未见过这些词：猫").wait_for()
     shot(page, "first_offline_zh")
-    page.get_by_role("tab", name="以文搜图").click()
+    page.get_by_role("tab", name="图文搜索").click()
     page.get_by_role("button", name="搜索", exact=True).click()
     page.locator("#search-info").get_by_text("图库是空的").or_(page.locator("#search-info").get_by_text("张")).first.wait_for()
     shot(page, "first_search_zh")
@@ -92,7 +92,7 @@ def test_search_preview_and_delete_in_chinese(page, app):
     delete asks first and reports in Chinese."""
     app.wb.add(sorted(SHAPES.glob("*.png")))             # already there when the test above ran: duplicates
     page.locator("#lang").get_by_text("中文").click()
-    page.get_by_role("tab", name="以文搜图").click()
+    page.get_by_role("tab", name="图文搜索").click()
     page.get_by_role("button", name="搜索", exact=True).click()
     info = page.locator("#search-info")
     info.get_by_text("较弱的匹配已隐藏").wait_for()

@@ -81,6 +81,23 @@ def test_only_the_teacher_trains(app):
         student.predict("shapes", 1, 32, "transformer", True, 64, api_name="/train_start")
 
 
+def test_learn_plots_are_numeric_from_the_first_empty_frame():
+    """The first frames of a run are empty; their columns must already be numbers, or the plot takes
+    them for categories and keeps that axis (a falling loss drawn as unordered labels)."""
+    import gradio as gr
+    from core.lab.live import LiveState
+    from ui.learn import _loss_frame, _metrics_frame
+    empty = LiveState(True, None)
+    later = LiveState(True, None, steps=[(1, 6.143), (2, 4.488), (3, 15.5)],
+                      epochs=[{"epoch": 1, "val_mean_recall": 2.792, "val_en_shape_top1": 50.0}])
+    for state in (empty, later):
+        loss = gr.LinePlot(x="step", y="loss").postprocess(_loss_frame(state))
+        metrics = gr.LinePlot(x="epoch", y="value", color="metric").postprocess(_metrics_frame(state))
+        assert loss.datatypes == {"step": "quantitative", "loss": "quantitative"}
+        assert metrics.datatypes == {"epoch": "quantitative", "value": "quantitative", "metric": "nominal"}
+    assert [row[1] for row in gr.LinePlot(x="step", y="loss").postprocess(_loss_frame(later)).data] == [6.143, 4.488, 15.5]
+
+
 def test_live_trainer_runs_one_at_a_time_and_stops(tmp_path):
     trainer = LiveTrainer(tmp_path)
     config = LiveConfig(epochs=5, batch_size=32, shapes_train=256, shapes_val=16, shapes_test=16, image_size=32)
@@ -99,6 +116,9 @@ def test_train_live_then_use_the_model(app, teacher):
                                             TINY_RUN["images"], api_name="/train_start")
     assert "Training finished" in status and "Best model" in status, status
     assert len(loss["data"]) == 2 and metrics["data"], (loss, metrics)   # 64 images / 32 per batch = 2 steps
+    # numbers on numeric axes (drawn as lines), not as categories in arrival order
+    assert loss["datatypes"] == {"step": "quantitative", "loss": "quantitative"}, loss["datatypes"]
+    assert metrics["datatypes"] == {"epoch": "quantitative", "value": "quantitative", "metric": "nominal"}
     before = app.wb.encoder.model_id
     status = teacher.predict(api_name="/use_model")
     assert "now uses `mini:" in status

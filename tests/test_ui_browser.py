@@ -123,7 +123,7 @@ def test_switch_to_chinese(page):
     page.locator("#lang").get_by_text("中文").click()
     # the switch re-renders every label in one update, but the browser may paint the tabs one by one:
     # wait for each (a failure still times out with the missing name) instead of sampling once
-    for name in ("零样本分类", "以文搜图", "图像描述", "图库"):
+    for name in ("零样本分类", "图文搜索", "图像描述", "图库"):
         page.get_by_role("tab", name=name).wait_for(state="visible")
     page.get_by_role("button", name="分类").wait_for(state="visible")
     page.locator("#zs-image input[type=file]").set_input_files(str(SAMPLES / "cat_chelsea.jpg"))
@@ -140,13 +140,13 @@ def test_browser_locale_picks_chinese(browser, app):
     context.set_default_timeout(TIMEOUT_MS)
     pg = context.new_page()
     pg.goto(app.url)
-    pg.get_by_role("tab", name="以文搜图").wait_for()
+    pg.get_by_role("tab", name="图文搜索").wait_for()
     context.close()
 
 
 def test_chinese_error_is_readable(page):
     page.locator("#lang").get_by_text("中文").click()
-    page.get_by_role("tab", name="以文搜图").click()
+    page.get_by_role("tab", name="图文搜索").click()
     page.get_by_role("button", name="搜索", exact=True).click()
     page.get_by_text("查询为空").first.wait_for()
     shot(page, "search_error_zh")

@@ -29,7 +29,7 @@ from .guard import LoginLimiter, blocked_paths, served_paths
 from .http_api import build_api
 from .i18n import AUTH_MESSAGE, DEFAULT_LANG, pick_lang, t
 from .learn import learn_tab
-from .locale import LocaleScript, detect_js, switch_js
+from .locale import TOAST_CSS, LocaleScript, detect_js, switch_js
 from .say import session_langs
 from .tabs import Localizer, caption_tab, classify_tab, library_tab, search_tab
 
@@ -40,7 +40,7 @@ CSS = """
 #notice {background: #fff4e5; border-left: 4px solid #f59e0b; padding: 6px 12px; border-radius: 6px}
 #broken {background: #fdecea; border-left: 4px solid #dc2626; padding: 6px 12px; border-radius: 6px}
 footer {display: none !important}
-"""
+""" + TOAST_CSS
 CACHE_LIFETIME = (3600, 86400)   # every hour, delete served copies and uploads older than a day
 
 
@@ -62,24 +62,26 @@ def build_app(wb: Workbench, lang: str | None = None, access: Access | None = No
     heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         lang_state = gr.State(start)
+        on_page = gr.State(False)   # True in a browser's session (set on load); API callers keep False (ui/errors.py)
         radio = _header(loc, start, subtitle=lambda l: t("app.subtitle", l, model=wb.encoder.model_id,
                                                           device=localize(wb.runtime.describe(), l)))
         _banner(wb, loc)
         starters = wb.starters
         with loc(gr.Tab, label="tab.classify"):
-            classify_tab(cb, loc, lang_state, samples=[[str(p)] for p in starters.images], labels=starters.labels)
+            classify_tab(cb, loc, lang_state, on_page, samples=[[str(p)] for p in starters.images], labels=starters.labels)
         with loc(gr.Tab, label="tab.search"):
-            search_tab(cb, loc, lang_state, query=starters.query)
+            search_tab(cb, loc, lang_state, on_page, query=starters.query)
         with loc(gr.Tab, label="tab.caption"):
-            caption_tab(cb, loc, lang_state)
+            caption_tab(cb, loc, lang_state, on_page)
         with loc(gr.Tab, label="tab.library") as lib_tab:
-            refresh, teacher_only = library_tab(cb, loc, lang_state)
+            refresh, teacher_only = library_tab(cb, loc, lang_state, on_page)
         lib_tab.select(**refresh)
         with loc(gr.Tab, label="tab.learn") as learn:   # the fifth tab (ui/learn.py)
             pickers = learn_tab(cb, loc, lang_state, demo)
         learn.select(**pickers)
         _language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[refresh])
         demo.load(**refresh)
+        demo.load(lambda: True, None, [on_page], api_visibility="private", show_progress="hidden", queue=False)
         demo.load(cb.teacher_controls, None, teacher_only, api_visibility="private", show_progress="hidden",
                   concurrency_limit=None)
     return demo.queue(default_concurrency_limit=heavy, max_size=QueueConfig.max_size)

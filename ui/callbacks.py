@@ -22,7 +22,7 @@ from core.errors import ModelUnavailableError, UnknownModelError
 from core.library.search import WEAK_RATIO, count_strong, split_terms
 from core.messages import Msg, localize
 
-from .errors import fail, user_errors
+from .errors import KEEP, SLOT, fail, in_place, user_errors
 from .i18n import t
 from .say import Say, say
 
@@ -110,9 +110,10 @@ class Callbacks:
 
     # ------------------------------------------------------------ zero-shot
 
+    @in_place(None, SLOT)
     def classify(self, image: str | None, labelset: str, labels: str, templates: str, custom_template: str,
-                 add: bool, lang: str, request: gr.Request = None):
-        """-> ({label: probability} top 5, status markdown)"""
+                 add: bool, lang: str, page: bool = False, request: gr.Request = None):
+        """-> ({label: probability} top 5, status markdown). `page`: a browser session (ui/errors.py in_place)."""
         if not image:
             raise fail("err.no_image", lang)
         with user_errors(lang):
@@ -129,8 +130,9 @@ class Callbacks:
 
     # ------------------------------------------------------------ search
 
+    @in_place(KEEP, KEEP, SLOT)
     def search(self, text: str, image: str | None, minus: str, k: float, threshold: float, all_k: bool = False,
-               lang: str = "en"):
+               lang: str = "en", page: bool = False):
         """-> (gallery items, hit ids, info markdown). Weak hits (core's count_strong) are left out
         unless `all_k`, then marked ◌."""
         if not (text or "").strip() and not image:
@@ -144,10 +146,11 @@ class Callbacks:
         info = self._search_info(result, query.text, weak=len(result.hits) - strong, shown_all=all_k)
         return self._gallery(hits, strong), [h.id for h in hits], Say(info, lang)
 
-    def search_similar(self, image_id: str, k: float, lang: str):
+    @in_place(KEEP, KEEP, SLOT)
+    def search_similar(self, image_id: str, k: float, lang: str, page: bool = False):
         """Image→image from a library image id -> (gallery items, hit ids, info markdown)"""
         if not (image_id or "").strip():
-            raise fail("lib.no_selection", lang)
+            raise fail("search.no_selection", lang)
         with user_errors(lang):
             entry, hits = self.wb.similar(image_id, int(k))
         return self._gallery(hits), [h.id for h in hits], say("search.similar_to", lang, name=entry.name, id=entry.id,
@@ -195,7 +198,8 @@ class Callbacks:
 
     # ------------------------------------------------------------ captions
 
-    def caption(self, image: str | None, lang: str, progress=gr.Progress()):
+    @in_place("", "", SLOT)
+    def caption(self, image: str | None, lang: str, page: bool = False, progress=gr.Progress()):
         """-> (English caption, Chinese caption, status markdown); a missing model is explained, not raised.
         The progress text says which step runs: loading the captioner (the slow first time), captioning,
         translating."""
@@ -218,7 +222,9 @@ class Callbacks:
 
     # ------------------------------------------------------------ library
 
-    def add_to_library(self, files: list[str] | None, lang: str, request: gr.Request = None, progress=gr.Progress()):
+    @in_place(SLOT)
+    def add_to_library(self, files: list[str] | None, lang: str, page: bool = False, request: gr.Request = None,
+                       progress=gr.Progress()):
         """Many uploaded files -> summary markdown (added / already present / unreadable with reasons).
         Within the caller's quota and the library's budget; the temp copies are deleted either way."""
         if not files:
@@ -229,7 +235,8 @@ class Callbacks:
             gr.Warning(self._toast(report, lang), title=t("warn.title", lang))
         return Say(self._summary(report), lang)
 
-    def seed_library(self, lang: str, request: gr.Request = None, progress=gr.Progress()):
+    @in_place(SLOT)
+    def seed_library(self, lang: str, page: bool = False, request: gr.Request = None, progress=gr.Progress()):
         """Add the bundled sample images -> summary markdown (the teacher only)."""
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("给图库添加示例图片", "seed the library"))
@@ -258,7 +265,8 @@ class Callbacks:
             entry = self.wb.entry(image_id)
         return gr.update(visible=True), say("lib.confirm", lang, name=entry.name, id=entry.id)
 
-    def remove_image(self, image_id: str, lang: str, request: gr.Request = None) -> Say:
+    @in_place(SLOT)
+    def remove_image(self, image_id: str, lang: str, page: bool = False, request: gr.Request = None) -> Say:
         if not (image_id or "").strip():
             raise fail("lib.no_selection", lang)
         with user_errors(lang):
@@ -271,7 +279,8 @@ class Callbacks:
         admin = who(self.access, request).admin
         return [gr.update(visible=admin)] * 4
 
-    def verify_library(self, lang: str) -> Say:
+    @in_place(SLOT)
+    def verify_library(self, lang: str, page: bool = False) -> Say:
         with user_errors(lang):
             r = self.wb.verify()
         if not r["healthy"]:
@@ -279,13 +288,15 @@ class Callbacks:
                        finite=r["features_finite"])
         return say("lib.verify_ok", lang, rows=r["rows"])
 
-    def compact_library(self, lang: str, request: gr.Request = None) -> Say:
+    @in_place(SLOT)
+    def compact_library(self, lang: str, page: bool = False, request: gr.Request = None) -> Say:
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("压缩图库", "compact the library"))
             self.wb.compact()
         return say("lib.compacted", lang, n=len(self.wb))
 
-    def repair_library(self, lang: str, request: gr.Request = None) -> Say:
+    @in_place(SLOT)
+    def repair_library(self, lang: str, page: bool = False, request: gr.Request = None) -> Say:
         """Rows without files removed, files without rows re-added (never deleted) -> summary."""
         with user_errors(lang):
             self.access.require_admin(who(self.access, request), Msg("修复图库", "repair the library"))

@@ -64,7 +64,7 @@ _S: dict[str, tuple[str, str]] = {
 
     # tabs
     "tab.classify": ("零样本分类", "Zero-shot classification"),
-    "tab.search": ("以文搜图", "Search"),
+    "tab.search": ("图文搜索", "Search"),
     "tab.caption": ("图像描述", "Captions"),
     "tab.library": ("图库", "Library"),
 
@@ -171,6 +171,7 @@ _S: dict[str, tuple[str, str]] = {
     "lib.compacted": ("已压缩：{n} 张图片已写入 features_library.pth。", "Compacted: {n} images folded into features_library.pth."),
     "lib.removed": ("已删除 {name}（{id}）。图库现有 {n} 张。", "Deleted {name} ({id}). The library now holds {n} images."),
     "lib.no_selection": ("请先在图库中点击一张图片。", "Click an image in the library first."),
+    "search.no_selection": ("请先在搜索结果中点击一张图片。", "Click an image in the results first."),
 
     # errors (gr.Error); {detail} is the core's English message
     "err.title": ("出错了", "Error"),

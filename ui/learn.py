@@ -173,13 +173,18 @@ def _file_url(path: Path) -> str:
 
 
 def _loss_frame(state) -> pd.DataFrame:
-    return pd.DataFrame(state.steps, columns=["step", "loss"])
+    """(step, loss) with numeric columns even while empty: the plot takes an empty frame's object
+    columns for categories and keeps that axis, so a falling loss drew as unordered labels."""
+    steps, losses = zip(*state.steps) if state.steps else ((), ())
+    return pd.DataFrame({"step": pd.Series(steps, dtype="int64"), "loss": pd.Series(losses, dtype="float64")})
 
 
 def _metrics_frame(state) -> pd.DataFrame:
-    rows = [{"epoch": int(r["epoch"]), "value": float(r[k]), "metric": k.removeprefix("val_")}
-            for r in state.epochs for k in _METRICS if k in r]
-    return pd.DataFrame(rows, columns=["epoch", "value", "metric"])
+    """(epoch, value, metric): numeric epoch and value (see _loss_frame), one line per metric."""
+    rows = [(int(r["epoch"]), float(r[k]), k.removeprefix("val_")) for r in state.epochs for k in _METRICS if k in r]
+    epochs, values, names = zip(*rows) if rows else ((), (), ())
+    return pd.DataFrame({"epoch": pd.Series(epochs, dtype="int64"), "value": pd.Series(values, dtype="float64"),
+                         "metric": pd.Series(names, dtype="string")})
 
 
 def _status_of(state) -> SimpleNamespace:

@@ -12,6 +12,8 @@ once as the page starts. Two pieces make them follow this app instead:
   same instance) and records `?lang=` in the address, so a reload keeps the choice. Components
   already on screen keep Gradio's text until the page reloads (Gradio renders them once); the
   image inputs carry their own localized placeholder (ui/tabs.py), so they switch at once.
+- Both set `data-ui-lang` on the page's <html>: Gradio writes its toasts' titles ("Error",
+  "Warning") in English whatever the locale, and the app's CSS (`TOAST_CSS`) says them in Chinese.
 """
 from __future__ import annotations
 
@@ -22,16 +24,24 @@ from pathlib import Path
 
 import gradio as gr
 
-__all__ = ["LocaleScript", "switch_js", "detect_js", "GRADIO_LOCALES"]
+__all__ = ["LocaleScript", "switch_js", "detect_js", "GRADIO_LOCALES", "TOAST_CSS"]
 
 log = logging.getLogger(__name__)
 
 GRADIO_LOCALES = {"zh": "zh-CN", "en": "en-US"}   # app language -> the locale Gradio's front end knows
 
+# Gradio's toast titles are its English type names; on a Chinese page the title is hidden and said in Chinese
+TOAST_TITLES_ZH = {"error": "出错了", "warning": "注意", "info": "提示", "success": "完成"}
+TOAST_CSS = "\n".join(
+    f'html[data-ui-lang="zh"] .toast-title.{kind} {{font-size: 0 !important}}\n'
+    f'html[data-ui-lang="zh"] .toast-title.{kind}::before {{content: "{zh}"; font-size: var(--text-lg)}}'
+    for kind, zh in TOAST_TITLES_ZH.items())
+
 _ASKED = "(() => { const a = new URLSearchParams(location.search).get('lang'); return a === 'zh' || a === 'en' ? a : null; })()"
 
 _HEAD = """<script>(() => {
   const lang = ASKED || FORCED;
+  document.documentElement.dataset.uiLang = lang || ((navigator.language || 'en').toLowerCase().startsWith('zh') ? 'zh' : 'en');
   if (!lang) return;
   const tag = LOCALES[lang];
   Object.defineProperty(navigator, 'language', {get: () => tag, configurable: true});
@@ -39,6 +49,7 @@ _HEAD = """<script>(() => {
 })();</script>"""
 
 _SWITCH = """(lang, ...rest) => {
+  document.documentElement.dataset.uiLang = lang;   // toast titles (ui/app.py CSS) follow
   const u = new URL(location.href);
   if (u.searchParams.get('lang') !== lang) { u.searchParams.set('lang', lang); history.replaceState(history.state, '', u); }
   const main = document.querySelector('script[type="module"][src*="assets/index-"]');
@@ -58,7 +69,7 @@ def detect_js(follow_browser: bool = True) -> str:
     """On page load, the radio's language: `?lang=` in the address, else (following the browser)
     the page's locale, which head_script has set from --lang or left as the browser's."""
     fallback = "((navigator.language || 'en').toLowerCase().startsWith('zh') ? 'zh' : 'en')" if follow_browser else "current"
-    return f"(current) => {_ASKED} || {fallback}"
+    return f"(current) => (document.documentElement.dataset.uiLang = {_ASKED} || {fallback})"
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ from core.library.search import MAX_K
 
 from .callbacks import CUSTOM, Callbacks
 from .i18n import choices, has_key, t
+from .safe_image import SafeImage
 from .say import Say
 
 log = logging.getLogger(__name__)
@@ -32,23 +33,7 @@ MODEL = {"concurrency_id": "model"}       # classify + search share one queue (l
 INGEST = {"concurrency_id": "ingest", "concurrency_limit": 8}   # uploads queue apart: a long upload never
                                                                # stalls the class's searches (their encodes batch)
 _PRIVATE = {"api_visibility": "private"}
-
-
-def SafeImage(**kwargs) -> gr.Image:  # noqa: N802  (used like a component class)
-    """gr.Image(type="filepath") that hands the uploaded file to the callback untouched: Gradio's own
-    preprocessing opens it with PIL (a non-image or an empty file then fails with a traceback, a
-    12k x 12k PNG is decoded before any limit, 16-bit greyscale is clipped to white). Core's safe
-    loader decodes it instead, with its limits and one clear error for every bad file.
-    (An instance override, not a subclass: Gradio writes a .pyi stub beside every subclass.)"""
-    image = gr.Image(type="filepath", image_mode=None, **kwargs)
-    gradio_preprocess = image.preprocess
-
-    def preprocess(payload):
-        if payload is None or (payload.url or "").startswith("data:") or payload.path is None:
-            return gradio_preprocess(payload)   # pasted data URLs: Gradio writes them to a file
-        return str(payload.path)
-    image.preprocess = preprocess
-    return image
+_IMAGE_INPUT = {"type": "filepath", "image_mode": None, "placeholder": "app.drop_image", "sources": ["upload", "clipboard"]}
 
 
 # component properties that hold text a person reads (axis titles of plots included)
@@ -146,16 +131,15 @@ class Localizer:
 
 # ---------------------------------------------------------------- tabs
 
-def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[list[str]], labels: str) -> None:
+def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State, samples: list[list[str]],
+                 labels: str) -> None:
     """samples and labels: the model's starters (core/starters.py; coloured shapes for the mini model)."""
     default_labels = labels
     with gr.Row():
         with gr.Column():
-            image = loc(SafeImage, label="zs.image", placeholder="app.drop_image", sources=["upload", "clipboard"],
+            image = loc(SafeImage, **_IMAGE_INPUT, label="zs.image",
                         height=320, elem_id="zs-image")
-            if samples:
-                examples = gr.Examples(samples, [image], label=t("zs.examples", loc.lang), examples_per_page=12)
-                loc.register(examples.dataset, label="zs.examples")
+            examples = _samples(loc, image, samples)
         with gr.Column():
             labelset = loc(gr.Dropdown, label="zs.labelset", choices=LABEL_SETS, value=CUSTOM)
             labels = loc(gr.Textbox, label="zs.labels", placeholder="zs.labels_ph", lines=3,
@@ -166,21 +150,23 @@ def classify_tab(cb: Callbacks, loc: Localizer, lang: gr.State, samples: list[li
             button = loc(gr.Button, value="zs.button", variant="primary")
             result = loc(gr.Label, label="zs.result", num_top_classes=5, elem_id="zs-result")
             status = loc.message(elem_id="zs-status")
-    button.click(**loc.wire(cb.classify, [image, labelset, labels, templates, custom, add, lang], [result, status],
-                            api_name="classify", **MODEL))
+    button.click(**loc.wire(cb.classify, [image, labelset, labels, templates, custom, add, lang, on_page],
+                            [result, status], api_name="classify", **MODEL))
+    if examples is not None:   # a sample click sets the value alone: the box keeps its label in the page's language
+        examples.click(lambda sample: sample[0], [examples], [image], queue=False, show_progress="hidden", **_PRIVATE)
     # typed labels / a custom template only matter when chosen: show their boxes only then
     quick = dict(concurrency_limit=None, show_progress="hidden", **_PRIVATE)
     labelset.change(_shown_if_custom, [labelset], [labels], **quick)
     templates.change(_shown_if_custom, [templates], [custom], **quick)
 
 
-def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -> None:
+def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State, query: str = "") -> None:
     """query: a default search suited to the model ("blue star" for the mini model)."""
     ids = gr.State([])
     with gr.Row():
         with gr.Column(scale=1):
             text = loc(gr.Textbox, label="search.text", placeholder="search.text_ph", value=query)
-            image = loc(SafeImage, label="search.image", placeholder="app.drop_image", sources=["upload", "clipboard"],
+            image = loc(SafeImage, **_IMAGE_INPUT, label="search.image",
                         height=200, elem_id="search-image")
             minus = loc(gr.Textbox, label="search.minus", placeholder="search.minus_ph")
             k = loc(gr.Slider, label="search.k", minimum=SEARCH_K[0], maximum=SEARCH_K[1], value=SEARCH_K[2], step=1)
@@ -198,29 +184,29 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, query: str = "") -
     # (API callers get the default: weak matches left out, as on the page)
     show_all = gr.State(False)
     all_k.change(lambda v: bool(v), [all_k], [show_all], **_PRIVATE, concurrency_limit=CHEAP, show_progress="hidden")
-    run = loc.wire(cb.search, [text, image, minus, k, threshold, show_all, lang], [gallery, ids, info], **MODEL)
+    run = loc.wire(cb.search, [text, image, minus, k, threshold, show_all, lang, on_page], [gallery, ids, info], **MODEL)
     button.click(**run, api_name="search")
     text.submit(**run, **_PRIVATE)
-    similar.click(**loc.wire(cb.search_similar, [selected, k, lang], [gallery, ids, info], concurrency_limit=CHEAP),
+    similar.click(**loc.wire(cb.search_similar, [selected, k, lang, on_page], [gallery, ids, info], concurrency_limit=CHEAP),
                   api_name="search_similar")
     # a click only selects (the preview keeps the clicked image); "similar" searches with it on demand
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, concurrency_limit=CHEAP)
 
 
-def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> None:
+def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State) -> None:
     with gr.Row():
         with gr.Column():
-            image = loc(SafeImage, label="cap.image", placeholder="app.drop_image", sources=["upload", "clipboard"],
+            image = loc(SafeImage, **_IMAGE_INPUT, label="cap.image",
                         height=320, elem_id="cap-image")
             button = loc(gr.Button, value="cap.button", variant="primary")
         with gr.Column():
             en = loc(gr.Textbox, label="cap.en", interactive=False)
             zh = loc(gr.Textbox, label="cap.zh", interactive=False)
             status = loc.message(elem_id="caption-status")
-    button.click(**loc.wire(cb.caption, [image, lang], [en, zh, status], api_name="caption", concurrency_limit=1))
+    button.click(**loc.wire(cb.caption, [image, lang, on_page], [en, zh, status], api_name="caption", concurrency_limit=1))
 
 
-def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> tuple[dict, list]:
+def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State) -> tuple[dict, list]:
     """Lays out the library tab; returns the event kwargs that refresh gallery, page info and stats,
     and the teacher-only buttons (hidden from students on load)."""
     ids = gr.State([])
@@ -262,22 +248,31 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State) -> tuple[dict, li
     refresh = loc.wire(refresh_all, [page, lang], [gallery, ids, info, page, stats], concurrency_limit=CHEAP,
                        show_progress="hidden", **_PRIVATE)
     cheap = dict(concurrency_limit=CHEAP)
-    add.click(**loc.wire(cb.add_to_library, [files, lang], [summary], api_name="add_to_library", **INGEST)).then(
+    add.click(**loc.wire(cb.add_to_library, [files, lang, on_page], [summary], api_name="add_to_library", **INGEST)).then(
         lambda: (1, None), None, [page, files], **_PRIVATE).then(**refresh)
-    seed.click(**loc.wire(cb.seed_library, [lang], [summary], api_name="seed_library", **INGEST)).then(
+    seed.click(**loc.wire(cb.seed_library, [lang, on_page], [summary], api_name="seed_library", **INGEST)).then(
         lambda: 1, None, [page], **_PRIVATE).then(**refresh)
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, **cheap)
     remove.click(**loc.wire(cb.confirm_remove, [selected, lang], [confirm_row, question], **_PRIVATE, **cheap))
     no.click(lambda: gr.update(visible=False), None, [confirm_row], **_PRIVATE, **cheap)
     yes.click(lambda: gr.update(visible=False), None, [confirm_row], **_PRIVATE, **cheap).then(
-        **loc.wire(cb.remove_image, [selected, lang], [report], api_name="remove_image", **cheap)).then(**refresh)
+        **loc.wire(cb.remove_image, [selected, lang, on_page], [report], api_name="remove_image", **cheap)).then(**refresh)
     _pager(loc.wire(cb.library_page, [page, lang], [gallery, ids, info, page], concurrency_limit=CHEAP),
            prev, nxt, page, step=lambda p, d: max(1, int(p or 1) + d))
     stats_btn.click(**loc.wire(cb.library_stats, [lang], [stats], api_name="library_stats", **cheap))
-    verify.click(**loc.wire(cb.verify_library, [lang], [report], api_name="verify_library", **cheap))
-    compact.click(**loc.wire(cb.compact_library, [lang], [report], api_name="compact_library", concurrency_limit=1))
-    fix.click(**loc.wire(cb.repair_library, [lang], [report], api_name="repair_library", **INGEST)).then(**refresh)
+    verify.click(**loc.wire(cb.verify_library, [lang, on_page], [report], api_name="verify_library", **cheap))
+    compact.click(**loc.wire(cb.compact_library, [lang, on_page], [report], api_name="compact_library", concurrency_limit=1))
+    fix.click(**loc.wire(cb.repair_library, [lang, on_page], [report], api_name="repair_library", **INGEST)).then(**refresh)
     return refresh, [seed, compact, fix, remove]
+
+
+def _samples(loc: Localizer, image: gr.Image, samples: list[list[str]]) -> gr.Dataset | None:
+    """Clickable sample images for `image`. A plain Dataset, not gr.Examples: Examples re-sends the
+    input's start-up properties with the value, which turned a relabelled box back to the start language."""
+    if not samples:
+        return None
+    return loc(gr.Dataset, components=[image], samples=samples, label="zs.examples", samples_per_page=12,
+               type="values", elem_id="zs-samples")
 
 
 def _shown_if_custom(choice: str):
