@@ -15,9 +15,10 @@ both texts exist, the Chinese one is Chinese, and both name the same fields.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
-__all__ = ["Msg", "localize", "join", "error_message"]
+__all__ = ["Msg", "localize", "join", "error_message", "without_paths"]
 
 
 class Msg(str):
@@ -78,3 +79,21 @@ def join(parts, sep: str = " ") -> str | None:
     names = [f"part{i}" for i in range(len(parts))]
     template = sep.join("{%s}" % n for n in names)
     return Msg(template, template, **dict(zip(names, parts)))
+
+
+# an absolute path on the server (/home/..., ~/..., C:\\...): two or more parts, up to a space, quote or bracket
+_PATH = re.compile(r"(?<![\w:/.])(?:[A-Za-z]:[\\/]|~/|/)(?:[^\s`'\"()（）,，;；<>]+[\\/])+([^\s`'\"()（）,，;；<>]*)")
+
+
+def without_paths(value: Any) -> Any:
+    """`value` (a Msg or a str; None passes) with every absolute server path cut to "…/its-name":
+    what a student on a shared link may read of a message (the model cache's place under the home
+    folder, the library's folder) without learning the server's layout."""
+    if value is None:
+        return None
+
+    def cut(text: str) -> str:
+        return _PATH.sub(lambda m: "…/" + m.group(1) if m.group(1) else "…/", text)
+    if isinstance(value, Msg):
+        return Msg(cut(value.text("zh")), cut(value.text("en")))   # no fields: the texts are kept as they are
+    return cut(str(value))

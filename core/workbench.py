@@ -288,7 +288,17 @@ class Workbench:
                 return None
         plan = plan_prompts(self.encoder, labels, templates, lang, translate)
         top = self.classifier.classify(picture, plan.labels, plan.templates, top_k, prompt_labels=plan.prompt_labels)
-        return top, plan.note
+        return top, join([plan.note, self._cannot_judge(plan.labels)])
+
+    def _cannot_judge(self, labels: list[str]) -> Msg | None:
+        """Why some labels' scores mean nothing (words the model never saw), so none wins silently."""
+        words = self.unknown_words(*labels)
+        if not words:
+            return None
+        unjudged = [label for label in labels if self.unknown_words(label)]
+        return Msg("模型不认识这些词：{words}，无法判断含有它们的标签（{labels}），这些标签的概率只是猜测。",
+                   "The model has never seen these words: {words}; it cannot judge the labels with them ({labels}), "
+                   "whose probabilities are guesses.", words=", ".join(words), labels=", ".join(unjudged))
 
     # ------------------------------------------------------------ the library
 

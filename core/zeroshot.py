@@ -131,7 +131,10 @@ def plan_prompts(encoder, label_spec: str, template_spec: str, lang: str = "en",
     shown in Chinese, English templates, and typed Chinese labels translated by `translate` (which may return None)."""
     labels = load_labelset(label_spec, lang)
     if getattr(encoder, "multilingual", False) or not (lang == "zh" or any(map(has_cjk, labels))):
-        return PromptPlan(labels, labels, load_templates(template_spec, lang))
+        # the templates' language follows the labels, not the page: the same labels and template spec
+        # give the same numbers whichever language the page shows
+        written = "zh" if labels and all(map(has_cjk, labels)) else "en"
+        return PromptPlan(labels, labels, load_templates(template_spec, written))
     templates = load_templates("single" if template_spec.strip().lower() == "zh" else template_spec, "en")
     if any(map(has_cjk, templates)):
         return PromptPlan(labels, labels, templates, Msg("仅懂英文的模型配中文模板：准确率可能很低",

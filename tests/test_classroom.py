@@ -343,3 +343,23 @@ def test_index_names_every_skipped_path_with_its_reason(encoder, tmp_path):
     assert len(report.added) == 1 and set(reasons) == {"x.jpg", "pipe.png", "broken.jpg"}
     assert "not a regular file" in reasons["x.jpg"] and "not a regular file" in reasons["pipe.png"]
     assert "No such file" in reasons["broken.jpg"]
+
+
+# ---------------------------------------------------------------- no server paths for students
+
+def test_students_see_no_server_paths_the_teacher_does(tmp_path):
+    """The offline start's notice names the model cache under the server's home folder, and the
+    library stats its folder: a student reads neither (page stats, /api/stats, the banner), the
+    teacher sees the library's folder in the stats."""
+    cache = tmp_path / "secret-home" / "model-cache"
+    with serve("ViT-B/32", tmp_path / "lib", lang="en", auth=STUDENT, admin=TEACHER, fallback_cache=cache) as app:
+        assert str(cache) in app.wb.notice                      # the raw notice does name it
+        student, teacher = (Client(app.url, auth=who, verbose=False) for who in (STUDENT, TEACHER))
+        said = student.predict(api_name="/library_stats")
+        assert "secret-home" not in said and str(tmp_path) not in said and "Path" not in said, said
+        assert str(app.wb.root) in teacher.predict(api_name="/library_stats")
+        notice = httpx.get(app.url + "api/stats", auth=STUDENT).json()["notice"]
+        assert notice and "secret-home" not in notice and "(…/ViT-B-32.pt)" in notice, notice
+        assert str(cache) in httpx.get(app.url + "api/stats", auth=TEACHER).json()["notice"]
+        banner = [b.value for b in app.demo.blocks.values() if getattr(b, "elem_id", None) == "notice-detail"]
+        assert banner and "secret-home" not in banner[0], banner

@@ -92,6 +92,21 @@ def test_classify_warns_about_unknown_labels(client):
     assert "never seen" not in status and top["label"] == "blue star"
 
 
+def test_an_unknown_label_never_wins_silently(app, client):
+    """A label the model never saw is marked in the result, and the page's note and the JSON API's
+    `note` say the model cannot judge it (a red triangle once came out as "dog", 50%, unmarked)."""
+    import httpx
+    triangle = SHAPES / "08_red_triangle.png"
+    top, status = client.predict(handle_file(str(triangle)), "custom", "dog, red triangle", "single", "", False,
+                                 api_name="/classify")
+    marked = {c["label"]: c["label"].startswith("⚠️ ") for c in top["confidences"]}
+    assert marked == {"⚠️ dog": True, "red triangle": False}, marked
+    assert "cannot judge the labels with them (dog)" in status
+    r = httpx.post(app.url + "api/classify", files={"image": (triangle.name, triangle.read_bytes())},
+                   data={"labels": "dog, red triangle"})
+    assert r.status_code == 200 and "cannot judge the labels with them (dog)" in r.json()["note"], r.text
+
+
 def test_search_warns_about_unknown_words(app, client):
     app.wb.add([SHAPES / "09_blue_star.png", SHAPES / "19_red_circle.png"])
     _, info = client.predict("a cat", None, "", 2, 0, api_name="/search")

@@ -209,6 +209,11 @@ def test_plan_prompts_for_english_only_and_chinese_capable_encoders():
     assert native.prompt_labels == ["猫", "狗"] and native.templates == ["{c}的照片。"] and native.note is None
     english = plan_prompts(_English(), "cat, dog", "ensemble80", "en")
     assert english.prompt_labels == ["cat", "dog"] and len(english.templates) == 80
+    # the templates follow the labels' language, not the page's: English labels on a Chinese page
+    # read "a photo of a red circle." (as the dropdown says), so both pages give the same numbers
+    for spec in ("single", "ensemble80"):
+        assert plan_prompts(_Bilingual(), "red circle, blue star", spec, "zh").templates == \
+            plan_prompts(_Bilingual(), "red circle, blue star", spec, "en").templates == load_templates(spec, "en")
 
 
 def test_workbench_zero_shot_shows_chinese_and_reads_english(tmp_path, tiny_clip_path):

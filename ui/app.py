@@ -21,7 +21,7 @@ from fastapi.middleware import Middleware
 from core.access import Access
 from core.errors import ModelMismatchError, ModelUnavailableError
 from core.images import MAX_BYTES
-from core.messages import localize
+from core.messages import localize, without_paths
 from core import Workbench
 
 from .callbacks import Callbacks
@@ -64,7 +64,7 @@ def build_app(wb: Workbench, lang: str | None = None, access: Access | None = No
         lang_state = gr.State(start)
         on_page = gr.State(False)   # True in a browser's session (set on load); API callers keep False (ui/errors.py)
         radio = _header(loc, start, subtitle=lambda l: t("app.subtitle", l, model=wb.encoder.model_id,
-                                                          device=localize(wb.runtime.describe(), l)))
+                                                          device=localize(wb.encoder.runtime.describe(), l)))   # what runs
         _banner(wb, loc)
         starters = wb.starters
         with loc(gr.Tab, label="tab.classify"):
@@ -139,9 +139,10 @@ def _banner(wb: Workbench, loc: "Localizer") -> None:
     if wb.fallback:
         loc(gr.Markdown, value="app.offline", elem_id="notice")
         with loc(gr.Accordion, label="app.details", open=False, elem_id="notice-details"):
-            loc(gr.Markdown, value=lambda l: localize(wb.notice, l), elem_id="notice-detail")
-    elif wb.notice:
-        loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=localize(wb.notice, l)), elem_id="notice")
+            loc(gr.Markdown, value=lambda l: localize(without_paths(wb.notice), l), elem_id="notice-detail")
+    elif wb.notice:   # every visitor reads the banner: no server paths in it
+        loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=localize(without_paths(wb.notice), l)),
+            elem_id="notice")
     from core import storage   # core/library/sync.py: where the library lives, its backup
     where = storage(wb.root)
     if where.on_space or where.sync is not None:   # re-read on each switch: a failed backup shows up

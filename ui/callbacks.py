@@ -121,12 +121,13 @@ class Callbacks:
             top, note = self.wb.classify(picture, labels if labelset == CUSTOM else labelset,
                                          custom_template if templates == CUSTOM else templates, lang)
             added = self._summary(self._ingest([image], who(self.access, request))) if add else None
-            unknown = self._unknown(labels if labelset == CUSTOM else "")
+        unjudged = {label for label, _ in top if self.wb.unknown_words(label)}   # core's note says why
 
         def status(l: str) -> str:
-            parts = (unknown(l), note and f"ℹ️ {localize(note, l)}", added and t("zs.added", l, summary=added(l)))
+            sign = "⚠️" if unjudged else "ℹ️"
+            parts = (note and f"{sign} {localize(note, l)}", added and t("zs.added", l, summary=added(l)))
             return "\n\n".join(s for s in parts if s)
-        return {label: p for label, p in top}, Say(status, lang)
+        return {f"⚠️ {label}" if label in unjudged else label: p for label, p in top}, Say(status, lang)
 
     # ------------------------------------------------------------ search
 
@@ -252,10 +253,12 @@ class Callbacks:
                 else say("lib.empty", lang))
         return items, [e.id for e in pg.entries], info, pg.page
 
-    def library_stats(self, lang: str) -> Say:
+    def library_stats(self, lang: str, request: gr.Request = None) -> Say:
+        """Size, model and disk; the library's folder only for the teacher (students see no server paths)."""
         s = self.wb.stats()
-        return say("lib.stats", lang, n=s["images"], model=s["model_id"], dim=s["dim"], path=s["path"],
-                 images_mb=s["image_bytes"] / _MB, feats_mb=s["features_bytes"] / _MB)
+        key = "lib.stats_admin" if who(self.access, request).admin else "lib.stats"
+        return say(key, lang, n=s["images"], model=s["model_id"], dim=s["dim"], path=s["path"],
+                   images_mb=s["image_bytes"] / _MB, feats_mb=s["features_bytes"] / _MB)
 
     def confirm_remove(self, image_id: str, lang: str):
         """Delete, step one: -> (the confirmation row shown, its question naming the image)."""

@@ -39,6 +39,7 @@ from core.access import Access, Caller
 from core.errors import ImageError, LibraryError, PermissionDenied, QueryError, QuotaError, WorkbenchError
 from core.images import MAX_BYTES
 from core.library.search import MAX_K, split_terms
+from core.messages import without_paths
 
 from .guard import client_address
 
@@ -268,9 +269,10 @@ class _Api:
 
     # ------------------------------------------------------------ cheap reads
 
-    def stats(self) -> dict:
+    def stats(self, request: Request) -> dict:
         stats = {k: v for k, v in self.wb.stats().items() if k != "path"}   # no server paths to clients
-        return {**stats, "notice": self.wb.notice, "max_k": MAX_K, "max_bytes": self.max_bytes}
+        notice = self.wb.notice if request.state.caller.admin else without_paths(self.wb.notice)
+        return {**stats, "notice": notice, "max_k": MAX_K, "max_bytes": self.max_bytes}
 
     def library(self, request: Request, page: int = 1) -> dict:
         pg = self.wb.page(page)

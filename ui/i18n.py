@@ -78,7 +78,8 @@ _S: dict[str, tuple[str, str]] = {
     "zs.labels": ("标签（逗号或换行分隔，中英文均可）", "Labels (comma or newline separated, Chinese or English)"),
     "zs.labels_ph": ("猫, 狗, 小鸟", "cat, dog, bird"),
     "zs.templates": ("提示模板", "Prompt templates"),
-    "zs.tpl.single": ("单模板：a photo of a {c}.", "Single: a photo of a {c}."),
+    "zs.tpl.single": ("单模板：a photo of a {c}.（中文标签用“{c}的照片。”）",
+                      "Single: a photo of a {c}. (Chinese labels: {c}的照片。)"),
     "zs.tpl.selected7": ("7 个精选模板", "7 selected templates"),
     "zs.tpl.ensemble80": ("80 模板集成", "80-template ensemble"),
     "zs.tpl.zh": ("中文模板", "Chinese templates"),
@@ -157,10 +158,13 @@ _S: dict[str, tuple[str, str]] = {
     "lib.dup_item": ("已存在：{name}", "already present: {name}"),
     "lib.error_item": ("无法读取：{name}：{reason}", "unreadable: {name}: {reason}"),
     "lib.no_files": ("请先选择要上传的图片。", "Choose some image files to upload first."),
-    "lib.stats": ("**图片：** {n} 张 · **模型：** `{model}`（{dim} 维）· **磁盘：** 图片 {images_mb:.1f} MB，向量 {feats_mb:.1f} MB"
-                  " · **位置：** `{path}`",
+    "lib.stats": ("**图片：** {n} 张 · **模型：** `{model}`（{dim} 维）· **磁盘：** 图片 {images_mb:.1f} MB，向量 {feats_mb:.1f} MB",
                   "**Images:** {n} · **Model:** `{model}` ({dim}-d) · **Disk:** images {images_mb:.1f} MB, features "
-                  "{feats_mb:.1f} MB · **Path:** `{path}`"),
+                  "{feats_mb:.1f} MB"),
+    "lib.stats_admin": ("**图片：** {n} 张 · **模型：** `{model}`（{dim} 维）· **磁盘：** 图片 {images_mb:.1f} MB，"
+                        "向量 {feats_mb:.1f} MB · **位置：** `{path}`",
+                        "**Images:** {n} · **Model:** `{model}` ({dim}-d) · **Disk:** images {images_mb:.1f} MB, "
+                        "features {feats_mb:.1f} MB · **Path:** `{path}`"),
     "lib.verify_ok": ("✅ 图库完好：{rows} 行，每行都有图片，每张图片都有对应行。",
                       "✅ The library is healthy: {rows} rows, every row has its image and every image its row."),
     "lib.verify_bad": ("⚠️ 发现问题：缺失图片 {missing}，多余文件 {orphans}，向量有效：{finite}。",

@@ -242,8 +242,8 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State
         yes = loc(gr.Button, value="lib.confirm_yes", variant="stop", scale=0, min_width=160)
         no = loc(gr.Button, value="lib.confirm_no", scale=0, min_width=120)
 
-    def refresh_all(page_no, lang_value):
-        return (*cb.library_page(page_no, lang_value), cb.library_stats(lang_value))
+    def refresh_all(page_no, lang_value, request: gr.Request):
+        return (*cb.library_page(page_no, lang_value), cb.library_stats(lang_value, request))
 
     refresh = loc.wire(refresh_all, [page, lang], [gallery, ids, info, page, stats], concurrency_limit=CHEAP,
                        show_progress="hidden", **_PRIVATE)
