@@ -209,6 +209,32 @@ def test_upload_quota_and_library_budget(tiny_clip_path, tmp_path, monkeypatch):
         assert not left, f"uploads left in Gradio's temp folder: {left}"
 
 
+def test_classify_search_and_caption_uploads_do_not_stay(tiny_clip_path, tmp_path, monkeypatch):
+    """An upload that is only looked at (classify, search, caption) is deleted once its request is
+    done (after a grace that is 0 here), not kept a day in Gradio's folder; a box still showing it
+    then gets a clear 'upload it again', not a file error."""
+    import ui.callbacks
+    monkeypatch.setattr(ui.callbacks, "UPLOAD_GRACE_S", 0.0)
+    with serve(tiny_clip_path, tmp_path / "library", lang="en") as app:
+        client = Client(app.url, verbose=False)
+        calls = {"looked_classify.png": ("/classify", lambda f: [f, "custom", "cat, dog", "single", "", False]),
+                 "looked_search.png": ("/search", lambda f: ["", f, "", 3, 0]),
+                 "looked_caption.png": ("/caption", lambda f: [f])}
+        for i, (name, (api, args)) in enumerate(calls.items()):
+            path = tmp_path / name
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(path)
+            try:
+                client.predict(*args(handle_file(path)), api_name=api)
+            except AppError:   # the tiny model has no captioner offline: the upload must go all the same
+                pass
+        left = [p.name for p in Path(app.demo.GRADIO_CACHE).rglob("looked_*.png")]
+        assert not left, f"uploads left in Gradio's temp folder: {left}"
+        stale = Path(ui.callbacks.gr.utils.get_upload_folder()) / "gone" / "x.png"
+        cb = ui.callbacks.Callbacks(app.wb)
+        result, said = cb.classify(str(stale), "custom", "cat, dog", "single", "", False, "zh", page=True)
+        assert result is None and "请重新上传" in said
+
+
 # ---------------------------------------------------------------- bad files at every endpoint
 
 def test_bad_files_get_the_same_clear_error_at_every_endpoint(open_app, tmp_path):

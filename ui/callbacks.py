@@ -47,8 +47,9 @@ def who(access: Access, request: gr.Request | None) -> Caller:
 
 
 class UploadJanitor:
-    """Deletes Gradio's temp copies of library uploads once ingested: stored images live in the
-    library, and rejected or duplicate ones must not stay on disk. Gradio names uploads by content,
+    """Deletes Gradio's temp copies of uploads once used: stored images live in the library, and
+    rejected, duplicate, classified, searched or captioned ones must not stay on disk (Gradio's own
+    cache keeps them up to a day in a folder every process on the machine shares). Gradio names uploads by content,
     so two students sending the same file share one temp file: a file is deleted only when no
     request is using it and nobody uploaded it again for `grace_s` seconds. Files outside
     Gradio's upload folder (e.g. bundled samples) are never touched."""
@@ -77,6 +78,12 @@ class UploadJanitor:
                         del self._using[p]
                     self._done[p] = time.time()
             self.sweep()
+
+    @staticmethod
+    def gone(file: str) -> bool:
+        """True for an upload already deleted (a box still showing it sends its old path again)."""
+        path = Path(file).resolve()
+        return path.is_relative_to(Path(gr.utils.get_upload_folder()).resolve()) and not path.exists()
 
     def sweep(self) -> None:
         now, later = time.time(), False
@@ -117,7 +124,7 @@ class Callbacks:
         if not image:
             raise fail("err.no_image", lang)
         with user_errors(lang):
-            picture = self.wb.image(image)   # core's safe loader: the same error for every bad file
+            picture = self._picture(image, lang)   # core's safe loader: the same error for every bad file
             top, note = self.wb.classify(picture, labels if labelset == CUSTOM else labelset,
                                          custom_template if templates == CUSTOM else templates, lang)
             added = self._summary(self._ingest([image], who(self.access, request))) if add else None
@@ -139,8 +146,8 @@ class Callbacks:
         if not (text or "").strip() and not image:
             raise fail("err.empty_query", lang)
         with user_errors(lang):
-            query = SearchQuery(text=text or "", image=self.wb.image(image) if image else None, minus=split_terms([minus or ""]), k=int(k),
-                                threshold=float(threshold) or None)
+            query = SearchQuery(text=text or "", image=self._picture(image, lang) if image else None,
+                                minus=split_terms([minus or ""]), k=int(k), threshold=float(threshold) or None)
             result = self.wb.search(query)
         strong = count_strong(result.hits)
         hits = result.hits if all_k else result.hits[:strong]
@@ -207,7 +214,7 @@ class Callbacks:
         if not image:
             raise fail("err.no_image", lang)
         with user_errors(lang):
-            picture = self.wb.image(image)
+            picture = self._picture(image, lang)
         steps = {"load": (0.0, "cap.loading"), "caption": (0.4, "cap.writing"), "translate": (0.7, "cap.translating")}
 
         def stage(name: str) -> None:
@@ -307,6 +314,14 @@ class Callbacks:
         return say("lib.repaired", lang, removed=r["rows_removed"], readded=r["images_readded"], n=len(self.wb))
 
     # ------------------------------------------------------------ helpers
+
+    def _picture(self, image: str, lang: str):
+        """An uploaded image through core's safe loader; its temp file is deleted a minute after its
+        last use (UploadJanitor), so a second click on the same box still finds it."""
+        if self.janitor.gone(image):
+            raise fail("err.upload_gone", lang)
+        with self.janitor.using([image]):
+            return self.wb.image(image)
 
     def _ingest(self, files: list[str], caller: Caller, progress=None, lang: str = "en") -> IngestReport:
         """Ingest uploaded files (core reads a batch at a time) within the caller's quota, reporting

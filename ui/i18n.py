@@ -181,6 +181,9 @@ _S: dict[str, tuple[str, str]] = {
     "err.title": ("出错了", "Error"),
     "warn.title": ("注意", "Warning"),
     "err.image": ("无法读取图片 {name}：{reason}", "Cannot read image {name}: {reason}"),
+    "err.upload_gone": ("这张图片已从服务器上删除（上传的图片用完一分钟后即删除）：请重新上传。",
+                        "This image is no longer on the server (uploads are deleted a minute after use): "
+                        "upload it again."),
     "err.no_image": ("请先上传或选择一张图片。", "Upload or pick an image first."),
     "err.query": ("查询无效：{detail}", "Invalid query: {detail}"),
     "err.empty_query": ("查询为空：请输入文字（如“一只猫”）或提供一张查询图片。",
