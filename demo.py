@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"auto = onnx on a CPU, torch fp16 on CUDA (default {DEFAULT_RUNTIME}; $CLIP_WB_RUNTIME)")
     p.add_argument("--offline", action="store_true", help="never try to download weights")
     p.add_argument("--no-seed", action="store_true",
-                   help="start an empty library empty (by default a first start adds the bundled sample images)")
+                   help="start with an empty library (by default a first start adds the bundled sample images)")
     p.add_argument("--captioner", default=None, help="vit-gpt2 | blip | a local save_pretrained() folder")
     p.add_argument("--translator", default=None, help="nllb | marian | a local save_pretrained() folder")
     p.add_argument("--lang", choices=["zh", "en"], default=os.environ.get("CLIP_WB_LANG") or None,
@@ -122,7 +122,7 @@ def open_workbench(args: argparse.Namespace):
         if sync is not None and sync.paused:   # the dataset may hold the class's library: add nothing to push over it
             log.warning("empty library: no sample images while the backup to %s waits (see above)", sync.repo_id)
         else:
-            log.info("empty library: %s the bundled sample images (--no-seed to start empty)", wb.seed().summary())
+            log.info("empty library: seeded with the bundled sample images (%s; --no-seed starts empty)", wb.seed().summary())
     if sync is not None:
         sync.start()        # pushes now, then every --sync-every minutes; trouble is shown, never fatal
     return wb

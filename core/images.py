@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -116,7 +117,21 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS, draft: in
                                     limit=max_pixels)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(name, Msg("图片已损坏或不完整（{error}）", "corrupt or truncated image ({error})",
-                                    error=str(e))) from None
+                                    error=_decoder_reason(str(e)))) from None
+
+
+def _decoder_reason(text: str) -> Msg | str:
+    """What PIL's decoder said, in both languages where we know its wording (a Chinese page should
+    not quote English); anything else verbatim."""
+    truncated = re.fullmatch(r"image file is truncated \((\d+) bytes not processed\)", text)
+    if truncated:
+        return Msg("文件被截断，还有 {n} 字节未处理", "image file is truncated ({n} bytes not processed)",
+                   n=int(truncated.group(1)))
+    known = {"image file is truncated": Msg("文件被截断", "image file is truncated"),
+             "Truncated File Read": Msg("文件在读取途中就结束了", "the file ends before its data does"),
+             "broken data stream when reading image file": Msg("读取时数据流已损坏", "broken data stream"),
+             "could not create decoder object": Msg("无法为这种编码创建解码器", "no decoder for this encoding")}
+    return known.get(text, text)
 
 
 def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:

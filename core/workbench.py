@@ -42,6 +42,7 @@ from .library.store import Entry, Library
 from .library.thumbs import thumb_for
 from .lab.learn import Learn
 from .models import Encoder, load_encoder, load_encoder_with_fallback
+from .models.hf import hub_unreachable
 from .starters import Starters, starters
 from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
 from .zeroshot import ZeroShotClassifier, plan_prompts
@@ -247,6 +248,21 @@ class Workbench:
         """N images -> N dicts {"caption_en", "caption_zh"[, "caption_zh_error"]} (see caption_metadata,
         which also says the `stage`s a front end hears). A missing captioner raises ModelUnavailableError."""
         return caption_metadata([as_image(im) for im in images], self.captioner, self.translator, stage)
+
+    def captions_unavailable(self) -> Msg | None:
+        """Why no caption can be made here before anyone tries (the weights are not on this machine and
+        cannot be downloaded: offline, or the hub does not answer); None when they are, or may come."""
+        captioner = self.captioner
+        if captioner.loaded or captioner.on_this_machine():
+            return None
+        why = Msg("离线模式", "offline mode") if self.offline else hub_unreachable()
+        if why is None:
+            return None
+        return Msg("这台机器上没有描述模型 {model}，现在也无法下载（{why}）。要生成描述：联网运行一次（可设置镜像 "
+                   "HF_ENDPOINT=https://hf-mirror.com），或用 --captioner 指定 save_pretrained() 保存的本地文件夹。",
+                   "The captioner {model} is not on this machine and cannot be downloaded now ({why}). To caption: run "
+                   "once online (HF_ENDPOINT may name a mirror, e.g. https://hf-mirror.com), or pass --captioner with "
+                   "a local folder saved with save_pretrained().", model=captioner.model_id, why=why)
 
     # ------------------------------------------------------------ search and classify
 

@@ -107,6 +107,15 @@ def test_an_unknown_label_never_wins_silently(app, client):
     assert r.status_code == 200 and "cannot judge the labels with them (dog)" in r.json()["note"], r.text
 
 
+def test_similarity_matrix_flags_unknown_words(app, client):
+    if not len(app.wb):
+        app.wb.seed()
+    ids = [e.id for e in app.wb.entries(0, 2)]
+    out = client.predict(ids, None, "a red circle\na cat on a sofa", api_name="/similarity_matrix")
+    assert "⚠️ a cat on a sofa" in out and "⚠️ a red circle" not in out, out
+    assert "never seen these words: cat, sofa" in out, out
+
+
 def test_search_warns_about_unknown_words(app, client):
     app.wb.add([SHAPES / "09_blue_star.png", SHAPES / "19_red_circle.png"])
     _, info = client.predict("a cat", None, "", 2, 0, api_name="/search")
@@ -173,3 +182,14 @@ def test_first_start_seeds_the_samples_unless_told_not_to(tiny_clip_path, tmp_pa
     seeded = build_workbench(str(tiny_clip_path), tmp_path / "seeded", device="cpu", offline=True, fallback=False)
     empty = build_workbench(str(tiny_clip_path), tmp_path / "empty", device="cpu", offline=True, fallback=False)
     assert len(seeded) == len(sample_files()) and len(empty) == 0
+
+
+@pytest.mark.parametrize("lang, words", [("en", "No captions here"), ("zh", "无法生成描述")])
+def test_caption_tab_says_before_a_click_that_no_captioner_is_here(app, client, lang, words):
+    """Offline with no captioner cached, the Caption tab says so up front, once, with the way to supply one;
+    a click then says it once too (the how-to was repeated twice)."""
+    by_id, _ = _blocks(app, lang)
+    note = by_id["cap-offline"].value
+    assert words in note and "save_pretrained" in note and "HF_ENDPOINT" in note, note
+    _, _, status = client.predict(handle_file(str(SHAPES / "09_blue_star.png")), api_name="/caption")
+    assert status.count("HF_ENDPOINT") == 1 and status.count("save_pretrained") == 1, status

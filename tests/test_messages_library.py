@@ -51,6 +51,21 @@ def test_truncated_image_keeps_the_decoder_detail_verbatim(tmp_path):
     assert localize(info.value, "zh").startswith("cut.png: 图片已损坏或不完整（")
 
 
+def test_the_decoders_known_reasons_are_said_in_chinese(tmp_path):
+    """PIL's English ("image file is truncated (23 bytes not processed)") never sits inside a Chinese message."""
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").save(buf, "JPEG")
+    for name, data in {"half.jpg": buf.getvalue()[:len(buf.getvalue()) // 2], "head.jpg": buf.getvalue()[:200],
+                       "cut.png": png_bytes(size=(64, 64))[:60]}.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageError) as info:
+            load_image(tmp_path / name)
+        zh = localize(info.value, "zh").removeprefix(f"{name}: ")
+        assert zh.startswith("图片已损坏或不完整（") and not re.search(r"[A-Za-z]{3}", zh), zh
+
+
 def test_ingest_report_reasons_are_bilingual(encoder, tmp_path):
     library = open_library(tmp_path / "lib", encoder)
     report = ingest(library, encoder, [Upload("empty.png", b""), Upload("ok.png", png_bytes())])

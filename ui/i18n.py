@@ -10,6 +10,8 @@ the English detail (file names, limits, commands to run) is kept verbatim.
 """
 from __future__ import annotations
 
+import re
+
 __all__ = ["LANGS", "DEFAULT_LANG", "AUTH_MESSAGE", "t", "has_key", "pick_lang", "choices"]
 
 LANGS = ("zh", "en")
@@ -122,12 +124,8 @@ _S: dict[str, tuple[str, str]] = {
     "cap.button": ("生成描述", "Caption"),
     "cap.en": ("英文描述", "English caption"),
     "cap.zh": ("中文描述", "Chinese caption"),
-    "cap.unavailable": ("**缺少模型：** {detail}\n\n**如何提供：** 用 `python demo.py --captioner /本地/文件夹 --translator "
-                        "/本地/文件夹` 指定 save_pretrained 保存的模型文件夹；或设置镜像 `HF_ENDPOINT=https://hf-mirror.com` "
-                        "后联网运行一次以下载到缓存。",
-                        "**Model missing:** {detail}\n\n**How to supply it:** start with `python demo.py --captioner "
-                        "/local/folder --translator /local/folder` (folders saved with save_pretrained), or set a mirror "
-                        "`HF_ENDPOINT=https://hf-mirror.com` and run once online to fill the cache."),
+    "cap.unavailable": ("**缺少模型：** {detail}", "**Model missing:** {detail}"),   # the detail says how to supply it
+    "cap.offline": ("⚠️ **无法生成描述：** {detail}", "⚠️ **No captions here:** {detail}"),
     "cap.no_zh": ("没有中文描述：{detail}", "No Chinese caption: {detail}"),
     "cap.done": ("完成。", "Done."),
 
@@ -328,10 +326,15 @@ _S.update({
 
 
 def t(key: str, lang: str, **fields) -> str:
-    """The string `key` in `lang` ("zh" | "en"), with `fields` formatted in."""
+    """The string `key` in `lang` ("zh" | "en"), with `fields` formatted in ("1 image", not "1 images")."""
     zh, en = _S[key]
-    text = zh if lang == "zh" else en
-    return text.format(**fields) if fields else text
+    if lang == "zh":
+        return zh.format(**fields) if fields else zh
+    return _ONE.sub(r"\1", en.format(**fields)) if fields else en
+
+
+# English counts: a count of one takes the singular ("1 images found." -> "1 image found.")
+_ONE = re.compile(r"(?<![\d.,])(1 (?:image|epoch|file|step|label|word|text|row|duplicate|page|result|match))s\b")
 
 
 def has_key(text: str) -> bool:

@@ -147,7 +147,8 @@ class LearnCallbacks:
             sim = self.wb.learn.similarity(images, lines)
             thumbs = [self._thumb(self.wb.thumbnail(self.wb.entry(i))) for i in picked or []]
             thumbs += [self._thumb(f) for f in files or []]
-        return Say(partial(_heatmap, sim.matrix, thumbs, sim.texts, sim.notes), lang)
+        shown = [f"⚠️ {x}" if self.wb.unknown_words(x) else x for x in sim.texts]   # core's note says why
+        return Say(partial(_heatmap, sim.matrix, thumbs, shown, sim.notes), lang)
 
     def _thumb(self, image: str | Path) -> str:
         """A small inline JPEG of an image (data: URL: nothing more to serve)."""

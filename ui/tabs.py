@@ -13,6 +13,7 @@ from typing import Callable
 import gradio as gr
 
 from core.library.search import MAX_K
+from core.messages import localize
 
 from .callbacks import CUSTOM, Callbacks
 from .i18n import choices, has_key, t
@@ -199,6 +200,10 @@ def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State
             image = loc(SafeImage, **_IMAGE_INPUT, label="cap.image",
                         height=320, elem_id="cap-image")
             button = loc(gr.Button, value="cap.button", variant="primary")
+            missing = cb.wb.captions_unavailable()   # said before anyone clicks, not only after
+            if missing is not None:
+                loc(gr.Markdown, value=lambda l: t("cap.offline", l, detail=localize(missing, l)),
+                    elem_id="cap-offline")
         with gr.Column():
             en = loc(gr.Textbox, label="cap.en", interactive=False)
             zh = loc(gr.Textbox, label="cap.zh", interactive=False)

@@ -184,6 +184,11 @@ class Learn:
         feats = torch.stack([self._image_vector(im) for im in images])
         planned = [self.wb.plan_query(t) for t in texts]
         notes = list(dict.fromkeys(n for _, n in planned if n))
+        unknown = self.wb.unknown_words(*texts)
+        if unknown:   # a narrow model (the bundled one knows coloured shapes) scores these by guess
+            notes.append(Msg("模型从未见过这些词：{words}；含有它们的文字，其相似度只是猜测。",
+                             "The model has never seen these words: {words}; the similarities of the texts with "
+                             "them are guesses.", words=", ".join(unknown)))
         text_feats = self.wb.encoder.encode_texts([p for p, _ in planned])
         return Similarity((feats @ text_feats.T).numpy(), texts, notes)
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..errors import ModelUnavailableError, UnknownModelError
 from ..messages import Msg
-from ..models.hf import LazyLoad, is_hub_id, load_pretrained, model_type
+from ..models.hf import LazyLoad, hub_kwargs, is_hub_id, load_pretrained, model_type
 from ..settings import Runtime, pick_runtime
 
 if TYPE_CHECKING:   # imported where used: `python -m core --help` reads CAPTIONERS without torch
@@ -121,6 +121,14 @@ class Captioner:
     @property
     def loaded(self) -> bool:
         return self._parts.loaded
+
+    def on_this_machine(self) -> bool:
+        """True when the weights need no download: a local folder, or the hub id already in the cache."""
+        if Path(self.source).is_dir():
+            return True
+        from huggingface_hub import try_to_load_from_cache
+        folder = hub_kwargs(self.source, self._cache, self._offline).get("cache_dir")
+        return isinstance(try_to_load_from_cache(self.source, "config.json", cache_dir=folder), str)
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
         """N PIL images -> N English captions (stripped), in order, batched by settings.batch_size."""
