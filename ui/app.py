@@ -40,6 +40,8 @@ CSS = """
 #notice {background: #fff4e5; border-left: 4px solid #f59e0b; padding: 6px 12px; border-radius: 6px}
 #broken {background: #fdecea; border-left: 4px solid #dc2626; padding: 6px 12px; border-radius: 6px}
 footer {display: none !important}
+/* the galleries' floating label chip sat over their first row of thumbnails */
+#lib-gallery .grid-container, #search-gallery .grid-container {padding-top: 2.6rem !important}
 """ + TOAST_CSS
 CACHE_LIFETIME = (3600, 86400)   # every hour, delete served copies and uploads older than a day
 

@@ -217,7 +217,7 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State
     ids = gr.State([])
     with gr.Row():
         with gr.Column(scale=2):
-            files = loc(gr.File, label="lib.upload", file_count="multiple", type="filepath", height=140,
+            files = loc(gr.File, label="lib.upload", file_count="multiple", type="filepath", height=260,
                         elem_id="lib-upload")
             with gr.Row():
                 add = loc(gr.Button, value="lib.add", variant="primary", scale=2)
