@@ -259,9 +259,9 @@ class Workbench:
         if why is None:
             return None
         return Msg("这台机器上没有描述模型 {model}，现在也无法下载（{why}）。要生成描述：联网运行一次（可设置镜像 "
-                   "HF_ENDPOINT=https://hf-mirror.com），或用 --captioner 指定 save_pretrained() 保存的本地文件夹。",
+                   "`HF_ENDPOINT=https://hf-mirror.com`），或用 `--captioner` 指定 save_pretrained() 保存的本地文件夹。",
                    "The captioner {model} is not on this machine and cannot be downloaded now ({why}). To caption: run "
-                   "once online (HF_ENDPOINT may name a mirror, e.g. https://hf-mirror.com), or pass --captioner with "
+                   "once online (`HF_ENDPOINT` may name a mirror, e.g. `https://hf-mirror.com`), or pass `--captioner` with "
                    "a local folder saved with save_pretrained().", model=captioner.model_id, why=why)
 
     # ------------------------------------------------------------ search and classify
