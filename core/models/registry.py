@@ -4,19 +4,21 @@
     enc = load_encoder("chinese-clip", "cuda")     # a named Hugging Face model
     enc = load_encoder("hf:OFA-Sys/chinese-clip-vit-base-patch16")
     enc = load_encoder("/models/my-finetune.pt")   # a local checkpoint file or save_pretrained folder
+    enc = load_encoder("open_clip:ViT-B-32/laion2b_s34b_b79k")   # OpenCLIP: ARCH/TAG, ARCH/FILE, hf-hub:ORG/NAME
     enc = load_encoder("ViT-B/32", runtime="onnx") # towers run by ONNX Runtime (CPU; exported once, cached)
 
 A model spec is one of, tried in this order:
 
-    BACKEND:SOURCE    explicit: "clip:PATH", "hf:ORG/NAME" or "hf:DIR", "mini:PATH"
-    a name in MODELS  e.g. "ViT-B/32", "RN50", "chinese-clip", "mini"
+    BACKEND:SOURCE    explicit: "clip:PATH", "hf:ORG/NAME" or "hf:DIR", "mini:PATH", "open_clip:ARCH/TAG"
+                      (see core/models/openclip.py for open_clip's forms)
+    a name in MODELS  e.g. "ViT-B/32", "RN50", "chinese-clip", "xlm-roberta-clip", "mini"
     a local file      a mini-CLIP checkpoint, else an OpenAI CLIP checkpoint
-    a local folder    saved with save_pretrained() (Hugging Face)
+    a local folder    saved with save_pretrained() (Hugging Face), or an OpenCLIP folder (open_clip_config.json)
     ORG/NAME          a Hugging Face hub id
 
 Each backend (`BACKENDS`) is one entry: adding a runtime or a hub family is one more entry,
 not another `if`. Runtimes (`runtime=`): "torch"; "onnx" and "onnx-int8" (ONNX Runtime on the
-CPU) for the OpenAI CLIP backend — the Hugging Face and mini backends run on torch and say so
+CPU) for the OpenAI CLIP and OpenCLIP backends — the Hugging Face and mini backends run on torch and say so
 in `encoder.runtime_note` when ONNX was asked for explicitly; "auto" = ONNX fp32 on a CPU, torch
 + fp16 on CUDA (core.settings.pick_runtime). Weights download once into the cache with progress; every failure names the
 model, where it looked, and what to do.
@@ -55,6 +57,9 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "chinese-clip": ("hf", "OFA-Sys/chinese-clip-vit-base-patch16", "Chinese-CLIP ViT-B/16 (reads Chinese)"),
     "altclip": ("hf", "BAAI/AltCLIP", "AltCLIP (Chinese and English)"),
     "siglip": ("hf", "google/siglip-base-patch16-224", "SigLIP base (English)"),
+    "xlm-roberta-clip": ("open_clip", "xlm-roberta-base-ViT-B-32/laion5b_s13b_b90k",
+                         "OpenCLIP XLM-RoBERTa ViT-B/32, LAION-5B (reads Chinese)"),
+    "nllb-clip": ("open_clip", "nllb-clip-base/v1", "OpenCLIP NLLB-CLIP base (reads Chinese, 200 languages)"),
 }
 
 
@@ -118,6 +123,11 @@ def _load_hf(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encod
     return load_hf(str(path) if path.is_dir() else source, runtime, cache, offline)
 
 
+def _load_open_clip(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:
+    from .openclip import load_open_clip
+    return load_open_clip(source, runtime, cache, offline)
+
+
 def _load_mini(source: str, runtime: Runtime, cache: Path, offline: bool) -> Encoder:
     from .mini import load_mini_encoder
     path = Path(source).expanduser()
@@ -132,6 +142,8 @@ BACKENDS: dict[str, Backend] = {
     "clip": Backend(_load_clip, "OpenAI CLIP: a name (ViT-B/32, RN50, ...) or a checkpoint file", onnx=True),
     "hf": Backend(_load_hf, "Hugging Face CLIP / ChineseCLIP / AltCLIP / SigLIP: hub id or save_pretrained folder"),
     "mini": Backend(_load_mini, "the project's mini-CLIP: a checkpoint from `python -m core.train`"),
+    "open_clip": Backend(_load_open_clip, "OpenCLIP: ARCH/TAG (ViT-B-32/laion2b_s34b_b79k), ARCH/CHECKPOINT_FILE, "
+                                          "hf-hub:ORG/NAME, or a folder with open_clip_config.json", onnx=True),
 }
 
 
@@ -158,7 +170,7 @@ def resolve(spec: str) -> tuple[str, str]:
     if path.is_file():
         return ("mini" if _is_mini_checkpoint(path) else "clip"), spec
     if path.is_dir():
-        return "hf", spec
+        return ("open_clip" if _is_open_clip_folder(path) else "hf"), spec
     if _looks_like_hub_id(spec):
         return "hf", spec
     raise UnknownModelError(Msg("找不到模型 {spec}；可用的模型有 {models}，也可以用本地检查点文件、"
@@ -166,6 +178,11 @@ def resolve(spec: str) -> tuple[str, str]:
                                 "Model {spec} not found; available models = {models}, "
                                 "or a local checkpoint file, or a Hugging Face id / save_pretrained directory",
                                 spec=spec, models=available_models()))
+
+
+def _is_open_clip_folder(path: Path) -> bool:
+    """An OpenCLIP repo's layout (open_clip_config.json) and no transformers config.json beside it."""
+    return (path / "open_clip_config.json").is_file() and not (path / "config.json").is_file()
 
 
 def _looks_like_hub_id(spec: str) -> bool:
@@ -189,8 +206,9 @@ def load_encoder(name: str, device: str | Runtime | None = "cpu", runtime: str |
     if rt.engine != "torch" and not entry.onnx:
         encoder = entry.load(source, replace(rt, engine="torch"), Path(cache or default_paths().cache), offline)
         if not rt.engine_auto:
-            encoder.runtime_note = Msg("--runtime {engine} 仅适用于 OpenAI CLIP 模型；{name}（{backend} 后端）在 torch 上运行。",
-                                       "--runtime {engine} is available for OpenAI CLIP models; {name} "
+            encoder.runtime_note = Msg("--runtime {engine} 仅适用于 OpenAI CLIP 和 OpenCLIP 模型；{name}（{backend} 后端）"
+                                       "在 torch 上运行。",
+                                       "--runtime {engine} is available for OpenAI CLIP and OpenCLIP models; {name} "
                                        "({backend} backend) runs on torch.", engine=rt.engine, name=name, backend=backend)
         return encoder
     return entry.load(source, rt, Path(cache or default_paths().cache), offline)
