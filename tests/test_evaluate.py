@@ -12,7 +12,7 @@ from core.lab.datasets import (imagenet_wnids, read_class_folders, read_classifi
 from core.models import load_encoder
 from core.lab.evaluate import (encode_image_files, evaluate_retrieval, evaluate_zeroshot, evenly_spaced, main, resolve_classes, to_markdown)
 from core.images import load_image
-from core.lab.metrics import retrieval_recall, topk_accuracy
+from core.lab.metrics import retrieval_map, retrieval_recall, topk_accuracy
 from core.lab.reference import references_for
 from core.settings import pick_runtime
 from core.zeroshot import class_matrix, load_labelset, load_templates
@@ -266,6 +266,9 @@ def test_retrieval_end_to_end_drops_unreadable_image_with_its_captions(encoder, 
     for key, value in expected.items():
         assert report["metrics"][key] == pytest.approx(value)
     assert report["metrics"]["t2i_R@5"] == 100  # only 4 candidate images
+    expected_map = retrieval_map(encoder.encode_images([load_image(p) for p in keep.images]),
+                                 encoder.encode_texts(keep.captions), keep.text_to_image, ks=(5, 10))
+    assert expected_map and all(report["metrics"][k] == pytest.approx(v) for k, v in expected_map.items())
     assert [r["metrics"]["t2i_R@1"] for r in report["reference"]] == [30.4]  # COCO 5k, open_clip
 
 
@@ -294,7 +297,13 @@ def test_cli_writes_json_and_prints_markdown(tiny_clip, tmp_path, capsys):
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["task"] == "retrieval" and set(report["metrics"]) >= {"t2i_R@1", "i2t_R@10", "mean_recall"}
-    assert "| text→image R@1 % |" in capsys.readouterr().out
+    assert set(report["metrics"]) >= {"t2i_mAP@5", "t2i_mAP@10", "i2t_mAP@5", "i2t_mAP@10"}
+    table = capsys.readouterr().out
+    assert "| text→image R@1 % |" in table
+    rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines() if " % |" in line]
+    assert rows == ["text→image R@1 %", "text→image R@5 %", "text→image R@10 %", "text→image mAP@5 %",
+                    "text→image mAP@10 %", "image→text R@1 %", "image→text R@5 %", "image→text R@10 %",
+                    "image→text mAP@5 %", "image→text mAP@10 %", "mean recall %"]
     rc = main(["zeroshot", "--data", str(tmp_path / "nowhere"), "--model", str(model), "--device", "cpu"])
     assert rc == 2 and "not a directory" in capsys.readouterr().err
     rc = main(["zeroshot", "--data", str(tmp_path / "data"), "--model", str(model), "--device", "tpu"])

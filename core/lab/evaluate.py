@@ -12,7 +12,7 @@ Images are decoded and preprocessed by worker processes (the CLI's default) or t
 library's default, safe in a server), batches ahead of the encoder, so a large set runs at the
 encoder's speed as far as the cores allow; an unreadable image is skipped, counted and named in the report
 (with its captions, for retrieval). The report (JSON via --out, Markdown on stdout) holds
-top-1 / top-5 / per-class accuracy or Recall@1/5/10 both ways, throughput, and the published
+top-1 / top-5 / per-class accuracy or Recall@1/5/10 and mAP@5/10 both ways, throughput, and the published
 numbers for the same model (core/reference.py). `--limit N` evaluates N evenly spaced images,
 so a class-folder tree keeps every class.
 """
@@ -31,7 +31,7 @@ import torch
 from ..errors import DatasetError, ImageError
 from .datasets import CaptionSet, ClassificationSet, imagenet_wnids, is_wnid
 from ..images import load_image
-from .metrics import per_class_accuracy, retrieval_recall, topk_accuracy
+from .metrics import per_class_accuracy, retrieval_map, retrieval_recall, topk_accuracy
 from .reference import references_for
 from ..zeroshot import LABEL_SETS, class_matrix, load_labelset, load_templates
 
@@ -41,6 +41,7 @@ __all__ = ["EncodedImages", "encode_image_files", "resolve_classes", "evaluate_z
 Progress = Callable[[int, int], None]  # (images done, images total)
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 _MAX_NAMED_FAILURES = 100  # the report names this many skipped files; the count is always exact
+MAP_KS = (5, 10)           # mAP@K beside Recall@K, as the CLIP-retrieval reports give it (MSCOCO, Flickr30k)
 
 
 @dataclass
@@ -232,7 +233,7 @@ def evaluate_zeroshot(encoder, data: ClassificationSet, labels: str = "auto", la
 
 def evaluate_retrieval(encoder, data: CaptionSet, batch_size: int = 64, workers: int = DEFAULT_WORKERS,
                        limit: int | None = None, progress: Progress | None = None, decode: str = "threads") -> dict:
-    """Recall@1/5/10 text->image and image->text; images that cannot be read leave with their captions."""
+    """Recall@1/5/10 and mAP@5/10 text->image and image->text; images that cannot be read leave with their captions."""
     total = len(data.images)
     data = data.subset(evenly_spaced(total, limit))
     enc = _encode_or_fail(encoder, data.images, batch_size, workers, progress, decode)
@@ -241,6 +242,7 @@ def evaluate_retrieval(encoder, data: CaptionSet, batch_size: int = 64, workers:
     text_feats = encoder.encode_texts(data.captions)
     text_s = time.perf_counter() - t0
     metrics = retrieval_recall(enc.feats, text_feats, data.text_to_image, ks=(1, 5, 10))
+    metrics.update(retrieval_map(enc.feats, text_feats, data.text_to_image, ks=MAP_KS))
     # fewer candidates make retrieval easier: only the whole test split compares with published numbers
     comparable = data.name in ("flickr30k", "coco") and data.split == "test" and limit is None
     return {
@@ -259,8 +261,10 @@ def evaluate_retrieval(encoder, data: CaptionSet, batch_size: int = 64, workers:
 
 _PCT = "{:.1f}"
 _ROWS = {"zeroshot": [("top1", "top-1 %", _PCT), ("top5", "top-5 %", _PCT), ("mean_per_class", "mean per-class %", _PCT)],
-         "retrieval": [(f"{d}_R@{k}", f"{name} R@{k} %", _PCT) for d, name in (("t2i", "text→image"), ("i2t", "image→text"))
-                       for k in (1, 5, 10)] + [("mean_recall", "mean recall %", _PCT)]}
+         "retrieval": [row for d, name in (("t2i", "text→image"), ("i2t", "image→text"))
+                       for row in [(f"{d}_R@{k}", f"{name} R@{k} %", _PCT) for k in (1, 5, 10)]
+                       + [(f"{d}_mAP@{k}", f"{name} mAP@{k} %", _PCT) for k in MAP_KS]]
+                      + [("mean_recall", "mean recall %", _PCT)]}
 _TIMING_ROWS = [("images_per_s", "images/s", "{:.1f}"), ("s_per_image", "s/image", "{:.4f}")]
 
 
@@ -303,7 +307,7 @@ def _parser():
     p = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="task", required=True)
     zs = sub.add_parser("zeroshot", help="zero-shot classification accuracy")
-    rt = sub.add_parser("retrieval", help="image-text retrieval Recall@K")
+    rt = sub.add_parser("retrieval", help="image-text retrieval Recall@K and mAP@K")
     zs.add_argument("--layout", default="auto", choices=("auto", "imagenet", "folders"))
     zs.add_argument("--ground-truth", type=Path, help="ImageNet ground-truth file (default: looked for beside --data)")
     zs.add_argument("--labels", default="auto", help="auto, imagenet1k, cifar10, cifar100 or 'cat, dog, ...'")

@@ -1,4 +1,4 @@
-"""Evaluation metrics on embeddings and logits: retrieval Recall@K and top-k accuracy.
+"""Evaluation metrics on embeddings and logits: retrieval Recall@K and mAP@K, top-k accuracy.
 
 All results are percentages (0..100) as plain Python floats.
 
@@ -12,6 +12,10 @@ which in practice come from duplicate images (both copies legitimately match, so
 optimistic is the fair default) or from a collapsed encoder that maps everything to
 one vector (pessimistic then reports 0 instead of a misleading 100 — use it as a
 sanity check when training).
+
+mAP@K ranks several relevant items at once (an image's 5 captions): with "optimistic" ties the
+relevant items of a group of equal scores come before the group's other items, with "pessimistic"
+after them; the order among relevant items themselves never changes a score.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["retrieval_recall", "topk_accuracy", "per_class_accuracy"]
+__all__ = ["retrieval_recall", "retrieval_map", "topk_accuracy", "per_class_accuracy"]
 
 # Similarity rows are computed in chunks of at most this many scores (64 MiB of float32)
 # so 25k captions x 5k images never materialise the full 125M-entry matrix at once.
@@ -109,6 +113,74 @@ def retrieval_recall(image_feats: torch.Tensor, text_feats: torch.Tensor, text_t
     out = {f"t2i_R@{k}": _recall_at(t2i_ranks, k) for k in ks}
     out.update({f"i2t_R@{k}": _recall_at(i2t_ranks, k) for k in ks})
     out["mean_recall"] = sum(out.values()) / len(out) if out else float("nan")
+    return out
+
+
+def _average_precision(scores: torch.Tensor, relevant: torch.Tensor, ks: Sequence[int], ties: str) -> torch.Tensor:
+    """AP@K of each query row with at least one relevant item. scores [B, N], relevant bool [B, N]
+    -> float64 [B', len(ks)] (B' = rows with a relevant item), in 0..1.
+
+    The i-th relevant item (best first, i = 1..R) sits at 0-based position p_i = (i - 1) + the number of
+    other items that outrank it (_beats); it adds precision i / (p_i + 1) when p_i < K."""
+    counts = relevant.sum(dim=1)
+    keep = counts > 0
+    scores, relevant, counts = scores[keep], relevant[keep], counts[keep]
+    if scores.shape[0] == 0:
+        return torch.empty(0, len(ks), dtype=torch.float64, device=scores.device)
+    most = int(counts.max())
+    own = scores.masked_fill(~relevant, float("-inf")).topk(most, dim=1).values          # [B, R] best first
+    others = scores.masked_fill(relevant, float("-inf")).sort(dim=1).values            # [B, N] ascending
+    at_or_below = torch.searchsorted(others, own.contiguous(), right=ties == "optimistic")
+    beaten_by = scores.shape[1] - at_or_below                                           # others above (or tied)
+    i = torch.arange(1, most + 1, device=scores.device)
+    valid = i[None, :] <= counts[:, None]
+    position = (i - 1)[None, :] + beaten_by
+    precision = i[None, :].double() / (position + 1).double()
+    out = [(precision * (valid & (position < k))).sum(dim=1) / counts.clamp(max=k).double() for k in ks]
+    return torch.stack(out, dim=1)
+
+
+def _map_rows(queries: torch.Tensor, candidates: torch.Tensor, relevant_of, ks, ties) -> torch.Tensor:
+    """AP@K of every query against every candidate, in chunks. relevant_of(start, stop) -> bool [B, N]."""
+    rows = []
+    step = _chunk_rows(candidates.shape[0])
+    for start in range(0, queries.shape[0], step):
+        scores = queries[start:start + step] @ candidates.T
+        rows.append(_average_precision(scores, relevant_of(start, start + scores.shape[0]), ks, ties))
+    return torch.cat(rows) if rows else torch.empty(0, len(ks), dtype=torch.float64)
+
+
+def retrieval_map(image_feats: torch.Tensor, text_feats: torch.Tensor, text_to_image: Sequence[int],
+                  ks: Sequence[int] = (5, 10), ties: str = "optimistic") -> dict[str, float]:
+    """mAP@K in both directions, in percent: the mean over queries of average precision at K, every
+    relevant item counted.
+
+    For one query with R >= 1 relevant items and its ranked candidates at positions 1..N:
+
+        AP@K = (1 / min(K, R)) * sum_{i=1..min(K, N)} P@i * rel_i
+
+    where rel_i = 1 when the candidate at position i is relevant (else 0) and P@i = (relevant items
+    among the first i) / i. The denominator is min(K, R), not the number of relevant items found in the
+    top K: a relevant item ranked past K lowers AP@K, and a top K made only of relevant items scores 1
+    even when R > K. With K >= N it is the usual AP over the whole ranking.
+
+    Text->image: each caption has one relevant image, so AP@K = 1 / rank when the image is in the top K
+    (reciprocal rank cut at K). Image->text: an image's relevant items are all its captions (5 in
+    Flickr8k / COCO); images with no caption are left out. Features and text_to_image as for
+    retrieval_recall. Returns {"t2i_mAP@5": .., "t2i_mAP@10": .., "i2t_mAP@5": .., "i2t_mAP@10": ..}.
+    """
+    if ties not in _TIES:
+        raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
+    t2i = torch.as_tensor(list(text_to_image), dtype=torch.long, device=image_feats.device)
+    image_feats, text_feats = image_feats.float(), text_feats.to(image_feats.device).float()
+    _check_features(image_feats, text_feats, t2i)
+    images = torch.arange(image_feats.shape[0], device=image_feats.device)
+    t2i_ap = _map_rows(text_feats, image_feats, lambda a, b: t2i[a:b, None] == images[None, :], ks, ties)
+    i2t_ap = _map_rows(image_feats, text_feats, lambda a, b: images[a:b, None] == t2i[None, :], ks, ties)
+    out = {}
+    for name, ap in (("t2i", t2i_ap), ("i2t", i2t_ap)):
+        out.update({f"{name}_mAP@{k}": 100.0 * float(ap[:, j].mean()) if ap.shape[0] else float("nan")
+                    for j, k in enumerate(ks)})
     return out
 
 
