@@ -4,7 +4,7 @@ OpenAI CLIP was trained on English captions: on raw Chinese it is nearly useless
 (XTD10 text->image R@1 1.1% vs 54% in English). So with an English-only encoder a
 Chinese query is translated to English first, as the user's source system did
 ("英文查询: 'The Cat Who Flies'"); Chinese-capable encoders (ChineseCLIP, AltCLIP,
-the project's mini model: `encoder.multilingual`) read it as it is.
+multilingual OpenCLIP models, the project's mini model: `encoder.multilingual`) read it as it is.
 
 The translator and captioner are passed in (anything with `translate(texts, to)` /
 `caption(images)`), so this module depends on neither implementation.
@@ -66,10 +66,10 @@ def prepare_query(text: str, encoder, translator: Translates | None) -> QueryPla
 def _untranslated(text: str, reason: str) -> QueryPlan:
     return QueryPlan(text, text, False, Msg(
         "中文查询未经翻译就送入了模型，结果多半不好：这个 CLIP 模型几乎不懂中文。请提供翻译模型、用英文输入查询，"
-        "或选用懂中文的模型（ChineseCLIP、AltCLIP、mini）。原因：{reason}",
+        "或选用懂中文的模型（ChineseCLIP、AltCLIP、多语言 OpenCLIP 如 xlm-roberta-clip、mini）。原因：{reason}",
         "Chinese query sent untranslated, so expect poor results: this CLIP model reads little Chinese. Supply "
         "the translator, type the query in English, or choose a Chinese-capable model (ChineseCLIP, AltCLIP, "
-        "mini). Why: {reason}", reason=reason), warning=True)
+        "a multilingual OpenCLIP such as xlm-roberta-clip, mini). Why: {reason}", reason=reason), warning=True)
 
 
 def caption_metadata(images: Sequence[Image.Image], captioner: Captions,
