@@ -237,3 +237,13 @@ def test_topk_rejects_bad_labels():
         topk_accuracy(torch.zeros(2, 3), [0, 3])
     with pytest.raises(ValueError, match="ties must be"):
         topk_accuracy(torch.zeros(2, 3), [0, 1], ties="random")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_map_on_cuda_matches_the_cpu():
+    g = torch.Generator().manual_seed(3)
+    images = F.normalize(torch.randn(40, 16, generator=g), dim=-1)
+    t2i = torch.arange(40).repeat_interleave(5)
+    texts = F.normalize(images[t2i] + torch.randn(200, 16, generator=g), dim=-1)
+    cpu = retrieval_map(images, texts, t2i.tolist())
+    assert retrieval_map(images.cuda(), texts.cuda(), t2i.tolist()) == pytest.approx(cpu, abs=1e-9)

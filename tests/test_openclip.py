@@ -205,3 +205,15 @@ def test_the_cli_takes_open_clip_names(models, tmp_path):
     missing = run_cli("search", "a cat", "--model", "open_clip:ViT-B-32/laion2b_s34b_b79k", "--offline",
                       "--no-fallback", "--library", str(tmp_path / "lib2"), env_extra=env)
     assert missing.returncode == 2 and "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in missing.stderr   # the hub repo
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_on_cuda_matches_fp32_and_returns_cpu_float32(models, images, tmp_path):
+    for spec in (f"open_clip:{ARCH}/{models['file']}", f"open_clip:{XLMR_ARCH}/{models['xlmr']}"):
+        cpu = load_encoder(spec, CPU, cache=tmp_path)
+        gpu = load_encoder(spec, pick_runtime("cuda", "auto"), cache=tmp_path)   # auto on CUDA: torch + fp16
+        assert gpu.runtime.engine == "torch" and next(gpu.model.parameters()).dtype == torch.float16
+        for a, b in ((cpu.encode_images(images), gpu.encode_images(images)),
+                     (cpu.encode_texts(TEXTS), gpu.encode_texts(TEXTS))):
+            assert b.dtype == torch.float32 and b.device.type == "cpu"
+            assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99
