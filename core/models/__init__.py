@@ -1,4 +1,4 @@
-"""Encoders: one interface (`Encoder`), a registry of backends (OpenAI clip, Hugging Face, mini),
+"""Encoders: one interface (`Encoder`), a registry of backends (OpenAI clip, Hugging Face, OpenCLIP, mini),
 runtimes (torch, ONNX Runtime: core/models/onnx_runtime.py)."""
 from ..lazy import lazy_attributes
 
