@@ -98,6 +98,27 @@ def test_learn_plots_are_numeric_from_the_first_empty_frame():
     assert [row[1] for row in gr.LinePlot(x="step", y="loss").postprocess(_loss_frame(later)).data] == [6.143, 4.488, 15.5]
 
 
+@pytest.mark.slow
+def test_the_live_defaults_learn_in_their_first_epoch(tmp_path):
+    """The Learn tab's defaults must visibly learn (they once ended at chance): after the first of
+    their epochs the colours are well above chance (1/8) and so is retrieval."""
+    from dataclasses import replace
+    from core.lab.train import train
+    seen = []
+
+    class Enough(Exception):
+        pass
+
+    def first(row):
+        seen.append(row)
+        raise Enough   # one epoch is enough to tell
+    cfg = replace(LiveConfig().train_config(tmp_path / "run"), device="cpu")
+    with pytest.raises(Enough):
+        train(cfg, progress=False, on_epoch=first)
+    row = seen[0]
+    assert row["val_en_colour_top1"] > 35 and row["val_mean_recall"] > 6, row
+
+
 def test_live_trainer_runs_one_at_a_time_and_stops(tmp_path):
     trainer = LiveTrainer(tmp_path)
     config = LiveConfig(epochs=5, batch_size=32, shapes_train=256, shapes_val=16, shapes_test=16, image_size=32)

@@ -194,7 +194,8 @@ def _status_of(state) -> SimpleNamespace:
     return SimpleNamespace(run=state.run, running=state.running, stopped=state.stopped, error=state.error,
                            step=state.steps[-1][0] if state.steps else 0, total_steps=state.total_steps,
                            epochs=len(state.epochs), best=state.best,
-                           last={k: last[k] for k in ("val_mean_recall", "val_en_shape_top1") if k in last}
+                           last={k: last[k] for k in ("val_mean_recall", "val_en_shape_top1", "val_en_colour_top1")
+                                 if k in last}
                            if last is not None else None)
 
 
@@ -210,7 +211,8 @@ def _train_status(state, lang: str) -> str:
     if state.last is not None:
         last = state.last
         parts.append(t("learn.last_epoch", lang, recall=last.get("val_mean_recall", 0),
-                       top1=last.get("val_en_shape_top1", float("nan"))))
+                       top1=last.get("val_en_shape_top1", float("nan")),
+                       colour=last.get("val_en_colour_top1", float("nan"))))
     if state.best is not None and not state.running:
         parts.append(t("learn.can_use", lang, best=state.best))
     return "\n\n".join(parts)
@@ -283,9 +285,10 @@ def _train_section(lc: LearnCallbacks, loc, lang_state) -> None:
         loc(gr.Markdown, value="learn.train_help")
         with gr.Row():
             data = loc(gr.Textbox, value="shapes", label="learn.data", info="learn.data_info", scale=2)
-            epochs = loc(gr.Slider, minimum=1, maximum=30, step=1, value=3, label="learn.epochs", elem_id="learn-epochs")
-            images = loc(gr.Slider, minimum=64, maximum=5000, step=64, value=2048, label="learn.images",
-                         elem_id="learn-images")
+            epochs = loc(gr.Slider, minimum=1, maximum=30, step=1, value=LiveConfig.epochs, label="learn.epochs",
+                         elem_id="learn-epochs")
+            images = loc(gr.Slider, minimum=64, maximum=5000, step=64, value=LiveConfig.shapes_train,
+                         label="learn.images", elem_id="learn-images")
         with gr.Row():
             batch = loc(gr.Dropdown, choices=[32, 64, 128], value=64, label="learn.batch")
             tower = loc(gr.Radio, choices={"transformer": "learn.transformer", "lstm": "learn.lstm"},
