@@ -312,7 +312,7 @@ class Workbench:
         if not words:
             return None
         unjudged = [label for label in labels if self.unknown_words(label)]
-        return Msg("模型不认识这些词：{words}，无法判断含有它们的标签（{labels}），这些标签的概率只是猜测。",
+        return Msg("模型从未见过这些词：{words}，无法判断含有它们的标签（{labels}），这些标签的概率只是猜测。",
                    "The model has never seen these words: {words}; it cannot judge the labels with them ({labels}), "
                    "whose probabilities are guesses.", words=", ".join(words), labels=", ".join(unjudged))
 

@@ -123,7 +123,7 @@ def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]
     error carries the probe's reason as `.hub_unreachable` (None on the others)."""
     kwargs = hub_kwargs(source, cache, offline)
     if Path(source).is_dir() or "local_files_only" in kwargs:
-        return [_load(what, source, load, kwargs) for load in loaders]
+        return [_load(what, source, load, kwargs, flag) for load in loaders]
     out = []
     for load in loaders:
         try:
@@ -145,7 +145,7 @@ def load_pretrained(what: str, source: str, loaders: Sequence[Callable[..., Any]
                 local=_local_hint(flag)))
             error.hub_unreachable = reason   # perhaps brief (a mirror overloaded, a proxy starting): see LazyLoad
             raise error from None
-        out.append(_load(what, source, load, kwargs))
+        out.append(_load(what, source, load, kwargs, flag))
     return out
 
 
@@ -179,7 +179,7 @@ def _brief(e: BaseException) -> str | None:
     return None
 
 
-def _load(what: str, source: str, load: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+def _load(what: str, source: str, load: Callable[..., Any], kwargs: dict[str, Any], flag: str | None = None) -> Any:
     """One loader; missing/corrupt files, no network or no cache entry -> ModelUnavailableError. A download
     that failed in a way that may pass (_brief) carries the reason as `.hub_unreachable`, so LazyLoad asks again."""
     try:
@@ -200,11 +200,12 @@ def _load(what: str, source: str, load: Callable[..., Any], kwargs: dict[str, An
             raise ModelUnavailableError(Msg(
                 "{what}不在缓存 {cache} 中，而离线模式（--offline 或 HF_HUB_OFFLINE=1）不会下载任何文件。如何提供："
                 "不用离线模式联网运行一次，从 {endpoint} 下载到缓存（HF_ENDPOINT 可指定镜像，如 `https://hf-mirror.com`）；"
-                "或传入用 save_pretrained() 保存的本地文件夹。",
+                "或传入用 save_pretrained() 保存的本地文件夹{local}。",
                 "The {what} is not in the cache {cache}, and offline mode (--offline or HF_HUB_OFFLINE=1) downloads "
                 "nothing. To supply it: run once online (without offline mode) to fill the cache from {endpoint} "
                 "(HF_ENDPOINT may name a mirror, e.g. https://hf-mirror.com), or pass a local directory saved with "
-                "save_pretrained().", what=what, cache=kwargs["cache_dir"], endpoint=hub_endpoint())) from None
+                "save_pretrained(){local}.", what=what, cache=kwargs["cache_dir"], endpoint=hub_endpoint(),
+                local=_local_hint(flag))) from None
         error = ModelUnavailableError(Msg(
             "无法从{where}加载{what}：{first}。如何提供：传入用 save_pretrained() 保存的本地文件夹；或把 HF_ENDPOINT "
             "设为镜像（如 `https://hf-mirror.com`）；或联网运行一次以下载到缓存。",
