@@ -169,7 +169,7 @@ def test_repair_readds_an_image_that_lost_its_row(app, client, tmp_path):
     Image.new("RGB", (20, 20), (3, 141, 59)).save(stray)
     before = len(lib)
     summary = client.predict(api_name="/repair_library")
-    assert "1 images without a row re-added" in summary and len(on_disk(app)) == before + 1
+    assert "1 image without a row re-added" in summary and len(on_disk(app)) == before + 1
     assert "healthy" in client.predict(api_name="/verify_library")
 
 
