@@ -1,4 +1,6 @@
-"""A small thread-safe least-recently-used map (translations remembered, the UI's per-session languages)."""
+"""The one small thread-safe least-recently-used map of the project: query embeddings (core/library/search.py),
+zero-shot class matrices (core/zeroshot.py), Learn tab projections (core/lab/learn.py), translations
+remembered, the UI's per-session languages."""
 from __future__ import annotations
 
 import threading
@@ -29,6 +31,12 @@ class LRU:
             self._data.move_to_end(key)
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
+
+    __setitem__ = put
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._data
 
     def __len__(self) -> int:
         return len(self._data)

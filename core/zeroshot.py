@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
@@ -27,6 +25,7 @@ from PIL import Image
 
 from .errors import LabelError
 from .language.script import has_cjk
+from .lru import LRU
 from .messages import Msg
 from .settings import ASSETS_DIR
 
@@ -167,21 +166,14 @@ class ZeroShotClassifier:
 
     def __init__(self, encoder, cache_size: int = _CACHE_SIZE):
         self.encoder = encoder
-        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._cache = LRU(cache_size)   # (model, labels, templates) -> class matrix [C, D]
 
     def classes(self, labels: list[str], templates: list[str]) -> torch.Tensor:
         key = (self.encoder.model_id, tuple(labels), tuple(templates))
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        matrix = class_matrix(self.encoder, labels, templates)  # outside the lock: may take seconds
-        with self._lock:
-            self._cache[key] = matrix
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        matrix = self._cache.get(key)
+        if matrix is None:
+            matrix = class_matrix(self.encoder, labels, templates)  # outside any lock: may take seconds
+            self._cache.put(key, matrix)
         return matrix
 
     def probabilities(self, image_feats: torch.Tensor, labels: list[str], templates: list[str]) -> torch.Tensor:

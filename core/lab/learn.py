@@ -14,14 +14,13 @@ projection for new points, at the mean position of its 5 nearest images (said in
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import LabelError, ModelUnavailableError, UnknownModelError
+from ..lru import LRU
 from ..messages import Msg
 from ..zeroshot import plan_prompts
 
@@ -109,8 +108,7 @@ class Learn:
 
     def __init__(self, wb):
         self.wb = wb
-        self._maps: OrderedDict[tuple, _Projection] = OrderedDict()
-        self._lock = threading.Lock()
+        self._maps = LRU(_CACHE)   # (library, generation, version, method, limit) -> _Projection
 
     # ------------------------------------------------------------ embedding map
 
@@ -120,18 +118,14 @@ class Learn:
         notes = []
         limit = min(limit, TSNE_LIMIT) if method == "tsne" else limit
         key = (str(lib.root), lib.view().generation, lib.version, method, limit)
-        with self._lock:
-            cached = self._maps.get(key)
+        cached = self._maps.get(key)
         ids = lib.live_ids()
         if len(ids) > limit:
             ids = np.sort(np.random.default_rng(0).choice(ids, limit, replace=False))
             notes.append(f"sample:{limit}:{len(lib)}")
         if cached is None:
             cached = _Projection(ids, lib.vectors_of(ids), method)   # outside the lock: t-SNE takes seconds
-            with self._lock:
-                self._maps[key] = cached
-                while len(self._maps) > _CACHE:
-                    self._maps.popitem(last=False)
+            self._maps.put(key, cached)
         return cached, notes
 
     def embedding_map(self, method: str = "pca", labels: str = "", query: str = "", lang: str = "en",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import QueryError
+from ..lru import LRU
 from ..messages import Msg
 from .index import ExactIndex
 from .store import Library
@@ -150,21 +150,15 @@ class Searcher:
         self.encoder, self.library = encoder, library
         self.index = index or ExactIndex(library, encoder.runtime)   # swapped for an ANN index when one is ready
         self.plan = plan or (lambda text: (text, None))
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = LRU(_TEXT_CACHE)   # text -> [D] embedding
         self._captions = _CaptionTracker(library)
 
     def embed_text(self, text: str) -> torch.Tensor:
         """[D] embedding of one text, from an LRU cache when asked before."""
-        with self._lock:
-            if text in self._cache:
-                self._cache.move_to_end(text)
-                return self._cache[text]
-        vec = self.encoder.encode_texts([text])[0]
-        with self._lock:
-            self._cache[text] = vec
-            if len(self._cache) > _TEXT_CACHE:
-                self._cache.popitem(last=False)
+        vec = self._cache.get(text)
+        if vec is None:
+            vec = self.encoder.encode_texts([text])[0]
+            self._cache.put(text, vec)
         return vec
 
     def query_vector(self, q: SearchQuery) -> tuple[torch.Tensor, str, str | None]:
