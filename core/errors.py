@@ -1,17 +1,23 @@
 """Every error the core raises on purpose, in one module that every sub-package imports.
 
 Each message says what went wrong and what to do; the CLI prints it, the app translates
-its kind into the user's language (ui/errors.py), the HTTP API returns it as JSON.
+its kind into the user's language (ui/errors.py), the HTTP API returns it as JSON with a status
+chosen by its type (ui/http_api.py), never by its text. `kind` is the name a client sees.
 """
 from __future__ import annotations
 
 __all__ = ["WorkbenchError", "ModelUnavailableError", "UnknownModelError", "ImageError", "LibraryError",
-           "ModelMismatchError", "QueryError", "LabelError", "DatasetError", "PermissionDenied", "QuotaError",
+           "ModelMismatchError", "NotFoundError", "QueryError", "LabelError", "DatasetError", "PermissionDenied", "QuotaError",
            "EXPECTED_ERRORS"]
 
 
 class WorkbenchError(Exception):
     """Base of the errors below (a caller may catch them all at once)."""
+
+    @classmethod
+    def kind(cls) -> str:
+        """The error's name for API clients (JSON "kind"): its class name unless it says otherwise."""
+        return cls.__dict__.get("public_kind", cls.__name__)
 
 
 class ModelUnavailableError(WorkbenchError, RuntimeError):
@@ -32,6 +38,12 @@ class ImageError(WorkbenchError, ValueError):
 
 class LibraryError(WorkbenchError, RuntimeError):
     """The library cannot do what was asked; the message says why and what to do."""
+
+
+class NotFoundError(LibraryError):
+    """No stored image has this id (or its file is gone). The JSON API answers 404; clients
+    have always seen it as a LibraryError, so that stays its kind."""
+    public_kind = "LibraryError"
 
 
 class ModelMismatchError(LibraryError):

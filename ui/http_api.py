@@ -36,7 +36,7 @@ from pydantic import BaseModel
 
 from core import Entry, Hit, SearchQuery, Upload, Workbench
 from core.access import Access, Caller
-from core.errors import ImageError, LibraryError, PermissionDenied, QueryError, QuotaError, WorkbenchError
+from core.errors import ImageError, NotFoundError, PermissionDenied, QueryError, QuotaError, WorkbenchError
 from core.images import MAX_BYTES
 from core.library.search import MAX_K, split_terms
 from core.messages import without_paths
@@ -49,7 +49,7 @@ API_PREFIX = "/api"
 MAX_FILES = 64               # files per POST /api/images (send a bigger folder in several requests)
 _FORM_SLACK = 64 * 1024      # multipart headers and text fields around one file
 _CACHE = "private, max-age=86400"   # stored files never change (content-addressed), but may need a login
-_STATUS = {PermissionDenied: 403, QuotaError: 413}   # any other WorkbenchError: 400
+_STATUS = {NotFoundError: 404, PermissionDenied: 403, QuotaError: 413}   # by type; any other WorkbenchError: 400
 
 
 class ApiProblem(Exception):
@@ -91,10 +91,13 @@ class _JsonErrorRoute(APIRoute):
             except RequestValidationError as e:
                 return _error(400, _validation_text(e), "ValidationError")
             except WorkbenchError as e:
-                status = 404 if isinstance(e, LibraryError) and str(e).startswith("No image with id") else \
-                    next((s for cls, s in _STATUS.items() if isinstance(e, cls)), 400)
-                return _error(status, str(e), type(e).__name__)
+                return _error(_status(e), str(e), e.kind())
         return run
+
+
+def _status(e: WorkbenchError) -> int:
+    """The HTTP status of a domain error, from its type (never its message)."""
+    return next((status for cls, status in _STATUS.items() if isinstance(e, cls)), 400)
 
 
 def _check_length(request: Request, limit: int | None) -> None:
@@ -213,7 +216,7 @@ class _Api:
         root = Path(self.wb.root).resolve()
         real = Path(path).resolve()
         if not real.is_relative_to(root) or not real.is_file():
-            raise LibraryError(f"No image with id {real.stem[:12]} on disk; run `python -m core library repair`")
+            raise NotFoundError(f"No image with id {real.stem[:12]} on disk; run `python -m core library repair`")
         return real
 
     # ------------------------------------------------------------ search

@@ -68,7 +68,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from ..errors import LibraryError, ModelMismatchError
+from ..errors import LibraryError, ModelMismatchError, NotFoundError
 from ..messages import Msg
 from .columns import Columns, Row, remove_generation, write_columns
 from .journal import JOURNAL_HEADER, JOURNAL_MAGIC, encode_record, fsync_dir, read_records, write_atomic
@@ -245,7 +245,7 @@ class Library:
             hits += [len(self._cols) + t for sha, t in self._tail_pos.items() if sha.startswith(key)]
             hits = [s for s in hits if self._alive[s]]
             if not hits:
-                raise LibraryError(Msg("没有 ID 为 {id} 的图片", "No image with id {id}", id=id_prefix))
+                raise NotFoundError(Msg("没有 ID 为 {id} 的图片", "No image with id {id}", id=id_prefix))
             if len(hits) > 1:
                 raise LibraryError(Msg("ID {id} 有歧义（匹配多张图片）", "Id {id} is ambiguous", id=id_prefix))
             return self._entry(hits[0])
