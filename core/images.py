@@ -1,7 +1,8 @@
 """Safe image loading in one place.
 
 `load_image` turns a path or bytes into an upright RGB `PIL.Image`, or raises
-`ImageError` naming the file and the reason. It handles EXIF orientation,
+`ImageError` naming the file and the reason. Ingest (core/library/ingest.py) and the jobs past
+one machine (core/scale/) share the rest: display names, stored file extensions, header sizes. It handles EXIF orientation,
 palette / RGBA / LA / CMYK / 16-bit / float modes, animated files (first frame),
 decompression bombs (a pixel limit), truncated or corrupt data, non-images with
 image extensions and zero-byte files.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,8 +23,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 from .messages import Msg
 
-__all__ = ["load_image", "decode_image", "iter_image_files", "require_regular_file", "IMAGE_EXTENSIONS", "MAX_PIXELS",
-           "MAX_BYTES", "NOT_A_FILE"]
+__all__ = ["load_image", "decode_image", "iter_image_files", "require_regular_file", "safe_display_name", "stored_ext",
+           "upright_size", "draft_size", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES", "NOT_A_FILE"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_PIXELS = int(os.environ.get("CLIP_WB_MAX_PIXELS", 100_000_000))  # 100 MP: bigger is almost surely a bomb
@@ -30,12 +32,43 @@ NOT_A_FILE = Msg("不是普通文件（只是名字像图片的文件夹、管�
                  "not a regular file (a folder, pipe or device with an image-like name); skipped")
 MAX_BYTES = int(os.environ.get("CLIP_WB_MAX_BYTES", 100 * 1024 * 1024))  # 100 MiB per file
 
+# A stored image's extension comes from its decoded format, never from the user's file name.
+_FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "MPO": ".jpg"}
+
 # Never let PIL quietly decode half a file: a truncated JPEG must be reported, not embedded.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # PIL's own bomb guard (89.5 MP) would pre-empt ours with a false message; ours is the limit.
 Image.MAX_IMAGE_PIXELS = max(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or 0)
 
 
+def safe_display_name(name: str, limit: int = 120) -> str:
+    """The file name part only, control characters removed, length-limited: for display, never for paths."""
+    base = re.split(r"[\\/]", str(name))[-1]
+    base = "".join(c for c in unicodedata.normalize("NFC", base) if unicodedata.category(c)[0] != "C")
+    return base.strip()[:limit] or "image"
+
+
+def stored_ext(fmt: str | None) -> str:
+    """The extension a stored image gets for PIL's format name (".img" for one without a usual extension)."""
+    return _FORMAT_EXT.get(fmt, ".img")
+
+
+def upright_size(data: bytes) -> tuple[str | None, tuple[int, int]]:
+    """(format, (width, height) after EXIF rotation) from the header alone."""
+    head = Image.open(io.BytesIO(data))
+    w, h = head.size
+    try:
+        if head.getexif().get(0x0112) in (5, 6, 7, 8):   # rotated a quarter turn
+            w, h = h, w
+    except (OSError, SyntaxError, ValueError):
+        pass
+    return head.format, (w, h)
+
+
+def draft_size(model_size: int | None, thumb_size: int) -> int | None:
+    """Smallest JPEG decode size that loses nothing for an image tower of `model_size` pixels and a
+    `thumb_size` thumbnail (see decode_image's `draft`); None (decode in full) without a model size."""
+    return max(int(model_size), thumb_size) if model_size else None
 
 
 def _grey_scale(mode: str, arr: np.ndarray) -> float:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from core.library.ingest import Upload, ingest, open_library, peek_model, reindex, repair, safe_display_name
+from core.library.ingest import Upload, ingest, open_library, peek_model, reindex, repair
 from core.models import load_encoder
-from core.images import load_image
+from core.images import load_image, safe_display_name
 from core.settings import PROJECT_ROOT, pick_runtime
 from core_fixtures import SAMPLES, distinct_pngs, png_bytes
 from tiny_models import make_tiny_clip_file

@@ -13,13 +13,10 @@ in the library or earlier in the same run) are recognised by hash before any dec
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import re
 import threading
 import time
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +26,16 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, LibraryError
-from ..images import MAX_BYTES, decode_image, iter_image_files, require_regular_file
+from ..images import (MAX_BYTES, decode_image, draft_size, iter_image_files, require_regular_file, safe_display_name,
+                      stored_ext, upright_size)
 from ..messages import Msg
 from .store import MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from .thumbs import THUMB_SIZE, write_thumbnail
 from ..settings import ASSETS_DIR
 
 __all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "repair", "seed",
-           "sample_files", "SAMPLE_DIRS", "safe_display_name"]
+           "sample_files", "SAMPLE_DIRS"]
 
-_FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif", "MPO": ".jpg"}
 _WORKERS = min(8, os.cpu_count() or 1)
 _WORKER_NICE = 10   # decode/writer threads' niceness increment (0 = as urgent as the encoder, 19 = idle only)
 SAMPLE_DIRS = (ASSETS_DIR / "samples", ASSETS_DIR / "shapes")   # licensed photos + the mini model's Shapes
@@ -78,13 +75,6 @@ class _Prepared:
     pixels: torch.Tensor | None = None
     ext: str = ".jpg"
     size: tuple[int, int] = (0, 0)       # full (width, height), upright, as stored in the metadata
-
-
-def safe_display_name(name: str, limit: int = 120) -> str:
-    """The file name part only, control characters removed, length-limited: for display, never for paths."""
-    base = re.split(r"[\\/]", str(name))[-1]
-    base = "".join(c for c in unicodedata.normalize("NFC", base) if unicodedata.category(c)[0] != "C")
-    return base.strip()[:limit] or "image"
 
 
 def open_library(root: str | os.PathLike, encoder) -> Library:
@@ -136,24 +126,6 @@ class _Seen:
             return new
 
 
-def _draft_size(encoder) -> int | None:
-    """Smallest decode size that loses nothing: the image tower's input and the thumbnail."""
-    size = getattr(encoder, "image_size", None)
-    return max(int(size), THUMB_SIZE) if size else None
-
-
-def _upright_size(data: bytes) -> tuple[str | None, tuple[int, int]]:
-    """(format, (width, height) after EXIF rotation) from the header alone."""
-    head = Image.open(io.BytesIO(data))
-    w, h = head.size
-    try:
-        if head.getexif().get(0x0112) in (5, 6, 7, 8):   # rotated a quarter turn
-            w, h = h, w
-    except (OSError, SyntaxError, ValueError):
-        pass
-    return head.format, (w, h)
-
-
 def _prepare(source, library: Library, encoder, seen: _Seen, draft: int | None) -> _Prepared | tuple[str, str]:
     """Read + hash; decode + preprocess only if new. Returns _Prepared or (name, error reason)."""
     try:
@@ -162,8 +134,8 @@ def _prepare(source, library: Library, encoder, seen: _Seen, draft: int | None) 
         if library.contains(item.sha256) or not seen.first(item.sha256):
             return item
         item.image = decode_image(data, name, draft=draft)
-        fmt, item.size = _upright_size(data)
-        item.ext = _FORMAT_EXT.get(fmt, ".img")
+        fmt, item.size = upright_size(data)
+        item.ext = stored_ext(fmt)
         item.pixels = encoder.preprocess(item.image)
         return item
     except ImageError as e:
@@ -180,7 +152,7 @@ def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
     report, start = IngestReport(), time.perf_counter()
     sources = list(sources)   # may be a generator: it is read twice below
     sources = [s for s in sources if isinstance(s, Upload)] + list(iter_image_files(s for s in sources if not isinstance(s, Upload)))
-    seen, draft = _Seen(), _draft_size(encoder)
+    seen, draft = _Seen(), draft_size(getattr(encoder, "image_size", None), THUMB_SIZE)
     batches = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
     with ThreadPoolExecutor(_WORKERS, initializer=_yield_to_encoder) as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="ingest-writer", initializer=_yield_to_encoder) as writer:

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import ImageError, LibraryError, ModelMismatchError
-from ..library.ingest import _FORMAT_EXT, IngestReport, safe_display_name
+from ..images import safe_display_name, stored_ext
+from ..library.ingest import IngestReport
 from ..library.journal import fsync_dir
 from ..library.store import Library
 from .shards import list_shards, read_shard, shard_info
@@ -194,7 +195,7 @@ def _item_of(path: str, tars: dict) -> Item:
 def _store_copy(root: Path, sha: str, data: bytes) -> str:
     """images/ab/<sha>.<ext> holding `data` (content-named: an existing copy is the same bytes)."""
     try:
-        ext = _FORMAT_EXT.get(Image.open(io.BytesIO(data)).format, ".img")
+        ext = stored_ext(Image.open(io.BytesIO(data)).format)
     except (OSError, ValueError):
         ext = ".img"
     rel = f"images/{sha[:2]}/{sha}{ext}"

@@ -41,8 +41,8 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, ModelMismatchError
-from ..images import decode_image
-from ..library.ingest import _draft_size, _upright_size   # the single-process path's decode choices, shared
+from ..images import decode_image, draft_size, upright_size   # the single-process path's decode choices, shared
+from ..library.thumbs import THUMB_SIZE
 from ..models import load_encoder, resolve
 from ..settings import pick_runtime
 from .shards import clean_temp, shard_info, shard_path, write_shard
@@ -144,7 +144,7 @@ def _run(pending: list[Part], encoder, model: str, options: RayOptions, cache, o
     # memory: what a decode worker holds (torch + PIL, its pixels twice). Differing resources
     # also keep Ray from fusing decoding into the encoder actors, which would serialise the stages.
     memory = DECODE_WORKER_BYTES + 2 * 4 * options.batch_size * int(np.prod(pre.shape))
-    ds = ds.map_batches(_decode, fn_kwargs={"preprocess": pre, "draft": _draft_size(encoder)}, batch_size=options.batch_size,
+    ds = ds.map_batches(_decode, fn_kwargs={"preprocess": pre, "draft": draft_size(getattr(encoder, "image_size", None), THUMB_SIZE)}, batch_size=options.batch_size,
                         batch_format="numpy", num_cpus=1, memory=memory)
     ds = ds.map_batches(_EncodeActor, fn_constructor_kwargs={"model": _portable(model), "cache": cache, "offline": offline,
                                                               "expect": encoder.model_id},
@@ -212,7 +212,7 @@ def _decode(batch: dict, preprocess: _Preprocess, draft: int | None) -> dict:
             data = read_item(item)
             sha = hashlib.sha256(data).hexdigest()
             image = decode_image(data, display_name(item), draft=draft)
-            w, h = _upright_size(data)[1]
+            w, h = upright_size(data)[1]
             pixels[i] = preprocess(image).numpy()
         except ImageError as e:
             err = e.reason
