@@ -3,7 +3,7 @@
     write_library(root, "bench", vectors, rows, dim)   # vectors: [n, D] chunks, `rows` in all
 
 No image files are written: adds, opens and searches are what is timed. The layout is the
-one core/library/store.py documents (store.json + store/*.1.* + an empty journal).
+one core/library/disk.py documents (store.json + store/*.1.* + an empty journal).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.library.columns import Row, write_columns  # noqa: E402
 from core.library.journal import JOURNAL_HEADER, JOURNAL_MAGIC  # noqa: E402
-from core.library.store import FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, STORE_DIR, Library  # noqa: E402
+from core.library.disk import FORMAT_VERSION, JOURNAL_NAME, MANIFEST_NAME, STORE_DIR  # noqa: E402
+from core.library.store import Library  # noqa: E402
 
 __all__ = ["write_library", "random_vectors"]
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.library import disk
+from core.library.journal import JournalFile
 from core.library.store import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from core.errors import LibraryError, ModelMismatchError
 from core_fixtures import distinct_pngs
@@ -122,7 +124,7 @@ def test_crash_between_staging_and_journal_leaves_no_orphan(tmp_path, monkeypatc
 
     def crash(*a, **k):
         raise KeyboardInterrupt("power loss")
-    monkeypatch.setattr(Library, "_append", crash)
+    monkeypatch.setattr(JournalFile, "append", crash)
     with pytest.raises(KeyboardInterrupt):
         lib.add([new_image(d) for d in distinct_pngs(3, seed=1)])
     monkeypatch.undo()
@@ -134,7 +136,7 @@ def test_crash_between_staging_and_journal_leaves_no_orphan(tmp_path, monkeypatc
 
 def test_crash_after_journal_before_move_completes_on_open(tmp_path, monkeypatch):
     lib = Library(tmp_path, "test-model", DIM)
-    monkeypatch.setattr(Library, "_finish_move", lambda self, rel: None)   # die before the renames
+    monkeypatch.setattr(disk, "finish_move", lambda root, rel: None)   # die before the renames
     lib.add([new_image(d) for d in distinct_pngs(3)])
     monkeypatch.undo()
     assert not any((tmp_path / "images").rglob("*.png"))
@@ -146,7 +148,7 @@ def test_crash_after_journal_before_move_completes_on_open(tmp_path, monkeypatch
 def test_crash_mid_compaction_keeps_everything(tmp_path, monkeypatch):
     lib = Library(tmp_path, "test-model", DIM)
     lib.add([new_image(d) for d in distinct_pngs(4)])
-    monkeypatch.setattr(Library, "_new_journal_locked", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(JournalFile, "start", lambda self, gen: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         lib.compact()            # the new snapshot landed; the old journal (previous generation) is still there
     monkeypatch.undo()

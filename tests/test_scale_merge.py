@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import core.library.disk as disk_mod
 import core.library.store as store_mod
 import core.scale.merge as merge_mod
 from core.errors import LibraryError, ModelMismatchError
@@ -125,9 +126,9 @@ def test_interrupted_merge_can_be_rerun(tmp_path, monkeypatch, step):
         if step == "copy":       # mid-way through the copies into images/
             m.setattr(merge_mod, "_store_copy", _fail_copies_after(3))
         elif step == "columns":  # while writing the new generation's columns
-            m.setattr(store_mod, "write_columns", _fail_once(store_mod.write_columns))
+            m.setattr(disk_mod, "write_columns", _fail_once(disk_mod.write_columns))
         elif step == "manifest":  # just before the switch
-            m.setattr(Library, "_write_manifest", _fail_once(Library._write_manifest))
+            m.setattr(disk_mod, "write_manifest", _fail_once(disk_mod.write_manifest))
         else:                    # after the switch, before the old generation is deleted
             m.setattr(store_mod, "remove_generation", _fail_once(store_mod.remove_generation))
         with pytest.raises((OSError, LibraryError)):

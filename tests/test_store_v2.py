@@ -197,7 +197,7 @@ def test_opening_does_not_read_the_whole_library(tmp_path, monkeypatch):
 
 def test_a_view_keeps_its_rows_after_the_library_compacts(tmp_path):
     """An index built from a view (in the app, while uploads compact) must pair each id with its vector."""
-    from core.library.store import view_vectors
+    from core.library.rows import view_vectors
     lib = Library(tmp_path, "m", DIM)
     images = [new_image(d) for d in distinct_pngs(8)]
     lib.add(images[:6])

@@ -25,7 +25,9 @@ import torch
 from .. import zerogpu
 from ..settings import Runtime
 from .ann import EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, build_index, choose_kind, load_index
-from .store import STORE_DIR, Library, view_vectors
+from .rows import view_vectors
+from .disk import STORE_DIR
+from .store import Library
 
 __all__ = ["ExactIndex", "LibraryANN", "open_index", "resolve_kind", "INDEX_KINDS"]
 

@@ -1,4 +1,5 @@
-"""The library's journal file format and durable-write helpers (see core/library.py).
+"""The library's journal file: its format, where this process has read it up to, and durable writes
+(see core/library/disk.py for the whole directory).
 
 journal.log = [header: magic "CWBJ", u16 format version, u64 generation]
               then records [u32 payload length][u32 crc32(payload)][payload],
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["JOURNAL_MAGIC", "JOURNAL_HEADER", "RECORD_HEADER", "encode_record", "read_records",
+__all__ = ["JournalFile", "JOURNAL_MAGIC", "JOURNAL_HEADER", "RECORD_HEADER", "encode_record", "read_records",
            "fsync_dir", "write_atomic"]
 
 JOURNAL_MAGIC = b"CWBJ"
@@ -70,3 +71,83 @@ def read_records(data: bytes, start: int):
         head, _, vec = payload.partition(b"\0")
         yield end, json.loads(head), vec
         pos = end
+
+
+class JournalFile:
+    """One library's journal.log as this process knows it: which file (inode) it read, up to
+    where, and how many records that was. The caller holds its lock around every call."""
+
+    def __init__(self, path: Path, version: int):
+        self.path, self.version = path, version   # version: the format version written in new headers
+        self.ino, self.pos, self.records = -1, 0, 0
+
+    def header(self, generation: int) -> bytes:
+        return JOURNAL_HEADER.pack(JOURNAL_MAGIC, self.version, generation)
+
+    def start(self, generation: int) -> None:
+        """A new, empty journal for `generation` (write-then-rename)."""
+        write_atomic(self.path, lambda f: f.write(self.header(generation)))
+
+    def empty_in_place(self, generation: int) -> None:
+        """Empty the journal in place for `generation` (needs no new disk space)."""
+        with open(self.path, "r+b") as f:
+            f.truncate(JOURNAL_HEADER.size)
+            f.seek(0)
+            f.write(self.header(generation))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> tuple[bytes, int]:
+        """(contents, inode) from one open; (b"", -1) when there is no journal."""
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            return b"", -1
+
+    def opened(self, ino: int, end: int) -> None:
+        """This process has read the file with inode `ino` up to `end` (records counted by the caller)."""
+        self.ino, self.pos = ino, end
+
+    def appended_since(self, generation: int) -> bytes | None:
+        """Bytes other processes appended since `pos` (b"" when none); None when the file was
+        replaced (compacted elsewhere): then everything must be read again."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return b""
+        if st.st_ino != self.ino:
+            return None
+        if st.st_size <= self.pos:
+            return b""
+        with open(self.path, "rb") as f:
+            head = f.read(JOURNAL_HEADER.size)
+            # an inode number can be reused by a later compaction's journal: the generation can't
+            if (os.fstat(f.fileno()).st_ino != self.ino or len(head) < JOURNAL_HEADER.size
+                    or JOURNAL_HEADER.unpack(head)[2] != generation):
+                return None
+            f.seek(self.pos)
+            return f.read()
+
+    def append(self, blob: bytes, records: int) -> None:
+        """Append and fsync (the acknowledgement). A failed write (e.g. the disk is full) takes its
+        partial record back out."""
+        with open(self.path, "ab") as f:
+            try:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(self.pos)
+                raise
+            self.pos = f.tell()
+        self.records += records
+
+    def cut(self, end: int | None = None) -> None:
+        """Cut the file at `end` (default: where this process has read to) when something lies past
+        it: the torn tail of a writer that died."""
+        end = self.pos if end is None else end
+        if self.path.stat().st_size > end:
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
