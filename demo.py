@@ -10,7 +10,7 @@ starts and explains what is wrong and how to fix it. For a class on one link: st
 with --auth (repeatable), the teacher with --admin; on a Space, put the logins in the secrets
 CLIP_WB_AUTH / CLIP_WB_ADMIN ("user:pass,user:pass") or a file named by CLIP_WB_AUTH_FILE.
 On a Space with a persistent disk the library and the model cache live in /data; without one,
---sync-to-hub USER/DATASET keeps the library in a Hugging Face dataset (core/library/sync.py).
+--sync-to-hub USER/DATASET keeps the library in a Hugging Face dataset (core/hosting/sync.py).
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def build(args: argparse.Namespace):
     except STARTUP_ERRORS as e:
         log.error("cannot start the workbench: %s", e)
         return build_error_app(e, args.lang, model=args.model or DEFAULT_MODEL), launch_options(None, args.access, args.lang)
-    from core.library.sync import storage
+    from core.hosting.sync import storage
     if (warning := storage(wb.root).warning) is not None:
         log.warning("%s", warning)
     # An English-only CLIP translates Chinese queries: load the translator while the page opens.
@@ -132,7 +132,7 @@ def hub_sync(args: argparse.Namespace):
     """--sync-to-hub: a HubSync of the library, restored now if it holds no image (None without the flag)."""
     if not args.sync_to_hub:
         return None
-    from core.library.sync import HubSync
+    from core.hosting.sync import HubSync
     sync = HubSync(args.library or default_paths().library, args.sync_to_hub, every=args.sync_every,
                    allow_public=args.sync_public)
     sync.restore()
@@ -167,7 +167,7 @@ def prepare_space() -> None:
     model calls under spaces.GPU on ZeroGPU, and a restart (SIGTERM) running the atexit flush and push.
     Runs before build(): on ZeroGPU, install() imports `spaces`, which must patch torch before the
     runtime is picked (CUDA fp16, not the CPU) and hook Gradio's launch() before it is called."""
-    from core.zerogpu import install
+    from core.hosting.zerogpu import install
     if persistent_root() is not None:
         os.environ.setdefault("HF_HOME", str(default_paths().cache / "huggingface"))
     if install():

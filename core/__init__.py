@@ -27,7 +27,7 @@ _LAZY = {"IngestReport": ".library.ingest", "Upload": ".library.ingest", "open_l
          "Encoder": ".models", "available_models": ".models", "load_encoder": ".models",
          "Page": ".workbench", "Workbench": ".workbench", "build_workbench": ".workbench",
          "LiveConfig": ".lab.live", "LiveTrainer": ".lab.live",
-         "Storage": ".library.sync", "storage": ".library.sync"}
+         "Storage": ".hosting.sync", "storage": ".hosting.sync"}
 
 __getattr__ = lazy_attributes(__name__, _LAZY)
 

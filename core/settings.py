@@ -13,6 +13,7 @@ Environment variables (all optional):
     CLIP_WB_RUNTIME      "auto" | "torch" | "onnx" | "onnx-int8": what runs the towers in the
                          app and the CLI (auto); the Python API's default is torch
     CLIP_WB_MODEL        default model name               (ViT-B/32)
+    SPACES_ZERO_GPU      set by a Hugging Face ZeroGPU Space (see Runtime.zero_gpu, core/hosting/zerogpu.py)
     HF_ENDPOINT          Hugging Face mirror, read by huggingface_hub itself
     HF_HUB_OFFLINE       "1" to never touch the network for Hugging Face models
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +31,7 @@ from .messages import Msg
 if TYPE_CHECKING:   # torch is imported where a Runtime is made: `python -m core --help` never pays for it
     import torch
 
-__all__ = ["Runtime", "pick_runtime", "Paths", "default_paths", "DEFAULT_MODEL", "DEFAULT_RUNTIME", "ENGINES",
+__all__ = ["Runtime", "pick_runtime", "on_zero_gpu", "ZERO_GPU_ENV", "Paths", "default_paths", "DEFAULT_MODEL", "DEFAULT_RUNTIME", "ENGINES",
            "RUNTIME_CHOICES", "PROJECT_ROOT", "ASSETS_DIR"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +40,7 @@ DEFAULT_MODEL = os.environ.get("CLIP_WB_MODEL", "ViT-B/32")
 ENGINES = ("torch", "onnx", "onnx-int8")          # what runs the encoder towers (see Runtime.engine)
 RUNTIME_CHOICES = ("auto",) + ENGINES             # --runtime on demo.py and every encoding CLI command
 DEFAULT_RUNTIME = os.environ.get("CLIP_WB_RUNTIME", "auto")   # the app's and the CLI's default
+ZERO_GPU_ENV = "SPACES_ZERO_GPU"                  # set (not 0/false) on a ZeroGPU Space
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,13 @@ class Runtime:
     engine: str = "torch"  # "torch" (eager), "onnx" (ONNX Runtime fp32, CPU: text 2.5x, images ~1.05x eager's speed),
                            # "onnx-int8" (opt-in, checked against fp32 on the user's library before use)
     engine_auto: bool = False  # the engine was picked by "auto" (a backend without ONNX then falls back quietly)
+    zero_gpu: bool = False     # a ZeroGPU Space: CUDA exists only inside model calls (core/hosting/zerogpu.py), so
+                               # work outside them (an exact scan, live training) runs on the CPU in float32
+
+    @property
+    def resident(self) -> bool:
+        """True when tensors may live on the CUDA device between model calls (CUDA, not ZeroGPU)."""
+        return self.is_cuda and not self.zero_gpu
 
     @property
     def is_cuda(self) -> bool:
@@ -89,7 +99,7 @@ def pick_runtime(device: str | None = None, runtime: str | None = None) -> Runti
             raise ValueError(Msg("--runtime {engine} 只在 CPU 上运行；在 CUDA 上请用 --runtime torch 或 auto（fp16）",
                                  "--runtime {engine} runs on the CPU; on CUDA use --runtime torch or auto (fp16)",
                                  engine=engine))
-        return Runtime(torch.device(device), torch.float16)
+        return Runtime(torch.device(device), torch.float16, zero_gpu=on_zero_gpu())
     if device != "cpu":
         raise ValueError(Msg("未知设备 {device!r}；可选 auto、cpu、cuda 或 cuda:N",
                              "Unknown device {device!r}; expected auto, cpu, cuda or cuda:N", device=device))
@@ -97,6 +107,19 @@ def pick_runtime(device: str | None = None, runtime: str | None = None) -> Runti
     if auto:
         engine = "onnx" if importlib.util.find_spec("onnxruntime") else "torch"
     return Runtime(torch.device("cpu"), torch.float32, engine, auto)
+
+
+def on_zero_gpu() -> bool:
+    """On a ZeroGPU Space: SPACES_ZERO_GPU set (not 0/false) and `spaces` importable. There torch shows a
+    CUDA device once core/hosting/zerogpu.py's install() imported `spaces`, but it is real only inside
+    model calls."""
+    flag = os.environ.get(ZERO_GPU_ENV, "").strip().lower()
+    if flag in ("", "0", "false", "no"):
+        return False
+    try:
+        return importlib.util.find_spec("spaces") is not None
+    except ValueError:   # imported already, without a spec (e.g. made in memory)
+        return "spaces" in sys.modules
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
-from core.library import sync as hubsync
+from core.hosting import sync as hubsync
 from core.library.ingest import Upload, open_library
-from core.library.sync import HubSync, storage
+from core.hosting.sync import HubSync, storage
 from core.messages import Msg
 from core.settings import PROJECT_ROOT, default_paths, persistent_root
 from core_fixtures import distinct_pngs
@@ -760,7 +760,7 @@ import os, sys
 from pathlib import Path
 sys.path[:0] = [{root!r}, {tests!r}]
 from test_spaces import FakeHub, REPO, _add
-from core.library import sync as hubsync
+from core.hosting import sync as hubsync
 hub = FakeHub(Path({hub!r}))
 hubsync.HfApi, hubsync.snapshot_download = hub.api, hub.snapshot_download
 os.environ["HF_TOKEN"] = "hf_test"
@@ -832,7 +832,7 @@ def fake_spaces(monkeypatch):
     """A `spaces` module whose GPU decorator records each call (method, seconds) and, as ZeroGPU's
     worker queue does, pickles what crosses: the arguments in, the result out. The patched methods
     are put back after the test."""
-    from core import zerogpu
+    from core.hosting import zerogpu
     from core.models.base import Encoder
     calls: list[tuple[str, int]] = []
 
@@ -858,7 +858,7 @@ def fake_spaces(monkeypatch):
 
 
 def test_off_zerogpu_nothing_is_wrapped(fake_spaces, monkeypatch, encoder):
-    from core import zerogpu
+    from core.hosting import zerogpu
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     assert not zerogpu.enabled() and not zerogpu.install()
     encoder.encode_texts(["a cat"])
@@ -868,7 +868,7 @@ def test_off_zerogpu_nothing_is_wrapped(fake_spaces, monkeypatch, encoder):
 
 def test_on_zerogpu_every_forward_pass_runs_under_spaces_gpu(fake_spaces, monkeypatch, tiny_clip_path, tmp_path):
     from PIL import Image
-    from core import zerogpu
+    from core.hosting import zerogpu
     from core.library.search import SearchQuery
     from core.models import load_encoder
     from core.settings import pick_runtime
@@ -891,7 +891,7 @@ def test_on_zerogpu_every_forward_pass_runs_under_spaces_gpu(fake_spaces, monkey
 
 
 def test_captions_and_translations_load_in_the_app_and_generate_on_the_gpu(fake_spaces, monkeypatch):
-    from core import zerogpu
+    from core.hosting import zerogpu
     from core.language.caption import Captioner
     from core.language.translate import Translator
     loaded = []

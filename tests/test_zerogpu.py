@@ -1,4 +1,4 @@
-"""ZeroGPU start-up order (core/zerogpu.py, demo.py): `spaces` is imported by install(), before a runtime
+"""ZeroGPU start-up order (core/hosting/zerogpu.py, demo.py): `spaces` is imported by install(), before a runtime
 is picked, a model built or Gradio launched, so torch already shows ZeroGPU's CUDA device (the runtime is
 CUDA fp16, not the CPU) and the launch hook finds a GPU function. The `spaces` here is a stand-in on
 sys.path, imported for real, that does what the real one does on import (see its docstring); no GPU, no
@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from core import zerogpu
+from core.hosting import zerogpu
 from core.settings import PROJECT_ROOT
 
 FAKE_SPACES = '''
@@ -96,6 +96,7 @@ def test_install_imports_spaces_so_the_runtime_is_cuda_fp16(zero_gpu_space):
     assert "spaces" in sys.modules and zero_gpu_space[0] == ("import spaces", None)
     runtime = pick_runtime(None, "auto")   # the app's defaults
     assert runtime.device.type == "cuda" and runtime.dtype == torch.float16 and runtime.engine == "torch"
+    assert runtime.zero_gpu and not runtime.resident   # CUDA only inside model calls: scans stay on the CPU
     assert len(sys.modules["spaces"].decorated) == 1   # device_name: a GPU function before any model call
     assert zerogpu.install() and len(sys.modules["spaces"].decorated) == 1
 
@@ -133,6 +134,7 @@ def test_the_demo_imports_spaces_before_it_picks_a_runtime_and_launches(zero_gpu
     assert names.index("pick_runtime") < names.index("launch") < names.index("gradio launch")
     runtime = dict(zero_gpu_space)["pick_runtime"]
     assert runtime.device.type == "cuda" and runtime.dtype == torch.float16 and runtime.engine == "torch"
+    assert runtime.zero_gpu and not runtime.resident   # CUDA only inside model calls: scans stay on the CPU
     assert dict(zero_gpu_space)["launch"] >= 1   # the startup report finds a GPU function
     assert hasattr(Encoder.__dict__["encode_texts"], "__zerogpu_original__")
 
@@ -153,7 +155,7 @@ def test_search_on_zerogpu_scans_on_the_cpu(monkeypatch, tmp_path, encoder):
     (no CUDA here: a scan on the device would fail), with the same hits as a CPU runtime."""
     import torch
 
-    from core import open_library, zerogpu
+    from core import open_library
     from core.library.index import ExactIndex
     from core.library.ingest import ingest, iter_image_files
     from core.settings import Runtime, pick_runtime
@@ -162,17 +164,18 @@ def test_search_on_zerogpu_scans_on_the_cpu(monkeypatch, tmp_path, encoder):
     lib = open_library(tmp_path / "lib", encoder)
     ingest(lib, encoder, list(iter_image_files([SAMPLES])))
     query = encoder.encode_texts(["a cat"])
-    monkeypatch.setattr(zerogpu, "enabled", lambda: True)
-    on_zerogpu = ExactIndex(lib, Runtime(torch.device("cuda"), torch.float16))
+    on_zerogpu = ExactIndex(lib, Runtime(torch.device("cuda"), torch.float16, zero_gpu=True))
     assert on_zerogpu.search(query, 5)[1].tolist() == ExactIndex(lib, pick_runtime("cpu")).search(query, 5)[1].tolist()
 
 
 def test_live_training_on_zerogpu_stays_on_the_cpu(monkeypatch, tmp_path):
-    from core import zerogpu
-    from core.lab.live import LiveConfig
+    import torch
 
-    monkeypatch.setattr(zerogpu, "enabled", lambda: True)
-    assert LiveConfig().train_config(tmp_path).device == "cpu"
-    assert LiveConfig(device="cuda").train_config(tmp_path).device == "cuda"     # asked for on purpose
-    monkeypatch.setattr(zerogpu, "enabled", lambda: False)
-    assert LiveConfig().train_config(tmp_path).device == "auto"
+    from core.lab.live import LiveConfig
+    from core.settings import Runtime
+
+    zero_gpu = Runtime(torch.device("cuda"), torch.float16, zero_gpu=True)
+    assert LiveConfig().train_config(tmp_path, zero_gpu).device == "cpu"
+    assert LiveConfig(device="cuda").train_config(tmp_path, zero_gpu).device == "cuda"     # asked for on purpose
+    zero_gpu = Runtime(torch.device("cuda"), torch.float16, zero_gpu=False)
+    assert LiveConfig().train_config(tmp_path, zero_gpu).device == "auto"

@@ -145,7 +145,7 @@ def _banner(wb: Workbench, loc: "Localizer") -> None:
     elif wb.notice:   # every visitor reads the banner: no server paths in it
         loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=localize(without_paths(wb.notice), l)),
             elem_id="notice")
-    from core import storage   # core/library/sync.py: where the library lives, its backup
+    from core import storage   # core/hosting/sync.py: where the library lives, its backup
     where = storage(wb.root)
     if where.on_space or where.sync is not None:   # re-read on each switch: a failed backup shows up
         loc(gr.Markdown, value=lambda l: _storage_text(storage(wb.root), l), elem_id="storage")
@@ -153,7 +153,7 @@ def _banner(wb: Workbench, loc: "Localizer") -> None:
 
 def _storage_text(where, lang: str) -> str:
     """Where the library lives, for _banner: a warning when uploads would vanish on a restart or the
-    backup fails (core/library/sync.py's Msg), else how it is kept. Re-read on every language switch."""
+    backup fails (core/hosting/sync.py's Msg), else how it is kept. Re-read on every language switch."""
     if where.warning is not None:
         return t("storage.warning", lang, warning=where.warning.text(lang))
     if where.sync is not None:

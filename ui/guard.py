@@ -27,7 +27,7 @@ __all__ = ["served_paths", "blocked_paths", "LoginLimiter", "client_address"]
 
 SAMPLE_DIRS = (ASSETS_DIR / "samples", ASSETS_DIR / "shapes")   # bundled images, shown and seeded
 _LIBRARY_PRIVATE = ("store", "staging", "journal.log", "store.json", ".lock", "features_library.pth",
-                    ".hub-sync", ".hub-sync.json", ".hub-restore", ".hub-restore-replaced")   # the backup's (core/library/sync.py)
+                    ".hub-sync", ".hub-sync.json", ".hub-restore", ".hub-restore-replaced")   # the backup's (core/hosting/sync.py)
 
 
 def served_paths(library_root: Path | None) -> list[str]:

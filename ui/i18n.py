@@ -366,7 +366,7 @@ _S.update({
 })
 
 
-# Where the library lives on a Hugging Face Space (ui/app.py _banner; the texts of warnings come from core/library/sync.py)
+# Where the library lives on a Hugging Face Space (ui/app.py _banner; the texts of warnings come from core/hosting/sync.py)
 _S.update({
     "storage.warning": ("⚠️ **图库存储：** {warning}", "⚠️ **Library storage:** {warning}"),
     "storage.synced": ("💾 图库每 {every} 分钟备份到 Hugging Face 数据集 `{repo}`，Space 重启后自动恢复"

@@ -268,7 +268,7 @@ def _heatmap(matrix, thumbs: list[str], texts: list[str], notes: list[str], lang
 def learn_tab(cb: Callbacks, loc, lang_state: gr.State, demo: gr.Blocks | None = None,
               trainer: LiveTrainer | None = None) -> dict:
     """Lay out the Learn tab and wire its events; returns the event that refreshes its pickers."""
-    lc = LearnCallbacks(cb, trainer or LiveTrainer(Path(cb.wb.root).resolve().parent / "runs"), demo)
+    lc = LearnCallbacks(cb, trainer or LiveTrainer(Path(cb.wb.root).resolve().parent / "runs", cb.wb.runtime), demo)
     loc(gr.Markdown, value="learn.intro")
     _train_section(lc, loc, lang_state)
     _map_section(lc, loc, lang_state)

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import zerogpu
 from ..errors import WorkbenchError
 from ..messages import Msg
 from ..models.base import error_message
+from ..settings import Runtime
 from .train import TrainConfig, train
 
 __all__ = ["LiveConfig", "LiveState", "LiveTrainer"]
@@ -45,15 +45,16 @@ class LiveConfig:
     lr: float = 2e-3                 # a short run needs the higher peak to leave the loss plateau early
     device: str = "auto"
 
-    def train_config(self, out: Path) -> TrainConfig:
+    def train_config(self, out: Path, runtime: Runtime | None = None) -> TrainConfig:
+        """The run's full config; `runtime`: the app's (on ZeroGPU, "auto" trains on the CPU)."""
         return TrainConfig(data=self.data, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            text_encoder=self.text_encoder, hard_negatives=self.hard_negatives,
                            shapes_train=self.shapes_train, shapes_val=self.shapes_val, shapes_test=self.shapes_test,
-                           image_size=self.image_size, device=self._device(), out=str(out), plots=False)
+                           image_size=self.image_size, device=self._device(runtime), out=str(out), plots=False)
 
-    def _device(self) -> str:
-        """On a ZeroGPU Space the app process has no real CUDA (core/zerogpu.py): "auto" trains on the CPU."""
-        return "cpu" if self.device == "auto" and zerogpu.enabled() else self.device
+    def _device(self, runtime: Runtime | None) -> str:
+        """The app process has no real CUDA outside model calls on ZeroGPU (Runtime.zero_gpu)."""
+        return "cpu" if self.device == "auto" and runtime is not None and runtime.zero_gpu else self.device
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ class _Stop(Exception):
 class LiveTrainer:
     """One training at a time (a classroom's CPU runs one); thread-safe."""
 
-    def __init__(self, runs_dir: Path):
-        self.runs_dir = Path(runs_dir)
+    def __init__(self, runs_dir: Path, runtime: Runtime | None = None):
+        """runtime: the app's, whose facts decide where "auto" trains (see LiveConfig.train_config)."""
+        self.runs_dir, self.runtime = Path(runs_dir), runtime
         self._lock = threading.Lock()
         self._state = LiveState(False, None)
         self._stop = threading.Event()
@@ -93,7 +95,7 @@ class LiveTrainer:
             steps = config.epochs * max(1, config.shapes_train // config.batch_size) if config.data == "shapes" else 0
             self._state = LiveState(True, run, total_steps=steps)
             self._stop.clear()
-        threading.Thread(target=self._run, args=(config.train_config(run),), name="live-train", daemon=True).start()
+        threading.Thread(target=self._run, args=(config.train_config(run, self.runtime),), name="live-train", daemon=True).start()
         return True
 
     def stop(self) -> bool:

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import zerogpu
 from ..settings import Runtime
 from .ann import EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, build_index, choose_kind, load_index
 from .rows import view_vectors
@@ -49,9 +48,9 @@ class ExactIndex:
 
     def __init__(self, library: Library, runtime: Runtime):
         self.library, self.runtime = library, runtime
-        # On a ZeroGPU Space CUDA exists only inside a model call (core/zerogpu.py): a search outside
+        # On a ZeroGPU Space CUDA exists only inside a model call (Runtime.zero_gpu): a search outside
         # one scans on the CPU in float32, never in the main process's stand-in CUDA (CPU fp16, slow)
-        self._on_device = runtime.is_cuda and not zerogpu.enabled()
+        self._on_device = runtime.resident
         self._lock = threading.Lock()
         self._dev: tuple[int, torch.Tensor] | None = None       # (generation, base on the device)
         self._dev_tail: torch.Tensor | None = None

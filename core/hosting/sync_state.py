@@ -1,4 +1,4 @@
-"""The library's side of its Hub backup (core/library/sync.py): which files make it whole, which
+"""The library's side of its Hub backup (core/hosting/sync.py): which files make it whole, which
 library it is, whether it holds any image, and what the backup of this folder remembers over
 restarts. Everything here reads files only: no network, no opening of the library.
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .columns import COLUMN_FILES
-from .journal import JOURNAL_HEADER, JOURNAL_MAGIC, read_records, write_atomic
-from .store import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, STORE_DIR
+from ..library.columns import COLUMN_FILES
+from ..library.disk import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, STORE_DIR
+from ..library.journal import JOURNAL_HEADER, JOURNAL_MAGIC, read_records, write_atomic
 
 __all__ = ["library_files", "identity", "holds_rows", "stat", "SyncState", "STATE_NAME", "HOLD_RESTORE", "HOLD_CONFLICT",
            "HOLD_WRITER"]

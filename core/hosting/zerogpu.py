@@ -31,17 +31,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
-import os
-import sys
 import threading
 from typing import Any, Callable, TypeVar
+
+from ..settings import ZERO_GPU_ENV, on_zero_gpu
 
 __all__ = ["enabled", "gpu", "install", "device_name", "TARGETS", "ZERO_GPU_ENV", "DURATION"]
 
 F = TypeVar("F", bound=Callable)
 
-ZERO_GPU_ENV = "SPACES_ZERO_GPU"
 DURATION = 60       # seconds a call may hold the GPU (ZeroGPU's default; a shorter one queues sooner)
 
 
@@ -70,14 +68,8 @@ def device_name() -> str:
 
 
 def enabled() -> bool:
-    """On a ZeroGPU Space: SPACES_ZERO_GPU set (not 0/false) and `spaces` importable."""
-    flag = os.environ.get(ZERO_GPU_ENV, "").strip().lower()
-    if flag in ("", "0", "false", "no"):
-        return False
-    try:
-        return importlib.util.find_spec("spaces") is not None
-    except ValueError:   # imported already, without a spec (e.g. made in memory)
-        return "spaces" in sys.modules
+    """On a ZeroGPU Space (core.settings.on_zero_gpu, which also sets Runtime.zero_gpu)."""
+    return on_zero_gpu()
 
 
 def gpu(fn: F | None = None, *, duration: int | Callable[..., int] = DURATION):

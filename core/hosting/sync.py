@@ -30,7 +30,7 @@ image, a compacted generation) are deleted from the repo in the same commit, so 
 made here is a library that opens. Deleted images stay in the dataset's git history until
 it is squashed (HfApi.super_squash_history).
 
-Whose library: a library is known by its store.json's `created` time (core/library/sync_state.py:
+Whose library: a library is known by its store.json's `created` time (core/hosting/sync_state.py:
 the same in every copy and restore, new in every new library). Before the first push of each
 run the repo's store.json is read: a repo that holds another library is never pushed to (a
 push would replace the class's library with, say, the sample images of a machine that could
@@ -86,9 +86,9 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, CommitScheduler, HfApi, get_token, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+from ..library.disk import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, STORE_DIR
 from ..messages import Msg
 from ..settings import persistent_root
-from .store import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, STORE_DIR
 from .sync_state import (HOLD_CONFLICT, HOLD_RESTORE, HOLD_WRITER, STATE_NAME, SyncState, holds_rows, identity,
                          library_files, stat)
 
