@@ -1,7 +1,8 @@
-"""`python -m core.evaluate ...`: the evaluation command; the code lives in core.lab.evaluate."""
+"""`python -m core.evaluate ...`: the evaluation command lives in cli/evaluate.py (the work in
+core.lab.evaluate); this entry point only hands over."""
 import sys
 
-from core.lab.evaluate import main
+from cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

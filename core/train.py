@@ -1,7 +1,8 @@
-"""`python -m core.train ...`: the training command; the code lives in core.lab.train."""
+"""`python -m core.train ...`: the training command lives in cli/train.py (the work in core.lab.train
+and core.lab.finetune); this entry point only hands over."""
 import sys
 
-from core.lab.train import main
+from cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,8 @@ from PIL import Image
 from core.errors import DatasetError
 from core.lab.datasets import (imagenet_wnids, read_class_folders, read_classification, read_flickr8k, read_imagenet_val, read_karpathy, read_retrieval)
 from core.models import load_encoder
-from core.lab.evaluate import (encode_image_files, evaluate_retrieval, evaluate_zeroshot, evenly_spaced, main, resolve_classes, to_markdown)
+from cli.evaluate import main
+from core.lab.evaluate import (encode_image_files, evaluate_retrieval, evaluate_zeroshot, evenly_spaced, resolve_classes, to_markdown)
 from core.images import load_image
 from core.lab.metrics import retrieval_map, retrieval_recall, topk_accuracy
 from core.lab.reference import references_for

@@ -13,7 +13,7 @@ from core.errors import DatasetError
 from core.lab.csvpairs import read_caption_csv
 from core.lab.finetune import FinetuneConfig, _Adapted, _projections, _trainable
 from core.lab.pairs import evaluate_pairs, load_pairsets
-from core.lab.train import main
+from cli.train import main
 from core.models import load_encoder
 from core.settings import pick_runtime
 from tiny_models import make_tiny_hf_clip_dir

@@ -123,3 +123,43 @@ def test_load_encoder_is_the_documented_entry_point(tiny_clip_path):
     for out, n in ((texts, 3), (images, 1)):
         assert out.shape == (n, enc.dim) and out.dtype == torch.float32 and out.device.type == "cpu"
         assert torch.allclose(out.norm(dim=-1), torch.ones(n), atol=1e-5)
+
+
+# Floors of core, lowest first: a module may import its own floor and the ones below, never one above.
+# The front door (core.workbench) is the top of the engine; the package root re-exports it lazily.
+FLOORS = [
+    {"core.errors", "core.messages", "core.lru", "core.lazy", "core.settings"},    # words, limits, the device
+    {"core.images", "core.models", "core.batching"},                               # decoding, the encoders
+    {"core.language", "core.zeroshot", "core.starters", "core.library"},           # what the encoders serve
+    {"core.lab", "core.scale", "core.hosting", "core.access"},                     # beside the library
+    {"core.workbench"},                                                            # the front door
+    {"core", "core.__main__", "core.train", "core.evaluate"},                      # the package, `python -m` entries
+]
+ENTRY_SHIMS = {"core/__main__.py", "core/train.py", "core/evaluate.py"}   # hand `python -m core...` to cli/
+
+
+def _floor(module: str) -> int:
+    parts = module.split(".")
+    for i, floor in enumerate(FLOORS):
+        if module in floor or ".".join(parts[:2]) in floor:
+            return i
+    raise AssertionError(f"{module} is on no floor of FLOORS: add it")
+
+
+def test_no_upward_imports_in_core():
+    upward = [f"{a} -> {b}" for a, targets in _graph().items() for b in targets if _floor(b) > _floor(a)]
+    assert not upward, f"upward imports: {upward}"
+
+
+def test_adapters_sit_on_top():
+    """core never imports an adapter (ui/, cli/, demo.py) but for its `python -m` entry shims; the
+    adapters never import each other; the command line has no Gradio."""
+    for path in CORE.rglob("*.py"):
+        if path.relative_to(PROJECT_ROOT).as_posix() in ENTRY_SHIMS:
+            continue
+        tops = {m.split(".")[0] for m in _all_imports(path)}
+        assert not tops & {"ui", "cli", "demo"}, f"{path} imports an adapter: {sorted(tops & {'ui', 'cli', 'demo'})}"
+    for package, others in (("ui", {"cli", "demo"}), ("cli", {"ui", "demo", "gradio"})):
+        for path in (PROJECT_ROOT / package).rglob("*.py"):
+            tops = {m.split(".")[0] for m in _all_imports(path)}
+            assert not tops & others, f"{path} imports {sorted(tops & others)}"

@@ -13,7 +13,8 @@ from PIL import Image
 from core.models import BUNDLED_MINI, load_encoder
 from core.settings import pick_runtime
 from core.lab.pairs import evaluate_pairs, load_pairsets
-from core.lab.train import TrainConfig, contrastive_loss, main, train
+from cli.train import main
+from core.lab.train import TrainConfig, contrastive_loss, train
 
 TINY = TrainConfig(data="shapes", epochs=2, batch_size=32, image_size=32, shapes_train=64, shapes_val=24,
                    shapes_test=24, plots=False, seed=1)

@@ -14,7 +14,7 @@ encoder's speed as far as the cores allow; an unreadable image is skipped, count
 (with its captions, for retrieval). The report (JSON via --out, Markdown on stdout) holds
 top-1 / top-5 / per-class accuracy or Recall@1/5/10 and mAP@5/10 both ways, throughput, and the published
 numbers for the same model (core/reference.py). `--limit N` evaluates N evenly spaced images,
-so a class-folder tree keeps every class.
+so a class-folder tree keeps every class. The command itself is cli/evaluate.py.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from .reference import references_for
 from ..zeroshot import LABEL_SETS, class_matrix, load_labelset, load_templates
 
 __all__ = ["EncodedImages", "encode_image_files", "resolve_classes", "evaluate_zeroshot",
-           "evaluate_retrieval", "evenly_spaced", "to_markdown", "main"]
+           "evaluate_retrieval", "evenly_spaced", "to_markdown", "DEFAULT_WORKERS"]
 
 Progress = Callable[[int, int], None]  # (images done, images total)
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -299,86 +299,6 @@ def to_markdown(report: dict) -> str:
     if skipped["count"]:
         lines.append(f"\nSkipped {skipped['count']} unreadable image(s): " + "; ".join(skipped["files"][:10]))
     return "\n".join(lines) + "\n"
-
-
-def _parser():
-    import argparse
-    from ..settings import DEFAULT_MODEL
-    p = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="task", required=True)
-    zs = sub.add_parser("zeroshot", help="zero-shot classification accuracy")
-    rt = sub.add_parser("retrieval", help="image-text retrieval Recall@K and mAP@K")
-    zs.add_argument("--layout", default="auto", choices=("auto", "imagenet", "folders"))
-    zs.add_argument("--ground-truth", type=Path, help="ImageNet ground-truth file (default: looked for beside --data)")
-    zs.add_argument("--labels", default="auto", help="auto, imagenet1k, cifar10, cifar100 or 'cat, dog, ...'")
-    zs.add_argument("--lang", default="en", choices=("en", "zh"))
-    zs.add_argument("--templates", default="ensemble80", help="bare, single, selected7, ensemble80, zh, cifar or '... {c} ...'")
-    rt.add_argument("--format", default="auto", choices=("auto", "karpathy", "flickr8k"))
-    rt.add_argument("--split", default="test", choices=("test", "val", "train", "all"))
-    rt.add_argument("--image-root", type=Path, help="folder the image file names are relative to")
-    for s in (zs, rt):
-        s.add_argument("--data", type=Path, required=True, help="dataset folder (or Karpathy JSON file)")
-        s.add_argument("--model", default=DEFAULT_MODEL, help="model name, checkpoint file or HF id / folder")
-        s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        s.add_argument("--offline", action="store_true", help="never download weights")
-        s.add_argument("--batch-size", type=int, default=64)
-        s.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="image decoding workers")
-        s.add_argument("--decode", default="processes", choices=("processes", "threads"),
-                       help="decode in worker processes (fastest) or threads")
-        s.add_argument("--limit", type=int, help="evaluate only N evenly spaced images")
-        s.add_argument("--out", type=Path, help="write the JSON report here")
-    return p
-
-
-def _run(args, runtime, progress: Progress) -> dict:
-    from .datasets import read_classification, read_retrieval
-    from ..models import load_encoder
-    encoder = load_encoder(args.model, runtime, offline=args.offline)
-    common = dict(batch_size=args.batch_size, workers=args.workers, limit=args.limit, progress=progress,
-                  decode=args.decode)
-    if args.task == "zeroshot":
-        data = read_classification(args.data, args.layout, args.ground_truth)
-        return evaluate_zeroshot(encoder, data, args.labels, args.lang, args.templates, **common)
-    return evaluate_retrieval(encoder, read_retrieval(args.data, args.format, args.split, args.image_root), **common)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 for a usage / data / model problem)."""
-    import json
-    import sys
-    from tqdm import tqdm
-    from ..errors import LabelError, ModelUnavailableError, UnknownModelError
-    from ..settings import pick_runtime
-    args = _parser().parse_args(argv)
-    try:
-        runtime = pick_runtime(args.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        bar = bar or tqdm(total=total, unit="img", file=sys.stderr)
-        bar.update(done - bar.n)
-
-    try:
-        report = _run(args, runtime, progress)
-    except (DatasetError, LabelError, ModelUnavailableError, UnknownModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if bar:
-            bar.close()
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    print(to_markdown(report))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 def _wnid_index(classes: list[str]) -> dict[str, int]:

@@ -27,26 +27,24 @@ Numbers from the tiny random models of the tests mean nothing; real numbers need
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .cli import config_parser
 from ..models import load_encoder
 from ..models.base import Encoder
 from ..settings import pick_runtime
 from .pairs import PairSet, evaluate_pairs, load_pairsets
 from .objective import contrastive_loss, schedule
 
-__all__ = ["FinetuneConfig", "finetune", "main", "REAL_WEIGHTS_NOTE"]
+__all__ = ["FinetuneConfig", "finetune", "recall_table", "REAL_WEIGHTS_NOTE"]
 
 REAL_WEIGHTS_NOTE = ("Numbers from a random or tiny model (as in the tests) mean nothing: real numbers need real "
                      "weights (a pretrained checkpoint) and a real data set.")
@@ -281,22 +279,3 @@ def _write_report(out: Path, report: dict, plots: bool) -> None:
         from .plots import plot_finetune
         md += [f"![{p.stem}]({p.name})" for p in plot_finetune(report, out)]
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------- command line
-
-def _parser() -> argparse.ArgumentParser:
-    p = config_parser(FinetuneConfig, "python -m core.train --init MODEL", __doc__)
-    return p
-
-
-def main(argv: Sequence[str]) -> int:
-    """`python -m core.train --init ...`: fine-tune, print Recall@K before and after. Errors -> exit 2."""
-    cfg = FinetuneConfig(**vars(_parser().parse_args(list(argv))))
-    report = finetune(cfg, progress=lambda row: print(
-        f"epoch {row['epoch']}/{cfg.epochs}: loss {row['train_loss']:.4f}, val mean recall {row['val_mean_recall']:.1f}",
-        flush=True))
-    print(f"Recall@K on the held-out test split ({report['sizes']['test']} images), before -> after:")
-    print(recall_table(report))
-    print(f"model: {report['checkpoint']}\nreport: {Path(cfg.out) / 'report.md'}\nnote: {report['note']}")
-    return 0

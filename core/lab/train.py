@@ -17,34 +17,30 @@ A run folder holds: config.json, log.csv + log.json (one row per epoch: train lo
 temperature, validation Recall@K, zero-shot top-1 on Shapes), last.pt (resumable, with
 optimiser state), best.pt (best validation mean recall), test_metrics.json (best.pt on
 the held-out test split), and the plots written at the end of training.
+The command (`python -m core.train`, its flags made from TrainConfig) is cli/train.py.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .cli import config_parser
 from ..models.mini import (MiniCLIP, MiniConfig, MiniEncoder, Tokenizer, load_checkpoint, normalize_pixels,
                    save_checkpoint)
-from .finetune import main as finetune_main
 from .objective import contrastive_loss, schedule as _schedule
 from .pairs import PairSet, evaluate_pairs, load_pairsets
-from ..errors import WorkbenchError
 from ..messages import Msg
 from ..settings import Runtime, pick_runtime
 
-__all__ = ["TrainConfig", "PairSet", "train", "load_pairsets", "evaluate_pairs", "contrastive_loss", "main"]
+__all__ = ["TrainConfig", "PairSet", "train", "load_pairsets", "evaluate_pairs", "contrastive_loss"]
 
 _NO_DECAY = ("bias", "bn", "norm", "downsample.1", "logit_scale", "position", "token")  # params AdamW must not shrink
 
@@ -245,70 +241,3 @@ def _finish(run: Path, data: dict[str, PairSet], runtime: Runtime, plots: bool) 
     if plots:
         from .plots import plot_run
         plot_run(run, model, tokenizer, data["val"], runtime)
-
-
-# ---------------------------------------------------------------- command line
-
-def _train_parser() -> argparse.ArgumentParser:
-    p = config_parser(TrainConfig, "python -m core.train", __doc__)
-    p.add_argument("--resume", default=None, help="a last.pt to continue from (its run settings are kept)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
-
-
-def _command(argv: Sequence[str]) -> int:
-    cmd, rest = argv[0], list(argv[1:])
-    p = argparse.ArgumentParser(prog=f"python -m core.train {cmd}")
-    if cmd == "plot":
-        p.add_argument("run")
-        args = p.parse_args(rest)
-        from .plots import replot
-        for path in replot(Path(args.run), pick_runtime("auto")):
-            print(path)
-        return 0
-    if cmd == "export":
-        p.add_argument("checkpoint")
-        p.add_argument("out")
-        p.add_argument("--bits", type=int, choices=(4, 8), default=None, help="quantised storage (default float32)")
-        p.add_argument("--name", default=None)
-        args = p.parse_args(rest)
-        model, tokenizer, ckpt = load_checkpoint(Path(args.checkpoint))
-        out = save_checkpoint(Path(args.out), model, tokenizer, args.name or ckpt["name"], ckpt["meta"], bits=args.bits)
-        print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
-        return 0
-    p.add_argument("checkpoint")
-    p.add_argument("--data", default="shapes")
-    p.add_argument("--split", default="test", choices=("val", "test"))
-    p.add_argument("--json", default=None, help="also write the metrics here")
-    args = p.parse_args(rest)
-    model, tokenizer, ckpt = load_checkpoint(Path(args.checkpoint))
-    runtime = pick_runtime("auto")
-    size = model.config.image_size
-    data = load_pairsets(args.data, size, ckpt.get("meta", {}).get("seed", 0), (0, 500, 1000), splits=(args.split,))
-    metrics = evaluate_pairs(MiniEncoder(model, tokenizer, "eval", runtime), data[args.split])
-    text = json.dumps(metrics, indent=1)
-    if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] in ("plot", "export", "evaluate"):
-            return _command(argv)
-        if any(a == "--init" or a.startswith("--init=") for a in argv):   # fine-tune a pretrained CLIP
-            return finetune_main(argv)
-        args = vars(_train_parser().parse_args(argv))
-        resume, progress = args.pop("resume"), not args.pop("no_progress")
-        run = train(TrainConfig(**args), resume=resume, progress=progress)
-        print(f"done: {run} (best.pt, log.csv, test_metrics.json)")
-        return 0
-    except (ValueError, OSError, WorkbenchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Command-line parsers made from the lab's config dataclasses (one flag per field)."""
+"""Command-line parsers made from core.lab's config dataclasses (one flag per field: cli/train.py)."""
 from __future__ import annotations
 
 import argparse

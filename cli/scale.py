@@ -1,6 +1,6 @@
 """`python -m core index` past one machine: --engine ray, --from-shards, --from-embeddings.
 
-Kept out of core/__main__.py so that the plain command never loads any of it; Ray itself is
+Kept out of cli/main.py so that the plain command never loads any of it; Ray itself is
 imported only when --engine ray runs a job.
 """
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..errors import LibraryError
-from ..library.ingest import IngestReport
-from ..library.store import Library
-from ..models import load_encoder
-from ..settings import default_paths, pick_runtime
-from .embeddings import import_clip_retrieval
-from .merge import check_shards, merge_shards
-from .shards import default_shard_dir, list_shards, shard_info
+from core.errors import LibraryError
+from core.library.ingest import IngestReport
+from core.library.store import Library
+from core.models import load_encoder
+from core.settings import default_paths, pick_runtime
+from core.scale.embeddings import import_clip_retrieval
+from core.scale.merge import check_shards, merge_shards
+from core.scale.shards import default_shard_dir, list_shards, shard_info
 
 __all__ = ["index_scaled"]
 
@@ -59,7 +59,7 @@ def index_scaled(args) -> int:
 
 
 def _run_job(args, shard_dir: Path):
-    from .ray_job import RayOptions, index_with_ray   # the one place Ray is imported
+    from core.scale.ray_job import RayOptions, index_with_ray   # the one place Ray is imported
     options = RayOptions(address=args.ray_address, actors=args.actors, actor_cpus=args.actor_cpus,
                          batch_size=args.batch_size, part_size=args.part_size)
     with tqdm(unit="img", desc="encoding (ray)", disable=args.quiet) as bar:
