@@ -112,7 +112,7 @@ def open_workbench(args: argparse.Namespace):
     sync = hub_sync(args)   # before the library opens
     wb = build_workbench(args.model, args.library, args.device, args.offline,
                          captioner=args.captioner, translator=args.translator, index=args.index, runtime=args.runtime,
-                         background=True)
+                         background=True, access=args.access)   # the policy the page and the JSON API apply
     # Registered after sync.close, so it runs before it (atexit runs the last registered first): at exit
     # features_library.pth gets what the flusher has not written, then that state is pushed.
     _on_exit(wb.close)

@@ -17,10 +17,12 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
+from core.access import LOCAL
 from core.errors import EXPECTED_ERRORS, ImageError, LibraryError
 from core.images import iter_image_files, load_image
 from core.language.caption import CAPTIONERS, DEFAULT_CAPTIONER, CaptionSettings, Captioner
@@ -33,6 +35,7 @@ from core.settings import DEFAULT_MODEL, DEFAULT_RUNTIME, RUNTIME_CHOICES, pick_
 # (workbench, search, zero-shot) is imported by the commands that use it.
 
 _EXPECTED = (*EXPECTED_ERRORS, ValueError)   # ValueError: a bad --device
+USER = replace(LOCAL, surface="cli")          # whoever runs the command: the machine's own user, no quota
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -71,7 +74,7 @@ def cmd_index(args) -> int:
     files = list(iter_image_files(args.paths))
     missing = [p for p in args.paths if not Path(p).exists()]
     with tqdm(total=len(files), unit="img", desc="indexing", disable=args.quiet) as bar:
-        report = wb.add(files, progress=bar.update, caption=args.caption, batch_size=args.batch_size)
+        report = wb.add(files, progress=bar.update, caption=args.caption, batch_size=args.batch_size, caller=USER)
     wb.flush()   # features_library.pth now holds every image
     print("\n".join(report.lines(report.seconds, len(wb), missing)))
     return 1 if missing else 0
@@ -79,11 +82,11 @@ def cmd_index(args) -> int:
 
 def cmd_search(args) -> int:
     wb = _workbench(args)
-    from core.library.search import SearchQuery, split_terms
+    from core.library.search import SearchQuery
     image = load_image(args.image) if args.image else None
-    q = SearchQuery(text=args.query or "", image=image, minus=split_terms(args.minus), k=args.k,
+    q = SearchQuery(text=args.query or "", image=image, minus=args.minus, k=args.k,
                     text_weight=args.text_weight, image_weight=args.image_weight, threshold=args.threshold)
-    result = wb.search(q)
+    result = wb.search(q, USER)
     if result.note:
         print(f"note: {result.note}")
     if result.text_used and result.text_used != q.text.strip():
@@ -102,7 +105,7 @@ def cmd_classify(args) -> int:
     status = 0
     for path in args.images:
         try:
-            top, note = wb.classify(load_image(path), args.labels, args.templates, args.lang, top_k=args.top)
+            top, note = wb.classify(load_image(path), args.labels, args.templates, args.lang, top_k=args.top, caller=USER)
         except ImageError as e:
             print(f"{path}: error: {e.reason}")
             status = 1
@@ -130,22 +133,22 @@ def cmd_library(args) -> int:
     elif args.action == "remove":
         if not args.ids:
             raise LibraryError("Give the id(s) to remove, as shown by `library list`")
-        n = len(wb.remove(args.ids))
+        n = len(wb.remove(args.ids, USER))
         wb.flush()
         print(f"removed {n}; library now holds {len(wb)} images")
     elif args.action == "compact":
-        wb.compact()
+        wb.compact(USER)
         print(f"compacted: {len(wb)} images in {wb.root / 'features_library.pth'}")
     elif args.action == "seed":
-        report = wb.seed()
+        report = wb.seed(caller=USER)
         wb.flush()
         print(f"sample images: {report.summary()}; library now holds {len(wb)} images")
     elif args.action == "repair":
-        print(json.dumps(wb.repair(), indent=2, ensure_ascii=False))
+        print(json.dumps(wb.repair(USER), indent=2, ensure_ascii=False))
         wb.flush()
     elif args.action == "build-index":
         start = time.perf_counter()
-        kind = wb.build_index(None if args.index == "auto" else args.index)
+        kind = wb.build_index(None if args.index == "auto" else args.index, USER)
         print(f"{kind} index over {len(wb)} images built in {time.perf_counter() - start:.1f}s"
               + (" (exact search needs no index)" if kind == "exact" else ""))
     elif args.action == "verify":

@@ -1,42 +1,63 @@
 """Who may do what in a shared app: accounts and roles, upload quotas, a disk budget, login throttling.
 
     access = Access(Accounts.parse(students=["ann:pw1"], admins=["teacher:secret"]), Limits())
-    who = access.caller("ann")                      # Caller(key="ann", admin=False, named=True)
-    access.require_admin(who, "remove")             # PermissionDenied for a student
-    report = access.add(wb, who, ["/tmp/upload.jpg"])   # QuotaError over the user's quota or the disk budget
+    ann = access.caller("ann", surface="api")       # Caller(key="ann", admin=False, named=True, surface="api", ...)
+    access.admit(ann, "remove")                     # PermissionDenied for a student
+    with access.reserve(ann, incoming, stored) as kept:   # QuotaError over the user's quota or the disk budget
+        kept(bytes_actually_stored)
 
-One policy for every front end: the Gradio UI and the JSON HTTP API both resolve their
-caller (a login name, or a browser session without logins) and go through the same
-`Access`. Without any account the app is open: every caller is an admin (one local
-user, as before) but uploads still count against a per-session quota. Admins who log in
-by name are exempt from the per-user quota, never from the library's disk budget.
+The policy of one app, applied in one place: the Workbench (core/workbench.py) holds it and
+checks every action's caller with it; the adapters (page, JSON API, CLI, MCP tools) only say
+who is calling and from where. Without any account the app is open: every caller is an admin
+(one local user, as before) but uploads still count against a per-session quota. Admins who
+log in by name are exempt from the per-user quota, never from the library's disk budget. The
+machine's own user (`LOCAL`: the command line, a script) is held to neither.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import PermissionDenied, QuotaError
 from .messages import Msg
-from .library.ingest import IngestReport, Upload
 
-__all__ = ["Access", "Accounts", "Caller", "Limits", "LoginThrottle", "ADMIN_ACTIONS", "parse_logins"]
+__all__ = ["Access", "Accounts", "Caller", "Limits", "LoginThrottle", "ADMIN_ACTIONS", "SURFACES", "LOCAL",
+           "parse_logins"]
 
 _MB = 2 ** 20
-ADMIN_ACTIONS = ("remove", "compact", "repair", "reindex", "seed")   # what only the teacher may do
+SURFACES = ("page", "api", "mcp", "cli", "python")   # where a call comes from
+_SHARED = ("page", "api", "mcp")                     # surfaces of the shared app: its quotas and budget apply
+# What only the teacher may do, and how a refusal names it
+ADMIN_ACTIONS = {"remove": Msg("删除图片", "delete images"), "compact": Msg("压缩图库", "compact the library"),
+                 "repair": Msg("修复图库", "repair the library"), "reindex": Msg("重新编码图库", "re-encode the library"),
+                 "seed": Msg("给图库添加示例图片", "seed the library"),
+                 "train": Msg("开始训练", "start a training"), "stop_training": Msg("停止训练", "stop a training"),
+                 "switch_model": Msg("切换应用使用的模型", "switch the app's model")}
 
 
 @dataclass(frozen=True)
 class Caller:
-    key: str        # login name, or "session:<hash>" without logins
-    admin: bool     # may delete and maintain
-    named: bool     # logged in by name (False: an anonymous browser session / API client)
+    """Who asks, with which rights, from where. Made by `Access.caller` for the app's users; `LOCAL`
+    is the machine's own user (command line, scripts)."""
+    key: str                   # login name, or "session:<hash>" without logins
+    admin: bool                # may delete and maintain
+    named: bool                # logged in by name (False: an anonymous browser session / API client)
+    surface: str = "python"    # one of SURFACES: the page, the JSON API, an MCP tool, the command line, Python
+    quota_mb: float | None = None   # upload quota (MiB); None: none (a named admin, the local user)
+
+    @property
+    def shared(self) -> bool:
+        """A user of the shared app (page, JSON API, MCP): the library's disk budget applies."""
+        return self.surface in _SHARED
+
+
+LOCAL = Caller("local", admin=True, named=True, surface="python")
 
 
 @dataclass(frozen=True)
@@ -151,14 +172,25 @@ class Access:
         """True without any account: no login, everyone is the one local (admin) user."""
         return not self.accounts
 
-    def caller(self, user: str | None, session: str | None = None) -> Caller:
-        """The caller from a login name (None without logins) or, failing that, a session id."""
+    def caller(self, user: str | None, session: str | None = None, surface: str = "page") -> Caller:
+        """The caller from a login name (None without logins) or, failing that, a session id, calling
+        from `surface` (SURFACES). A named admin has no upload quota; everyone else has Limits'."""
+        if surface not in SURFACES:
+            raise ValueError(f"surface must be one of {', '.join(SURFACES)}, got {surface!r}")
         if user:
-            return Caller(user, admin=self.open or user in self.accounts.admins, named=True)
-        return Caller(f"session:{session or 'local'}", admin=self.open, named=False)
+            admin = self.open or user in self.accounts.admins
+            return Caller(user, admin=admin, named=True, surface=surface, quota_mb=None if admin else self.limits.quota_mb)
+        return Caller(f"session:{session or 'local'}", admin=self.open, named=False, surface=surface,
+                      quota_mb=self.limits.quota_mb)
 
     def role(self, caller: Caller) -> str:
         return "admin" if caller.admin else "student"
+
+    def admit(self, caller: Caller, action: str) -> None:
+        """PermissionDenied when `action` is one only the teacher may do (ADMIN_ACTIONS) and the caller
+        is a student; every other action is open to every caller."""
+        if action in ADMIN_ACTIONS:
+            self.require_admin(caller, ADMIN_ACTIONS[action])
 
     def require_admin(self, caller: Caller, action: str | Msg) -> None:
         """PermissionDenied for a student; `action` says what was refused (a Msg, e.g.
@@ -175,34 +207,37 @@ class Access:
 
     # ------------------------------------------------------------ uploads
 
-    def add(self, wb, caller: Caller, sources: Sequence, **kwargs) -> IngestReport:
-        """wb.add(sources) within the caller's quota and the library's disk budget. Only the bytes of
-        images actually stored count; duplicates and unreadable files are given back."""
-        sizes = {_sha_of(s): _size_of(s) for s in sources}
-        incoming = sum(size for sha, size in sizes.items() if not wb.library.contains(sha))   # re-sends are free
-        self._reserve(caller, incoming, wb.stats()["image_bytes"])
+    @contextmanager
+    def reserve(self, caller: Caller, incoming: int, stored: int) -> Iterator[Callable[[int], None]]:
+        """Hold `incoming` bytes (new images of one upload) against the caller's quota and, for a user
+        of the shared app, the library's disk budget (`stored`: bytes of images stored now), or raise
+        QuotaError. Yields kept(n): of what was held, n bytes were stored; the rest (duplicates that
+        raced in, unreadable files) is given back on exit, all of it if the upload failed."""
+        self._check(caller, incoming, stored)
         kept = 0
+
+        def keep(n: int) -> None:
+            nonlocal kept
+            kept = n
         try:
-            report = wb.add(sources, **kwargs)
-            kept = sum(size for sha, size in sizes.items() if sha[:12] in set(report.added))
-            return report
+            yield keep
         finally:
             with self._lock:
                 self._in_flight -= incoming
                 self._used[caller.key] = self._used.get(caller.key, 0) - incoming + kept
 
-    def _reserve(self, caller: Caller, incoming: int, stored: int) -> None:
-        quota, budget = self.limits.quota_mb * _MB, self.limits.budget_mb * _MB
+    def _check(self, caller: Caller, incoming: int, stored: int) -> None:
+        budget = self.limits.budget_mb * _MB
         with self._lock:
             used = self._used.get(caller.key, 0)
-            if not (caller.admin and caller.named) and used + incoming > quota:
+            if caller.quota_mb is not None and used + incoming > caller.quota_mb * _MB:
                 raise QuotaError(Msg(
                     "上传配额已满：已用 {used:.1f} MiB / {quota:.1f} MiB，本次上传 {incoming:.1f} MiB。"
                     "请教师提高 --quota-mb。",
                     "Upload quota reached: {used:.1f} MiB of {quota:.1f} MiB used, this upload is "
                     "{incoming:.1f} MiB. Ask the teacher to raise --quota-mb.",
-                    used=used / _MB, quota=quota / _MB, incoming=incoming / _MB))
-            if stored + self._in_flight + incoming > budget:
+                    used=used / _MB, quota=caller.quota_mb, incoming=incoming / _MB))
+            if caller.shared and stored + self._in_flight + incoming > budget:
                 raise QuotaError(Msg(
                     "图库空间已满：已用 {stored:.1f} MiB / {budget:.1f} MiB。"
                     "教师可以删除图片，或提高 --library-budget-mb。",
@@ -211,27 +246,3 @@ class Access:
                     stored=stored / _MB, budget=budget / _MB))
             self._used[caller.key] = used + incoming
             self._in_flight += incoming
-
-
-def _size_of(source) -> int:
-    if isinstance(source, Upload):
-        return len(source.data)
-    try:
-        return Path(source).stat().st_size if Path(source).is_file() else 0
-    except OSError:
-        return 0   # unreadable: ingest reports it
-
-
-def _sha_of(source) -> str:
-    """The content hash ingest will give the file (read in chunks; '' for something unreadable)."""
-    digest = hashlib.sha256()
-    if isinstance(source, Upload):
-        digest.update(source.data)
-        return digest.hexdigest()
-    try:
-        with open(source, "rb") as f:
-            for chunk in iter(lambda: f.read(_MB), b""):
-                digest.update(chunk)
-    except OSError:
-        return f"unreadable:{source}"
-    return digest.hexdigest()

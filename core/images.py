@@ -23,7 +23,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 from .messages import Msg
 
-__all__ = ["load_image", "decode_image", "iter_image_files", "require_regular_file", "safe_display_name", "stored_ext",
+__all__ = ["load_image", "decode_image", "read_file", "check_size", "iter_image_files", "require_regular_file", "safe_display_name", "stored_ext",
            "upright_size", "draft_size", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES", "NOT_A_FILE"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -99,20 +99,30 @@ def load_image(source: str | os.PathLike | bytes, name: str | None = None, max_p
     if isinstance(source, (bytes, bytearray)):
         name, data = name or "<upload>", bytes(source)
     else:
-        path = Path(source)
-        name = name or path.name
-        require_regular_file(path, name)
-        try:
-            size = path.stat().st_size
-            if size > MAX_BYTES:
-                raise ImageError(name, Msg("文件大小 {size:.0f} MiB，超过 {limit:.0f} MiB 的上限",
-                                            "file is {size:.0f} MiB, over the {limit:.0f} MiB limit",
-                                            size=size / 2**20, limit=MAX_BYTES / 2**20))
-            data = path.read_bytes()
-        except OSError as e:
-            raise ImageError(name, Msg("无法读取文件（{error}）", "cannot read file ({error})",
-                                        error=str(e.strerror or e))) from None
+        name = name or Path(source).name
+        data = read_file(source, name)
     return decode_image(data, name, max_pixels)
+
+
+def read_file(path: str | os.PathLike, name: str) -> bytes:
+    """The bytes of one image file, or ImageError naming `name`: not a regular file, over MAX_BYTES
+    (checked before reading), unreadable."""
+    path = Path(path)
+    require_regular_file(path, name)   # a folder named x.jpg, a pipe (reading it would block)
+    try:
+        check_size(path.stat().st_size, name)
+        return path.read_bytes()
+    except OSError as e:
+        raise ImageError(name, Msg("无法读取文件（{error}）", "cannot read file ({error})",
+                                    error=str(e.strerror or e))) from None
+
+
+def check_size(size: int, name: str) -> None:
+    """ImageError when a file of `size` bytes is over MAX_BYTES."""
+    if size > MAX_BYTES:
+        raise ImageError(name, Msg("文件大小 {size:.0f} MiB，超过 {limit:.0f} MiB 的上限",
+                                    "file is {size:.0f} MiB, over the {limit:.0f} MiB limit",
+                                    size=size / 2**20, limit=MAX_BYTES / 2**20))
 
 
 def require_regular_file(path: Path, name: str) -> None:

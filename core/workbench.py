@@ -1,15 +1,18 @@
 """The front door: one object that offers every service of the workbench.
 
-    wb = build_workbench(model="ViT-B/32", library_dir="library", device="auto")
-    wb.search(SearchQuery(text="一只猫", k=5)).hits
-    wb.classify("photo.jpg", "cat,dog,小鸟", "ensemble80")
-    wb.add(["photos/"], caption=True)
+    wb = build_workbench(model="ViT-B/32", library_dir="library", device="auto", access=access)
+    wb.search(SearchQuery(text="一只猫", k=5), caller).hits   # .strong of them are strong, the rest weak
+    wb.classify("photo.jpg", "cat,dog,小鸟", "ensemble80", caller=caller)
+    wb.add(["photos/"], caption=True, caller=caller)
     wb.page(1).entries, wb.thumbnail(entry), wb.stats()
-    wb.remove(["3f2a9c0e11d4"]); wb.compact(); wb.verify(); wb.repair()
+    wb.remove(["3f2a9c0e11d4"], caller); wb.compact(caller); wb.verify(); wb.repair(caller)
+    Holder(wb).switch(caller, "runs/r1/best.pt", "runs/r1/library")   # core/holder.py: every surface at once
 
-The Gradio UI, the CLI, the JSON HTTP API and batch jobs are thin adapters over a
-`Workbench`; none of them reaches into the library, the index or the encoders. Image
-inputs may be PIL images, paths or bytes: paths and bytes go through core's safe loader
+The Gradio UI, the CLI, the JSON HTTP API, MCP tools and batch jobs are thin adapters over a
+`Workbench`; none of them reaches into the library, the index or the encoders. Each action
+takes the `caller` (core/access.py: who, role, quota, surface; None is the machine's own user)
+and its policy (core/policy.py) is applied here, once: roles, quotas, dedupe, the weak-hit rule.
+Image inputs may be PIL images, paths or bytes: paths and bytes go through core's safe loader
 (size and pixel limits, clear errors). Heavy optional models (captioner, translator) are
 created on first use, once. Nothing here knows about Gradio.
 """
@@ -19,14 +22,14 @@ import logging
 import math
 import os
 import threading
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 from PIL import Image
 
+from .access import Access, Caller
 from .batching import BatchingEncoder
 from .errors import LibraryError, ModelMismatchError, ModelUnavailableError, UnknownModelError
 from .images import load_image
@@ -34,18 +37,19 @@ from .messages import Msg, join
 from .language.caption import DEFAULT_CAPTIONER, Captioner
 from .language.query import caption_metadata, prepare_query
 from .language.translate import DEFAULT_TRANSLATOR, Translator
-from .library.index import ExactIndex, LibraryANN, open_index, resolve_kind
+from .library.flusher import Flusher
+from .library.index import ServedIndex
 from .library.int8check import check_int8
 from .library.ingest import IngestReport, ingest, open_library, reindex, repair, sample_files
-from .library.search import Hit, Searcher, SearchQuery, SearchResult
+from .library.search import Hit, Planned, Searcher, SearchQuery, SearchResult, check_query
 from .library.store import Entry, Library
 from .library.thumbs import thumb_for
 from .lab.learn import Learn
 from .models import Encoder, load_encoder, load_encoder_with_fallback
-from .models.hf import hub_unreachable
+from .policy import Policy
 from .starters import Starters, starters
 from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
-from .zeroshot import ZeroShotClassifier, plan_prompts
+from .zeroshot import ZeroShotClassifier, cannot_judge, plan_prompts
 
 __all__ = ["Workbench", "build_workbench", "Page", "ImageInput", "PAGE_SIZE", "reindex_library"]
 
@@ -72,65 +76,18 @@ def as_image(image: ImageInput, name: str | None = None) -> Image.Image:
     return load_image(bytes(image), name or "image")
 
 
-class _Flusher:
-    """Keeps features_library.pth current without an O(N) write per upload: each poke
-    schedules one background flush, at most one per max(MIN_GAP, 10 x the last flush's
-    duration), so a small library is current within seconds and a 1M one is not rewritten
-    more than a tenth of the time."""
-    MIN_GAP = 2.0   # seconds
-
-    def __init__(self, flush: Callable[[], None]):
-        self._flush, self._lock = flush, threading.Lock()
-        self._timer: threading.Timer | None = None
-        self._next = 0.0                # no flush starts before this (monotonic seconds)
-        self._running = self._again = False
-
-    def poke(self) -> None:
-        with self._lock:
-            if self._running:            # a write during a flush: one more flush after it, throttled
-                self._again = True
-            elif self._timer is None:
-                self._schedule()
-
-    def _schedule(self) -> None:
-        self._timer = threading.Timer(max(0.0, self._next - time.monotonic()), self._run)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _run(self) -> None:
-        with self._lock:
-            self._timer, self._running, self._again = None, True, False
-        start = time.monotonic()
-        try:
-            self._flush()
-        except (OSError, LibraryError) as e:   # e.g. disk full: the journal still holds every add
-            log.warning("could not rewrite features_library.pth: %s", e)
-        with self._lock:
-            self._next = time.monotonic() + max(self.MIN_GAP, 10 * (time.monotonic() - start))
-            self._running = False
-            if self._again:
-                self._schedule()
-
-    def close(self) -> None:
-        """Cancel what is pending and flush now (on shutdown)."""
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        self._flush()
-
-
 class Workbench:
     """Every service over one encoder and one library. Build with `build_workbench`."""
 
     def __init__(self, runtime: Runtime, encoder: Encoder, library: Library, notice: str | None = None,
                  offline: bool = False, captioner: str | None = None, translator: str | None = None,
-                 index: str = "auto", background: bool = False, fallback: bool = False):
+                 index: str = "auto", background: bool = False, fallback: bool = False, access: Access | None = None):
         """fallback=True: the model asked for could not be had and the bundled mini model stands in.
         index: "auto" | "exact" | "ivf" | "hnsw" | "ivfpq" (see core.library.index).
         background=True (the app): an ANN index is loaded or built in a thread while exact
         search serves, and features_library.pth is rewritten in the background after writes;
-        False (the CLI, scripts): both happen in the calling thread, `flush()` when asked."""
+        False (the CLI, scripts): both happen in the calling thread, `flush()` when asked.
+        access: the app's accounts, roles and quotas (None: open, default limits)."""
         if background:   # a shared server: concurrent requests share forward passes (core/batching.py)
             encoder = BatchingEncoder(encoder)
         self.runtime, self.encoder, self.library = runtime, encoder, library
@@ -139,50 +96,29 @@ class Workbench:
         self.offline = offline
         self.captioner_name = captioner or DEFAULT_CAPTIONER
         self.translator_name = translator or DEFAULT_TRANSLATOR
-        self.searcher = Searcher(encoder, library, ExactIndex(library, runtime), plan=self.plan_query)
+        self.policy = Policy(access)         # roles, quotas, dedupe, the weak-hit rule: applied here only
+        self.index = ServedIndex(library, runtime, index, background)   # exact until an ANN index is ready
+        self.searcher = Searcher(encoder, library, self.index)
         self.classifier = ZeroShotClassifier(encoder)
-        self.index_kind = resolve_kind(index, len(library))
         self._lazy: dict = {}
         self._lazy_lock = threading.Lock()
-        self._flusher = _Flusher(self.flush) if background else None
-        self._index_lock = threading.Lock()
-        self._index_opened = self.index_kind == "exact"
-        if background and not self._index_opened:   # exact search serves until it is ready
-            threading.Thread(target=self._open_index, name="open-index", daemon=True).start()
+        self._flusher = Flusher(self.flush) if background else None
 
-    def _open_index(self) -> None:
-        """Load (or build) the ANN index once; later calls return at once."""
-        with self._index_lock:
-            if self._index_opened:
-                return
-            start = time.monotonic()
-            self.searcher.index = open_index(self.library, self.runtime, self.index_kind)
-            self._index_opened = True
-        log.info("%s index over %d images ready in %.1f s", self.index_kind, len(self.library), time.monotonic() - start)
+    @property
+    def access(self) -> Access:
+        """The app's accounts, roles, quotas and login throttle (the adapters resolve callers with it)."""
+        return self.policy.access
 
-    def _searchable(self) -> Searcher:
-        """The searcher, its ANN index opened first unless the app opens it in the background."""
-        if not self._index_opened and self._flusher is None:
-            self._open_index()
-        return self.searcher
-
-    def build_index(self, kind: str | None = None) -> str:
+    def build_index(self, kind: str | None = None, caller: Caller | None = None) -> str:
         """(Re)build the ANN index of `kind` (default: this workbench's) from every row and save
         it beside the library; returns the kind. "exact" needs no index."""
-        kind = resolve_kind(kind or self.index_kind, len(self.library))
-        if kind == "exact":
-            return kind
-        with self._index_lock:
-            index = LibraryANN.build(self.library, kind)
-            index.save()
-            self.searcher.index, self.index_kind, self._index_opened = index, kind, True
-        return kind
+        self.policy.admit(caller, "build_index")
+        return self.index.build(kind)
 
     def flush(self) -> None:
         """Make features_library.pth (and a persisted ANN index) hold every image now."""
         self.library.flush()
-        if isinstance(self.searcher.index, LibraryANN):
-            self.searcher.index.save()
+        self.index.save()
 
     def close(self) -> None:
         """On shutdown: flush what the background flusher has not written yet."""
@@ -244,42 +180,42 @@ class Workbench:
         """Decode an image input through the safe loader (ImageError with the reason otherwise)."""
         return as_image(image, name)
 
-    def caption(self, images: Sequence[ImageInput], stage: Callable[[str], None] | None = None) -> list[dict]:
+    def caption(self, images: Sequence[ImageInput], stage: Callable[[str], None] | None = None,
+                caller: Caller | None = None) -> list[dict]:
         """N images -> N dicts {"caption_en", "caption_zh"[, "caption_zh_error"]} (see caption_metadata,
         which also says the `stage`s a front end hears). A missing captioner raises ModelUnavailableError."""
+        self.policy.admit(caller, "caption")
         return caption_metadata([as_image(im) for im in images], self.captioner, self.translator, stage)
 
     def captions_unavailable(self) -> Msg | None:
-        """Why no caption can be made here before anyone tries (the weights are not on this machine and
-        cannot be downloaded: offline, or the hub does not answer); None when they are, or may come."""
-        captioner = self.captioner
-        if captioner.loaded or captioner.on_this_machine():
-            return None
-        why = Msg("离线模式", "offline mode") if self.offline else hub_unreachable()
-        if why is None:
-            return None
-        return Msg("这台机器上没有描述模型 {model}，现在也无法下载（{why}）。要生成描述：联网运行一次（可设置镜像 "
-                   "`HF_ENDPOINT=https://hf-mirror.com`），或用 `--captioner` 指定 save_pretrained() 保存的本地文件夹。",
-                   "The captioner {model} is not on this machine and cannot be downloaded now ({why}). To caption: run "
-                   "once online (`HF_ENDPOINT` may name a mirror, e.g. `https://hf-mirror.com`), or pass `--captioner` with "
-                   "a local folder saved with save_pretrained().", model=captioner.model_id, why=why)
+        """Why no caption can be made here before anyone tries (Captioner.unavailable); None when it can."""
+        return self.captioner.unavailable()
 
     # ------------------------------------------------------------ search and classify
 
-    def search(self, query: SearchQuery) -> SearchResult:
-        """Text / image / combined / negative search (see core.library.search)."""
+    def search(self, query: SearchQuery, caller: Caller | None = None) -> SearchResult:
+        """Text / image / combined / negative search (see core.library.search): the query checked, its
+        texts planned for the encoder (a Chinese query translated for an English-only model, with a
+        note), then its hits, best first, of which `result.strong` are strong (core/policy.py). The
+        caller's query is left as it was."""
+        self.policy.admit(caller, "search")
+        query = check_query(query)
         if query.image is not None and not isinstance(query.image, Image.Image):
-            query.image = as_image(query.image)
-        return self._searchable().search(query)
+            query = replace(query, image=as_image(query.image))
+        text, note = self.plan_query(query.text) if query.text else ("", None)
+        plan = Planned(text, tuple(self.plan_query(m)[0] for m in query.minus), note)
+        return self.policy.judge(self.searcher.search(query, plan))
 
-    def search_vector(self, vector: Sequence[float] | torch.Tensor, k: int = 10) -> list[Hit]:
+    def search_vector(self, vector: Sequence[float] | torch.Tensor, k: int = 10,
+                      caller: Caller | None = None) -> list[Hit]:
         """Nearest library images to a raw embedding (normalised here); for API clients."""
-        return self._searchable().search_vector(torch.as_tensor(vector, dtype=torch.float32), k)
+        self.policy.admit(caller, "search")
+        return self.searcher.search_vector(torch.as_tensor(vector, dtype=torch.float32), k)
 
-    def similar(self, image_id: str, k: int = 10) -> tuple[Entry, list[Hit]]:
+    def similar(self, image_id: str, k: int = 10, caller: Caller | None = None) -> tuple[Entry, list[Hit]]:
         """Image→image from an image already in the library (no re-encoding)."""
-        entry = self.library.find(image_id)
-        return entry, self._searchable().similar_to(entry.id, k)
+        self.policy.admit(caller, "search")
+        return self.searcher.similar(image_id, k)
 
     def unknown_words(self, *texts: str) -> list[str]:
         """Words of labels / queries the model has no token for (only a narrow model knows its
@@ -292,9 +228,10 @@ class Workbench:
         return starters(self.encoder.domain)
 
     def classify(self, image: ImageInput, labels: str, templates: str = "single", lang: str = "en",
-                 top_k: int = 5) -> tuple[list[tuple[str, float]], str | None]:
+                 top_k: int = 5, caller: Caller | None = None) -> tuple[list[tuple[str, float]], str | None]:
         """Zero-shot: (top-k (label, probability) in the user's language, note or None).
         Chinese labels are planned for the encoder (see plan_prompts)."""
+        self.policy.admit(caller, "classify")
         picture = as_image(image)
 
         def translate(texts):
@@ -304,32 +241,34 @@ class Workbench:
                 return None
         plan = plan_prompts(self.encoder, labels, templates, lang, translate)
         top = self.classifier.classify(picture, plan.labels, plan.templates, top_k, prompt_labels=plan.prompt_labels)
-        return top, join([plan.note, self._cannot_judge(plan.labels)])
-
-    def _cannot_judge(self, labels: list[str]) -> Msg | None:
-        """Why some labels' scores mean nothing (words the model never saw), so none wins silently."""
-        words = self.unknown_words(*labels)
-        if not words:
-            return None
-        unjudged = [label for label in labels if self.unknown_words(label)]
-        return Msg("模型从未见过这些词：{words}，无法判断含有它们的标签（{labels}），这些标签的概率只是猜测。",
-                   "The model has never seen these words: {words}; it cannot judge the labels with them ({labels}), "
-                   "whose probabilities are guesses.", words=", ".join(words), labels=", ".join(unjudged))
+        return top, join([plan.note, cannot_judge(self.encoder, plan.labels)])
 
     # ------------------------------------------------------------ the library
 
     def add(self, sources: Iterable, progress: Callable[[int], None] | None = None, caption: bool = False,
-            batch_size: int = 64) -> IngestReport:
-        """Add files, folders or `Upload`s; `caption=True` also stores zh/en captions (searchable)."""
+            batch_size: int = 64, caller: Caller | None = None) -> IngestReport:
+        """Add files, folders or `Upload`s; `caption=True` also stores zh/en captions (searchable).
+        A user of the shared app adds within the quota and the disk budget (QuotaError before
+        anything is stored); each file is read and hashed once, "is it stored?" asked once
+        (core/policy.py). `report.total` is the library's size after."""
+        caller = self.policy.admit(caller, "add")
         annotate = (lambda images: caption_metadata(images, self.captioner, self.translator)) if caption else None
+        run = lambda items, stored=None: ingest(self.library, self.encoder, items, batch_size=batch_size,  # noqa: E731
+                                                progress=progress, annotate=annotate, stored=stored)
         try:
-            return ingest(self.library, self.encoder, sources, batch_size=batch_size, progress=progress,
-                          annotate=annotate)
+            if not self.policy.reads_first(caller):
+                report = run(sources)
+            else:
+                with self.policy.intake(caller, sources, self.library) as intake:
+                    report = intake.done(run(intake.uploads, intake.stored))
         finally:
             self._written()
+        report.total = len(self.library)
+        return report
 
-    def seed(self, progress: Callable[[int], None] | None = None) -> IngestReport:
-        """Add the bundled sample photos and Shapes images (safe to run again)."""
+    def seed(self, progress: Callable[[int], None] | None = None, caller: Caller | None = None) -> IngestReport:
+        """Add the bundled sample photos and Shapes images (safe to run again; the teacher only)."""
+        self.policy.admit(caller, "seed")
         return self.add(sample_files(), progress=progress)
 
     def page(self, page: int | float | None = 1, size: int = PAGE_SIZE) -> Page:
@@ -377,32 +316,36 @@ class Workbench:
 
     def with_model(self, model: str, library_dir: str | Path, seed: bool = True) -> "Workbench":
         """A new Workbench over another model (e.g. a checkpoint just trained) with its OWN library
-        in `library_dir` (features of two models never mix); same device and runtime, in the
-        background mode of this one. seed=True adds the bundled samples to a new, empty library."""
+        in `library_dir` (features of two models never mix); same device, runtime and policy (the
+        quotas used so far carry over), in the background mode of this one. seed=True adds the
+        bundled samples to a new, empty library. Holder.switch puts it in place for every surface."""
         wb = build_workbench(model, library_dir, device=str(self.runtime.device), offline=self.offline,
                              fallback=False, captioner=self.captioner_name, translator=self.translator_name,
-                             background=self._flusher is not None, runtime=self.runtime.engine)
+                             background=self._flusher is not None, runtime=self.runtime.engine, access=self.access)
         if seed and not len(wb):
             wb.seed()
         return wb
 
     # ------------------------------------------------------------ housekeeping
 
-    def remove(self, image_ids: Sequence[str]) -> list[Entry]:
-        """Remove images by id; returns the entries removed."""
+    def remove(self, image_ids: Sequence[str], caller: Caller | None = None) -> list[Entry]:
+        """Remove images by id (the teacher only); returns the entries removed."""
+        self.policy.admit(caller, "remove")
         entries = [self.library.find(i) for i in image_ids]
         self.library.remove([e.sha256 for e in entries])
         self._written()
         return entries
 
-    def compact(self) -> None:
+    def compact(self, caller: Caller | None = None) -> None:
+        self.policy.admit(caller, "compact")
         self.library.compact()
 
     def verify(self, deep: bool = False) -> dict:
         return self.library.verify(deep=deep)
 
-    def repair(self) -> dict:
-        """Rows without files removed, files without rows re-added (never deleted)."""
+    def repair(self, caller: Caller | None = None) -> dict:
+        """Rows without files removed, files without rows re-added (never deleted; the teacher only)."""
+        self.policy.admit(caller, "repair")
         try:
             return repair(self.library, self.encoder)
         finally:
@@ -427,10 +370,11 @@ def _open_for(root: Path, encoder: Encoder, fallback_used: bool) -> tuple[Librar
 def build_workbench(model: str | None = None, library_dir: str | Path | None = None, device: str | None = None,
                     offline: bool = False, fallback: bool = True, cache: Path | None = None,
                     captioner: str | None = None, translator: str | None = None, index: str = "auto",
-                    background: bool = False, runtime: str | None = None) -> Workbench:
+                    background: bool = False, runtime: str | None = None, access: Access | None = None) -> Workbench:
     """Load the encoder (with the bundled mini model as fallback), open the library, wire the services.
     runtime: "torch" (default) | "onnx" | "onnx-int8" | "auto" (see core.settings.pick_runtime); with
-    onnx-int8 the quantised encoder is checked against fp32 on this library first (refused below par)."""
+    onnx-int8 the quantised encoder is checked against fp32 on this library first (refused below par).
+    access: the app's accounts, roles and quotas (None: open, default limits)."""
     rt = pick_runtime(device, runtime)
     name = model or DEFAULT_MODEL
     if fallback:
@@ -443,7 +387,7 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
     notes = (notice, encoder.source_note, encoder.runtime_note, library_note, int8_note)
     notice = join(notes)   # one notice, each part still in both languages
     wb = Workbench(rt, encoder, library, notice=notice, offline=offline, captioner=captioner,
-                   translator=translator, index=index, background=background, fallback=fallback_used)
+                   translator=translator, index=index, background=background, fallback=fallback_used, access=access)
     if captioner:
         wb.captioner   # noqa: B018  an unknown name fails here, at start, not inside the first request
     if translator:

@@ -29,7 +29,7 @@ from .lru import LRU
 from .messages import Msg
 from .settings import ASSETS_DIR
 
-__all__ = ["ZeroShotClassifier", "PromptPlan", "plan_prompts", "parse_labels", "load_labelset", "load_templates",
+__all__ = ["ZeroShotClassifier", "PromptPlan", "plan_prompts", "cannot_judge", "parse_labels", "load_labelset", "load_templates",
            "class_matrix", "LABEL_SETS", "TEMPLATE_SPECS", "MAX_LABELS"]
 
 LABEL_SETS = ("imagenet1k", "cifar10", "cifar100")
@@ -159,6 +159,17 @@ def class_matrix(encoder, labels: list[str], templates: list[str]) -> torch.Tens
     prompts = [t.replace("{c}", label) for label in labels for t in templates]
     feats = encoder.encode_texts(prompts).view(len(labels), len(templates), -1)
     return F.normalize(feats.mean(dim=1), dim=-1)
+
+
+def cannot_judge(encoder, labels: list[str]) -> Msg | None:
+    """Why some labels' scores mean nothing (words the model never saw), so none wins silently."""
+    words = encoder.unknown_words([label for label in labels if label])
+    if not words:
+        return None
+    unjudged = [label for label in labels if label and encoder.unknown_words([label])]
+    return Msg("模型从未见过这些词：{words}，无法判断含有它们的标签（{labels}），这些标签的概率只是猜测。",
+               "The model has never seen these words: {words}; it cannot judge the labels with them ({labels}), "
+               "whose probabilities are guesses.", words=", ".join(words), labels=", ".join(unjudged))
 
 
 class ZeroShotClassifier:

@@ -356,13 +356,14 @@ class _Workbench:
     """What Callbacks.caption uses of a Workbench, with the real caption_metadata behind it."""
 
     def __init__(self, captioner, translator):
-        self.captioner, self.translator = captioner, translator
+        from core.access import Access
+        self.captioner, self.translator, self.access = captioner, translator, Access()
 
     @staticmethod
     def image(path):
         return Image.new("RGB", (8, 8))
 
-    def caption(self, images, stage=None):
+    def caption(self, images, stage=None, caller=None):
         return caption_metadata(images, self.captioner, self.translator, stage)
 
 

@@ -131,9 +131,9 @@ FLOORS = [
     {"core.errors", "core.messages", "core.lru", "core.lazy", "core.settings"},    # words, limits, the device
     {"core.images", "core.models", "core.batching"},                               # decoding, the encoders
     {"core.language", "core.zeroshot", "core.starters", "core.library"},           # what the encoders serve
-    {"core.lab", "core.scale", "core.hosting", "core.access"},                     # beside the library
+    {"core.lab", "core.scale", "core.hosting", "core.access", "core.policy"},      # beside the library, the rules
     {"core.workbench"},                                                            # the front door
-    {"core", "core.__main__", "core.train", "core.evaluate"},                      # the package, `python -m` entries
+    {"core.holder", "core", "core.__main__", "core.train", "core.evaluate"},       # one per server, the package
 ]
 ENTRY_SHIMS = {"core/__main__.py", "core/train.py", "core/evaluate.py"}   # hand `python -m core...` to cli/
 
@@ -163,3 +163,18 @@ def test_adapters_sit_on_top():
         for path in (PROJECT_ROOT / package).rglob("*.py"):
             tops = {m.split(".")[0] for m in _all_imports(path)}
             assert not tops & others, f"{path} imports {sorted(tops & others)}"
+
+
+def test_the_architecture_page_names_modules_that_exist_each_once():
+    """docs/ARCHITECTURE.md walks an upload and a query through the layers: every module or folder
+    it names exists, and its text names each one once (the picture at the top may repeat them)."""
+    import re
+    text = (PROJECT_ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    path = r"[\w]+(?:/[\w]+)*(?:\.py|/)"
+    named = re.findall(rf"(?<![\w/]){path}(?![\w/])", text)
+    assert len(named) > 20 and {"core/workbench.py", "core/policy.py", "core/holder.py"} <= set(named)
+    missing = sorted({p for p in named if not (PROJECT_ROOT / p).exists()})
+    assert not missing, f"docs/ARCHITECTURE.md names what does not exist: {missing}"
+    prose = re.findall(rf"`({path})`", re.sub(r"```.*?```", "", text, flags=re.S))
+    twice = sorted({p for p in prose if prose.count(p) > 1})
+    assert not twice, f"docs/ARCHITECTURE.md names these more than once: {twice}"

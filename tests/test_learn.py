@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -145,6 +146,7 @@ def test_train_live_then_use_the_model(app, teacher):
     assert "now uses `mini:" in status
     stats = teacher.predict(api_name="/library_stats")
     assert "mini:" in stats and before not in stats      # every tab's next call uses the new model
+    assert httpx.get(app.url + "api/stats", auth=TEACHER, timeout=60).json()["model_id"].startswith("mini:")   # the API too
     with pytest.raises(AppError, match="teacher"):
         Client(app.url, auth=STUDENT, verbose=False).predict(api_name="/use_model")
 

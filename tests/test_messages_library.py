@@ -104,7 +104,7 @@ def test_permission_and_quota_refusals(wb):
     assert_chinese(zh)
 
     with pytest.raises(QuotaError) as over:
-        access.add(wb, ann, [Upload("big.png", png_bytes(size=(200, 200)))])
+        wb.add([Upload("big.png", png_bytes(size=(200, 200)))], caller=ann)   # the quota is the caller's
     assert str(over.value).startswith("Upload quota reached: ")
     assert_chinese(localize(over.value, "zh"))
 

@@ -72,9 +72,10 @@ class _Library:
     """Just what Callbacks.search reads from a Workbench."""
 
     def __init__(self, result):
-        self.result = result
+        from core.access import Access
+        self.result, self.access = result, Access()
 
-    def search(self, query):
+    def search(self, query, caller=None):
         return self.result
 
     def thumbnail(self, hit):

@@ -215,7 +215,7 @@ def test_background_flushes_coalesce(monkeypatch):
     """Writes during a flush lead to one more flush after it, not one per write."""
     import threading
 
-    from core.workbench import _Flusher
+    from core.library.flusher import Flusher as _Flusher
     calls, gate = [], threading.Event()
 
     def slow_flush():

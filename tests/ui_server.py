@@ -56,7 +56,7 @@ def serve(model_path: Path | str, library_dir: Path, lang: str | None = None,
     access = Access(accounts, limits)
     wb = build_workbench(str(model_path), library_dir, device="cpu", offline=True,
                          fallback=fallback_cache is not None, cache=fallback_cache,
-                         background=True)   # as demo.py: features_library.pth is rewritten after writes
+                         background=True, access=access)   # as demo.py: features_library.pth is rewritten after writes
     demo = build_app(wb, lang=lang, access=access)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                 **launch_options(wb, access, lang))

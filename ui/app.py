@@ -22,7 +22,7 @@ from core.access import Access
 from core.errors import ModelMismatchError, ModelUnavailableError
 from core.images import MAX_BYTES
 from core.messages import localize, without_paths
-from core import Workbench
+from core import Holder, Workbench
 
 from .callbacks import Callbacks
 from .guard import LoginLimiter, blocked_paths, served_paths
@@ -56,11 +56,13 @@ class QueueConfig:
     max_size = 200        # waiting requests before new ones are refused ("queue full")
 
 
-def build_app(wb: Workbench, lang: str | None = None, access: Access | None = None) -> gr.Blocks:
+def build_app(wb: Workbench | Holder, lang: str | None = None, access: Access | None = None) -> gr.Blocks:
     """The app for one Workbench. `lang` ("zh" | "en") fixes the start language; None follows the browser.
-    `access`: roles and quotas (the same object goes to launch_options); None = open, default limits."""
+    `access`: None, or the workbench's own policy (build_workbench(access=...): roles and quotas).
+    The page and the JSON API (launch_options) share the server's Holder: a model switch reaches both."""
     start = pick_lang(lang) if lang else DEFAULT_LANG
     cb, loc = Callbacks(wb, access), Localizer(start)
+    wb = cb.wb   # the workbench the server starts with (layout, starters, banner)
     heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         lang_state = gr.State(start)
@@ -111,13 +113,17 @@ def build_error_app(problem: Exception, lang: str | None = None, model: str = "M
     return demo.queue()
 
 
-def launch_options(wb: Workbench | None = None, access: Access | None = None, lang: str | None = None) -> dict:
-    """Keyword arguments for demo.launch() besides the address: the login (`access`'s accounts;
-    none = open), only stored images, thumbnails and bundled samples served (ui/guard.py), failed
+def launch_options(wb: Workbench | Holder | None = None, access: Access | None = None, lang: str | None = None) -> dict:
+    """Keyword arguments for demo.launch() besides the address: the login (the workbench's accounts, or
+    `access`'s for the page without one; none = open), only stored images, thumbnails and bundled samples served (ui/guard.py), failed
     logins throttled per client and, with a workbench, the JSON API at /api/... (docs/API.md#json-http-api)
     first in Gradio's own FastAPI app, under the same roles and quotas as the UI. `lang`: demo.py's
     --lang, so Gradio's own texts start in it too (ui/locale.py)."""
-    access = access or Access()
+    holder = Holder.of(wb) if wb is not None else None   # the page's own (build_app): one per server
+    if holder is not None and access is not None and access is not holder.access:
+        raise ValueError("launch_options: the access policy is the workbench's; build it with build_workbench(access=...)")
+    access = holder.access if holder is not None else access or Access()
+    wb = holder.wb if holder is not None else None
     root = Path(wb.root) if wb is not None else None
     options = {"allowed_paths": served_paths(root), "blocked_paths": blocked_paths(root), "css": CSS,
                "theme": gr.themes.Soft(), "max_file_size": MAX_BYTES,   # oversized uploads refused before read
@@ -130,7 +136,7 @@ def launch_options(wb: Workbench | None = None, access: Access | None = None, la
                                  Middleware(LocaleScript, forced=pick_lang(lang) if lang else None)]}
     if wb is not None:
         heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
-        app_kwargs["routes"] = build_api(wb, access, heavy=heavy).routes
+        app_kwargs["routes"] = build_api(holder, heavy=heavy).routes
     return {**options, "app_kwargs": app_kwargs}
 
 

@@ -1,6 +1,8 @@
 """Gradio callbacks: check inputs, call core, turn domain errors into gr.Error. No model logic.
 
-`Callbacks(wb)` receives the Workbench built once at start; every method is one event.
+`Callbacks(holder)` receives the server's Holder (core/holder.py: the Workbench built once at start,
+switched for every surface at once) and reads `holder.wb` at every event; every method is one event
+and passes its caller (who, from the page) to the Workbench, which applies the policy.
 The last input of each is the UI language (a gr.State, so API clients need not pass it).
 A message for a slot (a status or info Markdown) is a `Say` (ui/say.py): text in that language
 that a later language switch can say again in the other.
@@ -16,11 +18,11 @@ from typing import Callable
 
 import gradio as gr
 
-from core import IngestReport, SearchQuery, SearchResult, Workbench
+from core import Holder, IngestReport, SearchQuery, SearchResult, Workbench
 from core.access import Access, Caller
 from core.errors import ModelUnavailableError, UnknownModelError
-from core.library.search import WEAK_RATIO, count_strong, split_terms
-from core.messages import Msg, localize
+from core.library.search import WEAK_RATIO
+from core.messages import localize
 
 from .errors import KEEP, SLOT, fail, in_place, user_errors
 from .i18n import t
@@ -41,9 +43,14 @@ def _gallery_label(name: str, image_id: str, meta: dict, lang: str) -> str:
     return f"{name} · {image_id}" + (f"\n{caption}" if caption else "")
 
 
+def _summary_line(added: int, dups: int, errors: int, total: int, lang: str) -> str:
+    """An upload's summary line (the page's and the toast's): added, already present, unreadable, library size."""
+    return t("lib.summary", lang, added=added, dups=dups, errors=errors, n=total)
+
+
 def who(access: Access, request: gr.Request | None) -> Caller:
-    """The caller of an event: the login name, or the browser session without logins."""
-    return access.caller(getattr(request, "username", None), getattr(request, "session_hash", None))
+    """The caller of an event: the login name, or the browser session without logins, on the page."""
+    return access.caller(getattr(request, "username", None), getattr(request, "session_hash", None), "page")
 
 
 class UploadJanitor:
@@ -111,9 +118,24 @@ class UploadJanitor:
 
 
 class Callbacks:
-    def __init__(self, wb: Workbench, access: Access | None = None):
-        self.wb, self.access = wb, access or Access()
+    def __init__(self, holder: Holder | Workbench, access: Access | None = None):
+        """`access`, when given, must be the workbench's own (build_workbench(access=...)): one policy."""
+        self.holder = Holder.of(holder)
+        if access is not None and access is not self.access:
+            raise ValueError("Callbacks: the access policy is the workbench's; build it with build_workbench(access=...)")
         self.janitor = UploadJanitor()
+
+    @property
+    def wb(self) -> Workbench:
+        """The server's workbench now (the Learn tab may switch it for every surface)."""
+        return self.holder.wb
+
+    @property
+    def access(self) -> Access:
+        return self.holder.access
+
+    def _who(self, request: gr.Request | None) -> Caller:
+        return who(self.access, request)
 
     # ------------------------------------------------------------ zero-shot
 
@@ -126,8 +148,9 @@ class Callbacks:
         with user_errors(lang):
             picture = self._picture(image, lang)   # core's safe loader: the same error for every bad file
             top, note = self.wb.classify(picture, labels if labelset == CUSTOM else labelset,
-                                         custom_template if templates == CUSTOM else templates, lang)
-            added = self._summary(self._ingest([image], who(self.access, request))) if add else None
+                                         custom_template if templates == CUSTOM else templates, lang,
+                                         caller=self._who(request))
+            added = self._summary(self._ingest([image], self._who(request))) if add else None
         unjudged = {label for label, _ in top if self.wb.unknown_words(label)}   # core's note says why
 
         def status(l: str) -> str:
@@ -140,27 +163,24 @@ class Callbacks:
 
     @in_place(KEEP, KEEP, SLOT)
     def search(self, text: str, image: str | None, minus: str, k: float, threshold: float, all_k: bool = False,
-               lang: str = "en", page: bool = False):
-        """-> (gallery items, hit ids, info markdown). Weak hits (core's count_strong) are left out
-        unless `all_k`, then marked ◌."""
-        if not (text or "").strip() and not image:
-            raise fail("err.empty_query", lang)
-        with user_errors(lang):
+               lang: str = "en", page: bool = False, request: gr.Request = None):
+        """-> (gallery items, hit ids, info markdown). The weak hits core marks (result.strong on) are
+        left out unless `all_k`, then marked ◌; /api/search returns the same hits with "weak" flags."""
+        with user_errors(lang):   # an empty query, k and the threshold are core's to check (check_query)
             query = SearchQuery(text=text or "", image=self._picture(image, lang) if image else None,
-                                minus=split_terms([minus or ""]), k=int(k), threshold=float(threshold) or None)
-            result = self.wb.search(query)
-        strong = count_strong(result.hits)
-        hits = result.hits if all_k else result.hits[:strong]
-        info = self._search_info(result, query.text, weak=len(result.hits) - strong, shown_all=all_k)
-        return self._gallery(hits, strong), [h.id for h in hits], Say(info, lang)
+                                minus=[minus or ""], k=int(k), threshold=float(threshold) or None)
+            result = self.wb.search(query, self._who(request))
+        hits = result.hits if all_k else result.hits[:result.strong]
+        info = self._search_info(result, query.text, weak=result.weak, shown_all=all_k)
+        return self._gallery(hits, result.strong), [h.id for h in hits], Say(info, lang)
 
     @in_place(KEEP, KEEP, SLOT)
-    def search_similar(self, image_id: str, k: float, lang: str, page: bool = False):
+    def search_similar(self, image_id: str, k: float, lang: str, page: bool = False, request: gr.Request = None):
         """Image→image from a library image id -> (gallery items, hit ids, info markdown)"""
         if not (image_id or "").strip():
             raise fail("search.no_selection", lang)
         with user_errors(lang):
-            entry, hits = self.wb.similar(image_id, int(k))
+            entry, hits = self.wb.similar(image_id, int(k), caller=self._who(request))
         return self._gallery(hits), [h.id for h in hits], say("search.similar_to", lang, name=entry.name, id=entry.id,
                                                               n=len(hits))
 
@@ -207,7 +227,8 @@ class Callbacks:
     # ------------------------------------------------------------ captions
 
     @in_place("", "", SLOT)
-    def caption(self, image: str | None, lang: str, page: bool = False, progress=gr.Progress()):
+    def caption(self, image: str | None, lang: str, page: bool = False, request: gr.Request = None,
+                progress=gr.Progress()):
         """-> (English caption, Chinese caption, status markdown); a missing model is explained, not raised.
         The progress text says which step runs: loading the captioner (the slow first time), captioning,
         translating."""
@@ -221,7 +242,7 @@ class Callbacks:
             if name in steps:
                 progress(steps[name][0], desc=t(steps[name][1], lang))
         try:
-            meta = self.wb.caption([picture], stage=stage)[0]
+            meta = self.wb.caption([picture], stage=stage, caller=self._who(request))[0]
         except (ModelUnavailableError, UnknownModelError) as e:
             return "", "", say("cap.unavailable", lang, detail=e)
         zh_error = meta.get("caption_zh_error")
@@ -238,7 +259,7 @@ class Callbacks:
         if not files:
             raise fail("lib.no_files", lang)
         with self.janitor.using(files), user_errors(lang):
-            report = self._ingest(files, who(self.access, request), progress=progress, lang=lang)
+            report = self._ingest(files, self._who(request), progress=progress, lang=lang)
         if report.errors:   # a toast too: the summary may be scrolled out of view on a projector
             gr.Warning(self._toast(report, lang), title=t("warn.title", lang))
         return Say(self._summary(report), lang)
@@ -247,8 +268,8 @@ class Callbacks:
     def seed_library(self, lang: str, page: bool = False, request: gr.Request = None, progress=gr.Progress()):
         """Add the bundled sample images -> summary markdown (the teacher only)."""
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), Msg("给图库添加示例图片", "seed the library"))
-            report = self.wb.seed(progress=self._progress(progress, None, t("lib.progress", lang), t("lib.unit", lang)))
+            report = self.wb.seed(progress=self._progress(progress, None, t("lib.progress", lang), t("lib.unit", lang)),
+                                  caller=self._who(request))
         return Say(self._summary(report), lang)
 
     def library_page(self, page: float | None, lang: str):
@@ -263,7 +284,7 @@ class Callbacks:
     def library_stats(self, lang: str, request: gr.Request = None) -> Say:
         """Size, model and disk; the library's folder only for the teacher (students see no server paths)."""
         s = self.wb.stats()
-        key = "lib.stats_admin" if who(self.access, request).admin else "lib.stats"
+        key = "lib.stats_admin" if self._who(request).admin else "lib.stats"
         return say(key, lang, n=s["images"], model=s["model_id"], dim=s["dim"], path=s["path"],
                    images_mb=s["image_bytes"] / _MB, feats_mb=s["features_bytes"] / _MB)
 
@@ -280,13 +301,12 @@ class Callbacks:
         if not (image_id or "").strip():
             raise fail("lib.no_selection", lang)
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), Msg("删除图片", "delete images"))
-            entry, = self.wb.remove([image_id])
+            entry, = self.wb.remove([image_id], self._who(request))
         return say("lib.removed", lang, name=entry.name, id=entry.id, n=len(self.wb))
 
     def teacher_controls(self, request: gr.Request = None):
         """On page load: the delete / maintenance buttons only for the teacher (core checks again)."""
-        admin = who(self.access, request).admin
+        admin = self._who(request).admin
         return [gr.update(visible=admin)] * 4
 
     @in_place(SLOT)
@@ -301,16 +321,14 @@ class Callbacks:
     @in_place(SLOT)
     def compact_library(self, lang: str, page: bool = False, request: gr.Request = None) -> Say:
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), Msg("压缩图库", "compact the library"))
-            self.wb.compact()
+            self.wb.compact(self._who(request))
         return say("lib.compacted", lang, n=len(self.wb))
 
     @in_place(SLOT)
     def repair_library(self, lang: str, page: bool = False, request: gr.Request = None) -> Say:
         """Rows without files removed, files without rows re-added (never deleted) -> summary."""
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), Msg("修复图库", "repair the library"))
-            r = self.wb.repair()
+            r = self.wb.repair(self._who(request))
         return say("lib.repaired", lang, removed=r["rows_removed"], readded=r["images_readded"], n=len(self.wb))
 
     # ------------------------------------------------------------ helpers
@@ -324,11 +342,11 @@ class Callbacks:
             return self.wb.image(image)
 
     def _ingest(self, files: list[str], caller: Caller, progress=None, lang: str = "en") -> IngestReport:
-        """Ingest uploaded files (core reads a batch at a time) within the caller's quota, reporting
-        progress per batch. Gradio keeps each upload under its original name: core reads that name
-        for display only."""
+        """Add uploaded files as the caller (core reads and hashes each once and holds the upload against
+        the quota), reporting progress per batch. Gradio keeps each upload under its original name: core
+        reads that name for display only."""
         advance = self._progress(progress, len(files), t("lib.progress", lang), t("lib.unit", lang))
-        return self.access.add(self.wb, caller, [Path(f) for f in files], progress=advance, batch_size=UPLOAD_CHUNK)
+        return self.wb.add([Path(f) for f in files], progress=advance, batch_size=UPLOAD_CHUNK, caller=caller)
 
     @staticmethod
     def _progress(progress, total: int | None, desc: str, unit: str = "images"):
@@ -343,12 +361,12 @@ class Callbacks:
         return advance
 
     def _summary(self, report: IngestReport) -> Callable[[str], str]:
-        """lang -> the ingest summary markdown (with the library's size now); keeps the counts and the
-        names it lists, not the report."""
-        size, added, duplicates, errors = len(self.wb), len(report.added), tuple(report.duplicates), tuple(report.errors)
+        """lang -> the ingest summary markdown (with the library's size after it, report.total); keeps the
+        counts and the names it lists, not the report."""
+        added, duplicates, errors, total = len(report.added), tuple(report.duplicates), tuple(report.errors), report.total
 
         def summary(lang: str) -> str:
-            head = t("lib.summary", lang, added=added, dups=len(duplicates), errors=len(errors), n=size)
+            head = _summary_line(added, len(duplicates), len(errors), total, lang)
             items = [t("lib.dup_item", lang, name=n) for n in duplicates]
             items += [t("lib.error_item", lang, name=n, reason=localize(r, lang)) for n, r in errors]
             return "\n".join([head, ""] + [f"- {i}" for i in items])
@@ -356,8 +374,7 @@ class Callbacks:
 
     def _toast(self, report: IngestReport, lang: str, shown: int = 5) -> str:
         """The summary line and the first unreadable files, HTML-escaped (toasts render HTML)."""
-        head = t("lib.summary", lang, added=len(report.added), dups=len(report.duplicates),
-                 errors=len(report.errors), n=len(self.wb))
+        head = _summary_line(len(report.added), len(report.duplicates), len(report.errors), report.total, lang)
         lines = [t("lib.error_item", lang, name=n, reason=localize(r, lang)) for n, r in report.errors[:shown]]
         return "<br>".join(html.escape(x) for x in [head, *lines] + (["…"] if len(report.errors) > shown else []))
 

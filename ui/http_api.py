@@ -9,10 +9,12 @@
     POST /api/images                 multipart `files` (one or more)  add to the library
     GET  /api/images/{id}  /api/images/{id}/thumb  /api/library?page=N
 
-`build_api(wb, access)` returns a FastAPI `APIRouter`; `ui.app.launch_options` hands its routes
+`build_api(holder)` returns a FastAPI `APIRouter` over the server's Holder (core/holder.py: the
+Workbench every surface reads at each call, switched for all of them at once); `ui.app.launch_options` hands its routes
 to Gradio's FastAPI app (`launch(app_kwargs={"routes": ...})`), so `demo.launch()` keeps
 serving everything: --share, --auth, the queue. A thin adapter: every call goes to the
-Workbench; core's domain errors become JSON {"error", "kind"} (400, 404 for an unknown id);
+Workbench as its caller (surface "api"), which applies the policy; core's domain errors become
+JSON {"error", "kind"} with a status chosen by their type (400, 403, 404 for an unknown id, 413);
 only stored images and thumbnails are served, found by id through the library, never by a
 path from the request. Nothing blocks the event loop: cheap endpoints are plain `def` (FastAPI's
 thread pool); model calls wait for one of `heavy` slots without holding a thread, then run in
@@ -21,7 +23,6 @@ the thread pool. docs/API.md#json-http-api.
 from __future__ import annotations
 
 import asyncio
-import math
 import mimetypes
 from pathlib import Path
 
@@ -34,11 +35,11 @@ from starlette.concurrency import run_in_threadpool
 from gradio.route_utils import get_root_url
 from pydantic import BaseModel
 
-from core import Entry, Hit, SearchQuery, Upload, Workbench
+from core import Entry, Hit, Holder, SearchQuery, SearchResult, Upload, Workbench
 from core.access import Access, Caller
 from core.errors import ImageError, NotFoundError, PermissionDenied, QueryError, QuotaError, WorkbenchError
 from core.images import MAX_BYTES
-from core.library.search import MAX_K, split_terms
+from core.library.search import MAX_K
 from core.messages import without_paths
 
 from .guard import client_address
@@ -124,7 +125,7 @@ class Users:
     def _resolve(self, request: Request, basic: HTTPBasicCredentials | None) -> Caller:
         client = client_address(request.scope)
         if self.access.open:
-            return self.access.caller(None, f"api:{client}")
+            return self.access.caller(None, f"api:{client}", "api")
         name = basic.username if basic is not None else None
         wait = self.access.throttle.retry_after(client, name)
         if wait > 0:
@@ -133,11 +134,11 @@ class Users:
         if basic is not None:
             if self.access.accounts.check(basic.username, basic.password):
                 self.access.throttle.succeeded(client, name)
-                return self.access.caller(basic.username)
+                return self.access.caller(basic.username, surface="api")
             self.access.throttle.failed(client, name)
         user = _gradio_session_user(request)
         if user:
-            return self.access.caller(user)
+            return self.access.caller(user, surface="api")
         raise ApiProblem(401, "Log in: send HTTP Basic credentials (the app's --auth user:password)",
                          "Unauthorized", {"WWW-Authenticate": 'Basic realm="CLIP Workbench"'})
 
@@ -157,12 +158,6 @@ class VectorQuery(BaseModel):
     k: int = 10
 
 
-def _check_k(k: int) -> int:
-    if not 1 <= k <= MAX_K:
-        raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
-    return k
-
-
 def _read_upload(upload: UploadFile, limit: int) -> tuple[str, bytes]:
     """(display name, bytes) of one uploaded file; its size is checked before it is read into memory."""
     name = upload.filename or "upload"
@@ -175,17 +170,22 @@ def _read_upload(upload: UploadFile, limit: int) -> tuple[str, bytes]:
 
 
 class _Api:
-    """The endpoints, each a few lines over one Workbench method."""
+    """The endpoints, each a few lines over one Workbench method, as the request's caller."""
 
-    def __init__(self, wb: Workbench, access: Access, heavy: int, max_bytes: int):
-        self.wb, self.access, self.max_bytes = wb, access, max_bytes
+    def __init__(self, holder: Holder, heavy: int, max_bytes: int):
+        self.holder, self.max_bytes = holder, max_bytes
         self.heavy = asyncio.Semaphore(heavy)   # model calls at once (the event loop's, see _model)
 
-    async def _model(self, fn, *args):
+    @property
+    def wb(self) -> Workbench:
+        """The server's workbench now (the Learn tab may switch it for every surface)."""
+        return self.holder.wb
+
+    async def _model(self, fn, *args, **kwargs):
         """Run a model call in the thread pool once a slot is free. Waiting requests hold no thread,
         so cheap reads (pages, thumbnails, stats) never wait behind a queue of encodes."""
         async with self.heavy:
-            return await run_in_threadpool(fn, *args)
+            return await run_in_threadpool(fn, *args, **kwargs)
 
     async def _picture(self, upload: UploadFile):
         """The uploaded image through core's safe loader (read and decoded off the event loop)."""
@@ -207,6 +207,10 @@ class _Api:
     def _hit(self, request: Request, h: Hit) -> dict:
         return {"id": h.id, "score": round(float(h.score), 6), "name": h.name, **self._urls(request, h.id)}
 
+    def _hits(self, request: Request, result: SearchResult) -> list[dict]:
+        """Every hit, best first, each marked "weak" as the page marks it (it shows only the others)."""
+        return [{**self._hit(request, h), "weak": i >= result.strong} for i, h in enumerate(result.hits)]
+
     def _entry(self, request: Request, e: Entry) -> dict:
         return {"id": e.id, "name": e.name, "added": e.meta.get("added"), "width": e.meta.get("width"),
                 "height": e.meta.get("height"), **self._urls(request, e.id)}
@@ -223,36 +227,34 @@ class _Api:
 
     async def search(self, request: Request, q: str = "", k: int = 10, minus: str = "",
                      threshold: float | None = None) -> dict:
-        if not q.strip():
+        if not q.strip():   # this route's own parameter (the rest of the query is core's to check)
             raise QueryError("Missing query: add ?q=some words, e.g. /api/search?q=a%20cat or ?q=一只猫")
-        if threshold is not None and not math.isfinite(threshold):
-            raise QueryError("threshold must be a number between -1 and 1")
-        query = SearchQuery(text=q, minus=split_terms([minus]), k=_check_k(k), threshold=threshold)
-        result = await self._model(self.wb.search, query)
-        return {"results": [self._hit(request, h) for h in result.hits], "query_used": result.text_used,
-                "note": result.note}
+        query = SearchQuery(text=q, minus=[minus], k=k, threshold=threshold)
+        result = await self._model(self.wb.search, query, request.state.caller)
+        return {"results": self._hits(request, result), "query_used": result.text_used, "note": result.note}
 
     async def search_image(self, request: Request, image: UploadFile = File(...), k: int = 10) -> dict:
-        query = SearchQuery(image=await self._picture(image), k=_check_k(k))
-        result = await self._model(self.wb.search, query)
-        return {"results": [self._hit(request, h) for h in result.hits]}
+        query = SearchQuery(image=await self._picture(image), k=k)
+        result = await self._model(self.wb.search, query, request.state.caller)
+        return {"results": self._hits(request, result)}
 
     def search_vector(self, request: Request, body: VectorQuery) -> dict:
-        hits = self.wb.search_vector(body.vector, _check_k(body.k))
+        hits = self.wb.search_vector(body.vector, body.k, caller=request.state.caller)
         return {"results": [self._hit(request, h) for h in hits]}
 
     def similar(self, request: Request, image_id: str, k: int = 10) -> dict:
-        entry, hits = self.wb.similar(image_id, _check_k(k))
+        entry, hits = self.wb.similar(image_id, k, caller=request.state.caller)
         return {"query": self._entry(request, entry), "results": [self._hit(request, h) for h in hits]}
 
     # ------------------------------------------------------------ classify and add
 
-    async def classify(self, image: UploadFile = File(...), labels: str = Form(...),
+    async def classify(self, request: Request, image: UploadFile = File(...), labels: str = Form(...),
                        templates: str = Form("single"), lang: str = Form("en"), top_k: int = Form(5)) -> dict:
         if top_k < 1:
             raise QueryError(f"top_k must be at least 1, got {top_k}")
         picture = await self._picture(image)
-        top, note = await self._model(self.wb.classify, picture, labels, templates, lang, top_k)
+        top, note = await self._model(self.wb.classify, picture, labels, templates, lang, top_k,
+                                      caller=request.state.caller)
         return {"labels": [{"label": label, "probability": float(p)} for label, p in top], "note": note}
 
     async def add(self, request: Request, files: list[UploadFile] = File(...)) -> dict:
@@ -264,10 +266,9 @@ class _Api:
                 uploads.append(Upload(*await run_in_threadpool(_read_upload, f, self.max_bytes)))
             except ImageError as e:
                 errors.append({"name": e.name, "reason": e.reason})
-        report = await self._model(self.access.add, self.wb, request.state.caller, uploads)
+        report = await self._model(self.wb.add, uploads, caller=request.state.caller)
         errors += [{"name": n, "reason": r} for n, r in report.errors]
-        images = (await run_in_threadpool(self.wb.stats))["images"]
-        return {"added": report.added, "duplicates": report.duplicates, "errors": errors, "images": images,
+        return {"added": report.added, "duplicates": report.duplicates, "errors": errors, "images": report.total,
                 "seconds": round(report.seconds, 3)}
 
     # ------------------------------------------------------------ cheap reads
@@ -295,11 +296,15 @@ def _file(path: Path) -> FileResponse:
     return FileResponse(path, media_type=media, headers={"Cache-Control": _CACHE, "X-Content-Type-Options": "nosniff"})
 
 
-def build_api(wb: Workbench, access: Access | None = None, heavy: int = 2, max_bytes: int = MAX_BYTES) -> APIRouter:
-    """The /api routes over `wb`. `access`: accounts, roles and quotas shared with the UI (None: open,
-    like the app without --auth). `heavy`: model calls at once; `max_bytes`: the largest image file."""
-    access = access or Access()
-    api, users = _Api(wb, access, heavy, max_bytes), Users(access)
+def build_api(holder: Holder | Workbench, access: Access | None = None, heavy: int = 2,
+              max_bytes: int = MAX_BYTES) -> APIRouter:
+    """The /api routes over the server's Holder (or one Workbench). Accounts, roles and quotas are the
+    workbench's policy, shared with the UI (`access`, when given, must be that same object).
+    `heavy`: model calls at once; `max_bytes`: the largest image file."""
+    holder = Holder.of(holder)
+    if access is not None and access is not holder.access:
+        raise ValueError("build_api: the access policy is the workbench's; build it with build_workbench(access=...)")
+    api, users = _Api(holder, heavy, max_bytes), Users(holder.access)
     router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(users)], route_class=_JsonErrorRoute,
                        tags=["workbench"])
     one_file, many = max_bytes + _FORM_SLACK, MAX_FILES * (max_bytes + _FORM_SLACK)

@@ -184,8 +184,6 @@ _S: dict[str, tuple[str, str]] = {
                         "upload it again."),
     "err.no_image": ("请先上传或选择一张图片。", "Upload or pick an image first."),
     "err.query": ("查询无效：{detail}", "Invalid query: {detail}"),
-    "err.empty_query": ("查询为空：请输入文字（如“一只猫”）或提供一张查询图片。",
-                        "Empty query: type some words (e.g. 'a cat on a sofa') or give a query image."),
     "err.labels": ("标签无效：{detail}", "Invalid labels: {detail}"),
     "err.library": ("图库错误：{detail}", "Library error: {detail}"),
     "err.permission": ("没有权限（仅限教师）：{detail}", "Not allowed (teacher only): {detail}"),

@@ -3,12 +3,10 @@ similarity matrix, zero-shot vs a linear probe, and how to fine-tune on your own
 
 Layout and thin callbacks only; the work is in core (`wb.learn`, core/lab/live.py).
 
-Switching models ("use this model"): the Callbacks object built once in build_app is the
-holder of the app's current Workbench. `LearnCallbacks` reads `cb.wb` at every call and
-replaces it with `wb.with_model(best.pt, RUN/library)`: a new Workbench over the trained
-checkpoint with its own library (seeded with the samples), so every tab's next call uses
-the new model and features of two models never mix. The old Workbench is flushed. The
-JSON HTTP API (/api/...) keeps the model the app started with until a restart.
+Switching models ("use this model"): the server's Holder (core/holder.py), shared by every tab
+and the JSON HTTP API, switches to `wb.with_model(best.pt, RUN/library)`: a new Workbench over
+the trained checkpoint with its own library (seeded with the samples), so every surface's next
+call uses the new model, and features of two models never mix. The old Workbench is flushed.
 """
 from __future__ import annotations
 
@@ -24,8 +22,7 @@ import gradio as gr
 import pandas as pd
 
 from core import LiveConfig, LiveTrainer
-from core.access import Access
-from core.messages import Msg, localize
+from core.messages import localize
 
 from .callbacks import Callbacks, who
 from .errors import fail, user_errors
@@ -49,11 +46,11 @@ class LearnCallbacks:
 
     @property
     def wb(self):
-        return self.cb.wb          # the holder: "use this model" replaces it for every tab
+        return self.cb.wb          # read from the server's Holder at every call ("use this model" switches it)
 
-    @property
-    def access(self) -> Access:
-        return self.cb.access
+    def _admit(self, request: gr.Request | None, action: str) -> None:
+        """The teacher's actions of this tab, checked by the workbench's policy (core/policy.py)."""
+        self.wb.policy.admit(who(self.cb.access, request), action)
 
     # ------------------------------------------------------------ train live
 
@@ -61,7 +58,7 @@ class LearnCallbacks:
                     images: float, lang: str, request: gr.Request = None):
         """Start a mini-CLIP training (teacher only, one at a time), then stream its plots."""
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), Msg("开始训练", "start a training"))
+            self._admit(request, "train")
         data = (data or "shapes").strip()
         if data != "shapes" and not data.startswith("flickr8k:"):
             raise fail("learn.bad_data", lang)
@@ -84,21 +81,17 @@ class LearnCallbacks:
 
     def train_stop(self, lang: str, request: gr.Request = None) -> Say:
         with user_errors(lang):
-            self.access.require_admin(who(self.access, request), Msg("停止训练", "stop a training"))
+            self._admit(request, "stop_training")
         return say("learn.stopping" if self.trainer.stop() else "learn.idle", lang)
 
     def use_model(self, lang: str, request: gr.Request = None) -> Say:
         """Switch the app to the last run's best.pt, with that run's own library (teacher only)."""
-        with user_errors(lang):
-            self.access.require_admin(who(self.access, request), Msg("切换应用使用的模型", "switch the app's model"))
         state = self.trainer.snapshot()
         if state.running or state.best is None:
             raise fail("learn.no_model", lang)
-        with user_errors(lang):
-            new = self.wb.with_model(str(state.best), state.run / "library")
-        self._serve(new.root)
-        old, self.cb.wb = self.cb.wb, new
-        old.close()
+        with user_errors(lang):   # the teacher only; every surface switches, or none (core/holder.py)
+            new = self.cb.holder.switch(who(self.cb.access, request), str(state.best), state.run / "library",
+                                        ready=lambda wb: self._serve(wb.root))
         return say("learn.switched", lang, model=new.encoder.model_id, path=new.root, n=len(new))
 
     def _serve(self, root: Path) -> None:

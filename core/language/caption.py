@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..errors import ModelUnavailableError, UnknownModelError
 from ..messages import Msg
-from ..models.hf import LazyLoad, hub_kwargs, is_hub_id, load_pretrained, model_type
+from ..models.hf import LazyLoad, hub_kwargs, hub_unreachable, is_hub_id, load_pretrained, model_type
 from ..settings import Runtime, pick_runtime
 
 if TYPE_CHECKING:   # imported where used: `python -m core --help` reads CAPTIONERS without torch
@@ -129,6 +129,20 @@ class Captioner:
         from huggingface_hub import try_to_load_from_cache
         folder = hub_kwargs(self.source, self._cache, self._offline).get("cache_dir")
         return isinstance(try_to_load_from_cache(self.source, "config.json", cache_dir=folder), str)
+
+    def unavailable(self) -> Msg | None:
+        """Why no caption can be made here before anyone tries (the weights are not on this machine and
+        cannot be downloaded: offline, or the hub does not answer); None when they are, or may come."""
+        if self.loaded or self.on_this_machine():
+            return None
+        why = Msg("离线模式", "offline mode") if self._offline else hub_unreachable()
+        if why is None:
+            return None
+        return Msg("这台机器上没有描述模型 {model}，现在也无法下载（{why}）。要生成描述：联网运行一次（可设置镜像 "
+                   "`HF_ENDPOINT=https://hf-mirror.com`），或用 `--captioner` 指定 save_pretrained() 保存的本地文件夹。",
+                   "The captioner {model} is not on this machine and cannot be downloaded now ({why}). To caption: run "
+                   "once online (`HF_ENDPOINT` may name a mirror, e.g. `https://hf-mirror.com`), or pass `--captioner` with "
+                   "a local folder saved with save_pretrained().", model=self.model_id, why=why)
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
         """N PIL images -> N English captions (stripped), in order, batched by settings.batch_size."""

@@ -2,6 +2,7 @@
 
     index = open_index(library, runtime, kind="auto")   # "exact" | "ivf" | "hnsw" | "ivfpq" | "auto"
     scores, rowids = index.search(queries, k)           # [Q, k'] best first, live rows only
+    served = ServedIndex(library, runtime, "auto", background=True)   # what a Workbench searches with
 
 Both speak core.library.ann's `Index` protocol and return permanent row ids, never positions.
 
@@ -13,10 +14,15 @@ Both speak core.library.ann's `Index` protocol and return permanent row ids, nev
   drops the rows removed since (`removed_since`), so adds go in incrementally and removals
   are masked; `save()` (on flush) records the highest row id it covers, so the next open
   loads it and adds only what is newer. A saved index of another model is rebuilt.
+- `ServedIndex` is the index a running app or command searches with: exact until its ANN
+  index is open, rebuilt on demand, saved on flush; it owns that life, so nobody swaps an
+  index under a searcher from outside.
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +34,9 @@ from .rows import view_vectors
 from .disk import STORE_DIR
 from .store import Library
 
-__all__ = ["ExactIndex", "LibraryANN", "open_index", "resolve_kind", "INDEX_KINDS"]
+__all__ = ["ExactIndex", "LibraryANN", "ServedIndex", "open_index", "resolve_kind", "INDEX_KINDS"]
+
+log = logging.getLogger(__name__)
 
 _SCAN_CHUNK = 262_144   # rows scored at once from a float16 snapshot (converted per chunk)
 _TRAIN_SAMPLE = 100_000  # rows an index is trained on (k-means on more barely moves the centroids)
@@ -214,3 +222,58 @@ def open_index(library: Library, runtime: Runtime, kind: str | None = "auto"):
 
 
 __all__ += ["index_path", "EXACT_MAX_ROWS"]
+
+
+class ServedIndex:
+    """The index a running app or command searches a library with: exact until the ANN index of
+    `kind` is open (loaded or built once: in a background thread when `background`, exact search
+    serving meanwhile; else at the first search), `build` to make one again, `save` on flush.
+    It speaks the index protocol (`search`), so a Searcher just holds it."""
+
+    def __init__(self, library: Library, runtime: Runtime, kind: str | None = "auto", background: bool = False):
+        self.library, self.runtime = library, runtime
+        self.kind = resolve_kind(kind, len(library))
+        self._current = ExactIndex(library, runtime)
+        self._lock = threading.Lock()
+        self._opened, self._background = self.kind == "exact", background
+        if background and not self._opened:
+            threading.Thread(target=self._open, name="open-index", daemon=True).start()
+
+    def __len__(self) -> int:
+        return len(self.library)
+
+    def _open(self) -> None:
+        """Load (or build) the ANN index once; later calls return at once."""
+        with self._lock:
+            if self._opened:
+                return
+            start = time.monotonic()
+            self._current = open_index(self.library, self.runtime, self.kind)
+            self._opened = True
+        log.info("%s index over %d images ready in %.1f s", self.kind, len(self.library), time.monotonic() - start)
+
+    def current(self):
+        """The index searched now (opened first unless it opens in the background)."""
+        if not self._opened and not self._background:
+            self._open()
+        return self._current
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.current().search(queries, k)
+
+    def build(self, kind: str | None = None) -> str:
+        """(Re)build the ANN index of `kind` (default: this one's) from every row, save it beside the
+        library and search with it; returns the kind ("exact" needs no index)."""
+        kind = resolve_kind(kind or self.kind, len(self.library))
+        if kind == "exact":
+            return kind
+        with self._lock:
+            index = LibraryANN.build(self.library, kind)
+            index.save()
+            self._current, self.kind, self._opened = index, kind, True
+        return kind
+
+    def save(self) -> None:
+        """Persist an ANN index (nothing to do for exact search)."""
+        if isinstance(self._current, LibraryANN):
+            self._current.save()

@@ -26,14 +26,14 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, LibraryError
-from ..images import (MAX_BYTES, decode_image, draft_size, iter_image_files, require_regular_file, safe_display_name,
-                      stored_ext, upright_size)
+from ..images import (check_size, decode_image, draft_size, iter_image_files, read_file, safe_display_name, stored_ext,
+                      upright_size)
 from ..messages import Msg
 from .store import MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from .thumbs import THUMB_SIZE, write_thumbnail
 from ..settings import ASSETS_DIR
 
-__all__ = ["ingest", "IngestReport", "Upload", "open_library", "peek_model", "reindex", "repair", "seed",
+__all__ = ["ingest", "IngestReport", "Upload", "read_source", "open_library", "peek_model", "reindex", "repair", "seed",
            "sample_files", "SAMPLE_DIRS"]
 
 _WORKERS = min(8, os.cpu_count() or 1)
@@ -46,6 +46,7 @@ class Upload:
     """Raw bytes with the name the user gave them (display only, never used as a path)."""
     name: str
     data: bytes
+    sha256: str | None = None   # their content hash, when the caller computed it already (read_source)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class IngestReport:
     duplicates: list[str] = field(default_factory=list)    # names of files already present
     errors: list[tuple[str, str]] = field(default_factory=list)  # (name, reason: a Msg, zh and en)
     seconds: float = 0.0
+    total: int = 0                                         # images in the library after the run (Workbench.add)
 
     def summary(self) -> str:
         return f"added {len(self.added)}, already present {len(self.duplicates)}, unreadable {len(self.errors)}"
@@ -94,23 +96,16 @@ def peek_model(root: str | os.PathLike) -> tuple[str, int] | None:
     return head["model_id"], int(head["dim"])
 
 
-def _read(source: str | os.PathLike | Upload) -> tuple[str, bytes]:
+def read_source(source: str | os.PathLike | Upload) -> Upload:
+    """One file (or Upload) read, limits checked, and hashed: an Upload with its sha256 (the one
+    already given is kept), or ImageError. What the front door reads once per upload."""
     if isinstance(source, Upload):
-        if len(source.data) > MAX_BYTES:
-            raise ImageError(source.name, Msg("文件超过 {limit:.0f} MiB 的上限", "file is over the {limit:.0f} MiB limit",
-                                              limit=MAX_BYTES / 2**20))
-        return safe_display_name(source.name), source.data
-    path = Path(source)
-    name = safe_display_name(path.name)
-    require_regular_file(path, name)   # a folder named x.jpg, a pipe (reading it would block)
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            raise ImageError(name, Msg("文件超过 {limit:.0f} MiB 的上限", "file is over the {limit:.0f} MiB limit",
-                                       limit=MAX_BYTES / 2**20))
-        return name, path.read_bytes()
-    except OSError as e:
-        raise ImageError(name, Msg("无法读取文件（{error}）", "cannot read file ({error})",
-                                   error=str(e.strerror or e))) from None
+        name = safe_display_name(source.name)
+        check_size(len(source.data), name)
+        return Upload(name, source.data, source.sha256 or hashlib.sha256(source.data).hexdigest())
+    name = safe_display_name(Path(source).name)
+    data = read_file(source, name)
+    return Upload(name, data, hashlib.sha256(data).hexdigest())
 
 
 class _Seen:
@@ -126,15 +121,17 @@ class _Seen:
             return new
 
 
-def _prepare(source, library: Library, encoder, seen: _Seen, draft: int | None) -> _Prepared | tuple[str, str]:
+def _prepare(source, library: Library, encoder, seen: _Seen, draft: int | None,
+             stored: set[str] | None) -> _Prepared | tuple[str, str]:
     """Read + hash; decode + preprocess only if new. Returns _Prepared or (name, error reason)."""
     try:
-        name, data = _read(source)
-        item = _Prepared(name, data, hashlib.sha256(data).hexdigest())
-        if library.contains(item.sha256) or not seen.first(item.sha256):
+        upload = read_source(source)
+        item = _Prepared(upload.name, upload.data, upload.sha256)
+        known = item.sha256 in stored if stored is not None else library.contains(item.sha256)
+        if known or not seen.first(item.sha256):
             return item
-        item.image = decode_image(data, name, draft=draft)
-        fmt, item.size = upright_size(data)
+        item.image = decode_image(item.data, item.name, draft=draft)
+        fmt, item.size = upright_size(item.data)
         item.ext = stored_ext(fmt)
         item.pixels = encoder.preprocess(item.image)
         return item
@@ -144,9 +141,12 @@ def _prepare(source, library: Library, encoder, seen: _Seen, draft: int | None) 
 
 def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
            progress: Callable[[int], None] | None = None,
-           annotate: Callable[[list[Image.Image]], list[dict]] | None = None) -> IngestReport:
+           annotate: Callable[[list[Image.Image]], list[dict]] | None = None,
+           stored: set[str] | None = None) -> IngestReport:
     """Add image files, folders (recursively) or `Upload`s. `progress(n)` is called as n more
-    files are done; `annotate(images)` may return extra metadata per image (e.g. captions)."""
+    files are done; `annotate(images)` may return extra metadata per image (e.g. captions).
+    `stored`: the hashes of these sources already in the library, when the caller asked already
+    (Workbench.add, with Uploads from read_source): then nothing is asked again or hashed again."""
     if encoder.model_id != library.model_id:
         raise ValueError(f"encoder {encoder.model_id} does not match library model {library.model_id}")
     report, start = IngestReport(), time.perf_counter()
@@ -156,7 +156,7 @@ def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
     batches = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
     with ThreadPoolExecutor(_WORKERS, initializer=_yield_to_encoder) as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="ingest-writer", initializer=_yield_to_encoder) as writer:
-        submit = lambda chunk: [pool.submit(_prepare, s, library, encoder, seen, draft) for s in chunk]  # noqa: E731
+        submit = lambda chunk: [pool.submit(_prepare, s, library, encoder, seen, draft, stored) for s in chunk]  # noqa: E731
         ahead = submit(batches[0]) if batches else []
         writing = None                     # (future, files in it): the previous batch being stored
         for b in range(len(batches)):

@@ -4,6 +4,11 @@
     result = searcher.search(SearchQuery(text="a cat on a sofa", minus=["people"], k=5))
     result.hits  # [Hit(score=0.31, name="cat.jpg", ...), ...]
 
+What a query may be is decided once, in `check_query` (empty, too long, k, threshold, negative
+terms split on commas); the front door (core/workbench.py) checks, plans the texts for the
+encoder (a Chinese query translated for an English-only model: a `Planned`) and passes the
+plan down, then marks the weak hits (`count_strong`) on the `SearchResult` every surface renders.
+
 A query is a weighted sum of L2-normalised embeddings: each positive text and image
 adds its embedding times its weight, each negative text subtracts its own; the sum is
 normalised again (rclip's combined queries). Scores are cosine similarities; when images
@@ -16,12 +21,14 @@ and naming drops that hit instead of shifting every later one.
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -30,9 +37,9 @@ from ..errors import QueryError
 from ..lru import LRU
 from ..messages import Msg
 from .index import ExactIndex
-from .store import Library
+from .store import Entry, Library
 
-__all__ = ["Searcher", "SearchQuery", "SearchResult", "Hit", "split_terms", "count_strong",
+__all__ = ["Searcher", "SearchQuery", "SearchResult", "Planned", "Hit", "check_query", "split_terms", "count_strong",
            "MAX_QUERY_CHARS", "MAX_K", "WEAK_RATIO"]
 
 MAX_QUERY_CHARS = 1000   # longer is a paste accident; CLIP reads at most 77 tokens (the rest is truncated)
@@ -44,18 +51,16 @@ _RERANK_POOL = 200       # embedding candidates re-scored with captions
 _TEXT_CACHE = 1024       # query embeddings kept (classrooms repeat the same queries)
 
 
-def split_terms(values: list[str]) -> list[str]:
+def split_terms(values: Sequence[str]) -> list[str]:
     """Negative terms as typed: each value split on commas (half- or full-width), blanks dropped."""
     return [t.strip() for v in values for t in re.split(r"[,，]", v or "") if t.strip()]
-
-
 
 
 @dataclass
 class SearchQuery:
     text: str = ""                                         # positive text (Chinese or English)
     image: Image.Image | None = None                       # positive image (image→image)
-    minus: list[str] = field(default_factory=list)         # negative texts, subtracted
+    minus: list[str] = field(default_factory=list)         # negative texts, subtracted; "a, b" is two terms
     text_weight: float = 1.0
     image_weight: float = 1.0
     minus_weight: float = 1.0
@@ -77,9 +82,29 @@ class Hit:
 
 @dataclass
 class SearchResult:
-    hits: list[Hit]
+    hits: list[Hit]            # best first, at most k
     text_used: str = ""        # the text actually sent to the encoder (after translation)
     note: str | None = None    # e.g. "translated from Chinese" or "translator unavailable"
+    strong: int | None = None  # hits[:strong] are strong, the rest weak (WEAK_RATIO; the front door judges);
+                               # None: not judged, every hit counts as strong
+
+    def __post_init__(self) -> None:
+        if self.strong is None:
+            self.strong = len(self.hits)
+
+    @property
+    def weak(self) -> int:
+        """How many hits are weak (they come last)."""
+        return len(self.hits) - self.strong
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The texts the encoder gets for a checked query: its text and negative terms as they are, or
+    translated for an English-only model (with a note that says so)."""
+    text: str
+    minus: tuple[str, ...] = ()
+    note: str | None = None
 
 
 def count_strong(hits: Sequence[Hit], ratio: float = WEAK_RATIO) -> int:
@@ -92,6 +117,26 @@ def count_strong(hits: Sequence[Hit], ratio: float = WEAK_RATIO) -> int:
 
 
 _QUERY, _NEGATIVE = Msg("查询", "Query"), Msg("排除词", "Negative term")
+
+
+def check_query(q: SearchQuery) -> SearchQuery:
+    """The query with its text stripped and its negative terms split on commas, or QueryError: empty,
+    too long, k out of 1..MAX_K, a threshold that is not a number. The one place these are decided."""
+    text = _check_text(q.text)
+    minus = [_check_text(m, _NEGATIVE) for m in split_terms(q.minus)]
+    if not text and q.image is None:
+        raise QueryError(Msg("查询为空：请输入一些词（例如“沙发上的猫”或“a cat”），或给一张图片",
+                             "Empty query: type some words (e.g. 'a cat on a sofa' or '一只猫') or give an image"))
+    _check_k(q.k)
+    if q.threshold is not None and not math.isfinite(q.threshold):
+        raise QueryError(Msg("相似度阈值必须是 -1 到 1 之间的数", "threshold must be a number between -1 and 1"))
+    return replace(q, text=text, minus=minus)
+
+
+def _check_k(k: int) -> None:
+    if not 1 <= k <= MAX_K:
+        raise QueryError(Msg("k 必须在 1 到 {limit} 之间，收到的是 {k}", "k must be between 1 and {limit}, got {k}",
+                             limit=MAX_K, k=k))
 
 
 def _check_text(text: str, what: Msg = _QUERY) -> str:
@@ -142,14 +187,12 @@ class _CaptionTracker:
 
 
 class Searcher:
-    """Runs queries against one library with one encoder. `plan(text)` may rewrite a query
-    (e.g. translate Chinese for an English-only encoder) and returns (text_used, note)."""
+    """Runs queries against one library with one encoder and one index (anything with
+    `search(queries [Q, D], k) -> (scores, row ids)`: core/library/index.py)."""
 
-    def __init__(self, encoder, library: Library, index: Index | None = None,
-                 plan: Callable[[str], tuple[str, str | None]] | None = None):
+    def __init__(self, encoder, library: Library, index=None):
         self.encoder, self.library = encoder, library
-        self.index = index or ExactIndex(library, encoder.runtime)   # swapped for an ANN index when one is ready
-        self.plan = plan or (lambda text: (text, None))
+        self.index = index or ExactIndex(library, encoder.runtime)
         self._cache = LRU(_TEXT_CACHE)   # text -> [D] embedding
         self._captions = _CaptionTracker(library)
 
@@ -161,32 +204,35 @@ class Searcher:
             self._cache.put(text, vec)
         return vec
 
-    def query_vector(self, q: SearchQuery) -> tuple[torch.Tensor, str, str | None]:
-        """The combined, normalised query embedding [D], the text used and a note."""
-        text = _check_text(q.text)
-        minus = [m for m in (_check_text(m, _NEGATIVE) for m in q.minus) if m]
-        if not text and q.image is None:
-            raise QueryError(Msg("查询为空：请输入一些词（例如“沙发上的猫”或“a cat”），或给一张图片",
-                                 "Empty query: type some words (e.g. 'a cat on a sofa' or '一只猫') or give an image"))
-        parts, used, note = [], "", None
-        if text:
-            used, note = self.plan(text)
-            parts.append(q.text_weight * self.embed_text(used))
+    @staticmethod
+    def _checked(q: SearchQuery, plan: Planned | None) -> tuple[SearchQuery, Planned]:
+        """A query with a plan was checked and planned by the caller (the front door); one without is
+        checked here (check_query) and its texts are used as typed."""
+        if plan is not None:
+            return q, plan
+        q = check_query(q)
+        return q, Planned(q.text, tuple(q.minus))
+
+    def query_vector(self, q: SearchQuery, plan: Planned | None = None) -> tuple[torch.Tensor, str, str | None]:
+        """The combined, normalised query embedding [D], the text the encoder read and the plan's note."""
+        q, plan = self._checked(q, plan)
+        parts = []
+        if plan.text:
+            parts.append(q.text_weight * self.embed_text(plan.text))
         if q.image is not None:
             parts.append(q.image_weight * self.encoder.encode_images([q.image])[0])
-        for m in minus:
-            parts.append(-q.minus_weight * self.embed_text(self.plan(m)[0]))
+        for m in plan.minus:
+            parts.append(-q.minus_weight * self.embed_text(m))
         vec = torch.stack(parts).sum(dim=0)
         if vec.norm() < 1e-6:
             raise QueryError(Msg("正向词和排除词相互抵消了；请调整权重或换些词",
                                  "The positive and negative terms cancel out; change the weights or the terms"))
-        return F.normalize(vec, dim=-1), used, note
+        return F.normalize(vec, dim=-1), plan.text, plan.note
 
-    def search(self, q: SearchQuery) -> SearchResult:
-        if not 1 <= q.k <= MAX_K:
-            raise QueryError(Msg("k 必须在 1 到 {limit} 之间，收到的是 {k}", "k must be between 1 and {limit}, got {k}",
-                                 limit=MAX_K, k=q.k))
-        vec, used, note = self.query_vector(q)
+    def search(self, q: SearchQuery, plan: Planned | None = None) -> SearchResult:
+        """Hits for a query, best first (see _checked for `plan`)."""
+        q, plan = self._checked(q, plan)
+        vec, used, note = self.query_vector(q, plan)
         words = _caption_terms(q.text) if q.use_captions and not q.minus and self._captions.any() else []
         pool = self.nearest(vec, max(q.k, _RERANK_POOL) if words else q.k, None if words else q.threshold)
         if not words or not any("caption_en" in h.meta for h in pool):
@@ -216,9 +262,7 @@ class Searcher:
 
     def search_vector(self, vector: torch.Tensor, k: int = 10) -> list[Hit]:
         """Top-k for a raw embedding [D] (normalised here), e.g. one computed by an API client."""
-        if not 1 <= k <= MAX_K:
-            raise QueryError(Msg("k 必须在 1 到 {limit} 之间，收到的是 {k}", "k must be between 1 and {limit}, got {k}",
-                                 limit=MAX_K, k=k))
+        _check_k(k)
         if tuple(vector.shape) != (self.library.dim,) or not bool(torch.isfinite(vector).all()):
             raise QueryError(Msg("查询向量必须包含 {dim} 个有限数值（本图库的维度），收到的形状是 {shape}",
                                  "A query vector must hold {dim} finite numbers (this library's "
@@ -229,4 +273,10 @@ class Searcher:
 
     def similar_to(self, entry_id: str, k: int = 10) -> list[Hit]:
         """Image→image search from an image already in the library (no re-encoding)."""
-        return self.nearest(self.library.vector(entry_id), k)
+        return self.similar(entry_id, k)[1]
+
+    def similar(self, entry_id: str, k: int = 10) -> tuple[Entry, list[Hit]]:
+        """(the library image with this id, its nearest library images); k is checked first."""
+        _check_k(k)
+        entry = self.library.find(entry_id)
+        return entry, self.nearest(self.library.vectors_of(np.array([entry.rowid]))[0], k)

@@ -110,6 +110,12 @@ class Library:
         with self._lock:
             return {s for s in set(sha256s) if self._rows.slot_of_sha(s) is not None}
 
+    def image_bytes(self) -> int:
+        """Bytes of the stored image files, fresh (other processes' adds included)."""
+        self.refresh()
+        with self._lock:
+            return self._rows.image_bytes()
+
     def alive(self, rowids: np.ndarray) -> np.ndarray:
         """bool [n]: which of these row ids are live now."""
         with self._lock:
