@@ -9,7 +9,7 @@ import pytest
 
 from core.messages import Msg
 from core.models.hf import ModelUnavailableError
-from ui.say import Say, say
+from ui.language import Say, say
 
 
 def _cells(render) -> list:
@@ -134,7 +134,7 @@ def test_map_and_training_status_keep_no_points_or_history():
 def test_one_message_that_cannot_be_said_again_leaves_the_others_switching(caplog):
     import gradio as gr
 
-    from ui.tabs import Localizer
+    from ui.language import Localizer
 
     def broken(lang):
         raise KeyError("gone")
@@ -155,7 +155,7 @@ def test_a_running_trainings_status_follows_the_sessions_language(monkeypatch):
 
     import ui.learn as learn
     from core.lab.live import LiveState
-    from ui.say import SessionLangs
+    from ui.language import SessionLangs
 
     langs = SessionLangs(size=2)
     monkeypatch.setattr(learn, "session_langs", langs)
@@ -179,7 +179,7 @@ def test_a_running_trainings_status_follows_the_sessions_language(monkeypatch):
 def test_session_languages_keep_only_the_latest_sessions():
     from types import SimpleNamespace
 
-    from ui.say import SessionLangs
+    from ui.language import SessionLangs
     langs = SessionLangs(size=2)
     a, b, c = (SimpleNamespace(session_hash=h) for h in "abc")
     langs.set(a, "zh"), langs.set(b, "zh"), langs.set(a, "en"), langs.set(c, "zh")

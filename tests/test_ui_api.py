@@ -64,7 +64,7 @@ MESSAGE_SLOTS = {"zs-status", "search-info", "caption-status", "lib-summary", "l
 
 
 def test_every_message_slot_is_written_with_its_memory(app):
-    """The language switch says again what each slot's State remembers (ui/say.py): an event that
+    """The language switch says again what each slot's State remembers (ui/language.py): an event that
     wrote a slot without its State would bring an older message back on the next switch."""
     switch = next(f for f in app.demo.fns.values()
                   if f.fn is not None and f.inputs and getattr(f.inputs[0], "elem_id", None) == "lang")

@@ -12,7 +12,6 @@ out components and wires events. Every public event has a stable `api_name`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import gradio as gr
 
@@ -28,10 +27,10 @@ from .callbacks import Callbacks
 from .guard import LoginLimiter, blocked_paths, served_paths
 from .http_api import build_api
 from .i18n import AUTH_MESSAGE, DEFAULT_LANG, pick_lang, t
+from .language import Localizer, header, language_events, language_radio
 from .learn import learn_tab
-from .locale import TOAST_CSS, LocaleScript, detect_js, switch_js
-from .say import session_langs
-from .tabs import Localizer, caption_tab, classify_tab, library_tab, search_tab
+from .locale import TOAST_CSS, LocaleScript
+from .tabs import caption_tab, classify_tab, library_tab, search_tab
 
 __all__ = ["build_app", "build_error_app", "launch_options", "QueueConfig"]
 
@@ -67,7 +66,7 @@ def build_app(wb: Workbench | Holder, lang: str | None = None, access: Access | 
     with gr.Blocks(title=TITLE, delete_cache=CACHE_LIFETIME) as demo:
         lang_state = gr.State(start)
         on_page = gr.State(False)   # True in a browser's session (set on load); API callers keep False (ui/errors.py)
-        radio = _header(loc, start, subtitle=lambda l: t("app.subtitle", l, model=wb.encoder.model_id,
+        radio = header(loc, start, subtitle=lambda l: t("app.subtitle", l, model=wb.encoder.model_id,
                                                           device=localize(wb.encoder.runtime.describe(), l)))   # what runs
         _banner(wb, loc)
         starters = wb.starters
@@ -83,7 +82,7 @@ def build_app(wb: Workbench | Holder, lang: str | None = None, access: Access | 
         with loc(gr.Tab, label="tab.learn") as learn:   # the fifth tab (ui/learn.py)
             pickers = learn_tab(cb, loc, lang_state, demo)
         learn.select(**pickers)
-        _language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[refresh])
+        language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[refresh])
         demo.load(**refresh)
         demo.load(lambda: True, None, [on_page], api_visibility="private", show_progress="hidden", queue=False)
         demo.load(cb.teacher_controls, None, teacher_only, api_visibility="private", show_progress="hidden",
@@ -107,9 +106,9 @@ def build_error_app(problem: Exception, lang: str | None = None, model: str = "M
 
     with gr.Blocks(title=TITLE) as demo:
         lang_state = gr.State(start)
-        radio = gr.Radio([("中文", "zh"), ("English", "en")], value=start, label=t("app.lang", start))
+        radio = language_radio(start)
         loc(gr.Markdown, value=body, elem_id="broken")
-        _language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[])
+        language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[])
     return demo.queue()
 
 
@@ -165,34 +164,3 @@ def _storage_text(where, lang: str) -> str:
     if where.sync is not None:
         return t("storage.synced", lang, repo=where.sync.repo_id, every=f"{where.sync.every:g}")
     return t("storage.persistent", lang, disk=str(where.persistent)) if where.on_persistent else ""
-
-
-def _header(loc: "Localizer", start: str, subtitle: Callable[[str], str]) -> gr.Radio:
-    with gr.Row(equal_height=True):
-        loc(gr.Markdown, value="app.title")
-        radio = gr.Radio([("中文", "zh"), ("English", "en")], value=start, label=t("app.lang", start),
-                         scale=0, min_width=220, elem_id="lang")
-    loc(gr.Markdown, value=subtitle)
-    return radio
-
-
-def _language_events(demo: gr.Blocks, radio: gr.Radio, lang_state: gr.State, loc: "Localizer",
-                     follow_browser: bool, then: list[dict]) -> None:
-    """The radio relabels every registered component and says every filled message slot again;
-    on load it follows the browser's locale."""
-    def relabel(request: gr.Request, value: str, *said):
-        lang = pick_lang(value)
-        session_langs.set(request, lang)   # what runs on (a training's live status) follows too
-        return [lang, *loc.updates(lang, said)]
-
-    event = radio.change(relabel, [radio, *loc.memories], [lang_state, *loc.components], api_visibility="private",
-                         concurrency_limit=None, show_progress="hidden", js=switch_js())   # Gradio's texts too
-    for extra in then:
-        event = event.then(**extra)
-    # js only (no server round trip): the radio is set as the page mounts, before anyone can click it,
-    # from the page's locale: ?lang=, else --lang, else the browser's (ui/locale.py sets it first)
-    demo.load(None, [radio], [radio], js=detect_js(follow_browser),
-              api_visibility="private", show_progress="hidden")
-
-
-

@@ -4,7 +4,7 @@
 switched for every surface at once) and reads `holder.wb` at every event; every method is one event
 and passes its caller (who, from the page) to the Workbench, which applies the policy.
 The last input of each is the UI language (a gr.State, so API clients need not pass it).
-A message for a slot (a status or info Markdown) is a `Say` (ui/say.py): text in that language
+A message for a slot (a status or info Markdown) is a `Say` (ui/language.py): text in that language
 that a later language switch can say again in the other.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from core.messages import localize
 
 from .errors import KEEP, SLOT, fail, in_place, user_errors
 from .i18n import t
-from .say import Say, say
+from .language import Say, say
 
 __all__ = ["Callbacks", "UploadJanitor", "CUSTOM", "UPLOAD_CHUNK"]
 

@@ -88,7 +88,7 @@ def in_place(*on_refusal):
 
 
 def _refusal_outputs(e: UserError, lang: str, on_refusal: tuple):
-    from .say import Say   # ui/say.py imports nothing of this module; kept local to keep the layers plain
+    from .language import Say   # ui/language.py imports nothing of this module; kept local to keep the layers plain
     gr.Warning(e.render(lang), title=t("warn.title", lang))
     values = [Say(lambda l: "⚠️ " + e.render(l), lang) if v is SLOT else gr.update() if v is KEEP else v
               for v in on_refusal]

@@ -28,7 +28,7 @@ from .callbacks import Callbacks, who
 from .errors import fail, user_errors
 from .guard import blocked_paths, served_paths
 from .i18n import t
-from .say import Say, say, session_langs
+from .language import Say, say, session_langs
 
 __all__ = ["LearnCallbacks", "learn_tab"]
 

@@ -1,13 +1,10 @@
-"""The four tabs' layouts and event wiring, and the Localizer that relabels them.
+"""The four tabs' layouts and event wiring.
 
 Each tab function lays out components (registering every visible string with the
-Localizer) and wires its events to `Callbacks` methods with stable api_names.
+Localizer, ui/language.py) and wires its events to `Callbacks` methods with stable api_names.
 """
 from __future__ import annotations
 
-import functools
-import inspect
-import logging
 from typing import Callable
 
 import gradio as gr
@@ -16,13 +13,11 @@ from core.library.search import MAX_K
 from core.messages import localize
 
 from .callbacks import CUSTOM, Callbacks
-from .i18n import choices, has_key, t
+from .i18n import t
+from .language import Localizer
 from .safe_image import SafeImage
-from .say import Say
 
-log = logging.getLogger(__name__)
-
-__all__ = ["Localizer", "SafeImage", "classify_tab", "search_tab", "caption_tab", "library_tab"]
+__all__ = ["SafeImage", "classify_tab", "search_tab", "caption_tab", "library_tab"]
 
 LABEL_SETS = {CUSTOM: "zs.set.custom", "imagenet1k": "zs.set.imagenet1k", "cifar10": "zs.set.cifar10",
               "cifar100": "zs.set.cifar100"}
@@ -35,99 +30,6 @@ INGEST = {"concurrency_id": "ingest", "concurrency_limit": 8}   # uploads queue 
                                                                # stalls the class's searches (their encodes batch)
 _PRIVATE = {"api_visibility": "private"}
 _IMAGE_INPUT = {"type": "filepath", "image_mode": None, "placeholder": "app.drop_image", "sources": ["upload", "clipboard"]}
-
-
-# component properties that hold text a person reads (axis titles of plots included)
-_LOCALIZED = ("label", "value", "placeholder", "info", "choices", "x_title", "y_title", "color_title")
-
-
-class Localizer:
-    """Creates components with strings in the start language and remembers which property
-    holds which string, so a language switch can update them all in one event. Message slots
-    (`message`) are the callbacks' texts: the switch says their last `Say` again.
-
-    A property's spec is an i18n key, a callable lang -> text, or {value: key} for choices."""
-
-    def __init__(self, lang: str):
-        self.lang = lang
-        self._items: list[tuple[gr.components.Component, dict]] = []
-        self._slots: list[tuple[gr.components.Component, gr.State]] = []   # message, how to say it again
-
-    def __call__(self, cls, **kwargs):
-        specs = {k: v for k, v in kwargs.items() if k in _LOCALIZED
-                 and (callable(v) or isinstance(v, dict) or (isinstance(v, str) and has_key(v)))}
-        kwargs.update({k: self._text(v, self.lang) for k, v in specs.items()})
-        return self.register(cls(**kwargs), **specs)
-
-    def register(self, component, **specs):
-        """Relabel an existing component on language switches (specs as for __call__)."""
-        self._items.append((component, specs))
-        return component
-
-    def message(self, cls=gr.Markdown, **kwargs):
-        """A message slot: a Markdown (or HTML) that events wired with `wire` fill with a `Say`."""
-        component = cls(**kwargs)
-        self._slots.append((component, gr.State(None)))
-        return component
-
-    def wire(self, fn: Callable, inputs: list, outputs: list, **kwargs) -> dict:
-        """The keyword arguments of an event running fn (a function or a generator): each message
-        slot among its outputs gets the Say's text and its State the Say's renderer (None for plain
-        text: nothing to say again). Gradio's API skips State outputs: API callers see the same
-        endpoint, and get the text."""
-        states = {id(c): s for c, s in self._slots}
-        slots = [i for i, c in enumerate(outputs) if id(c) in states]
-        if not slots:
-            return {"fn": fn, "inputs": inputs, "outputs": outputs, **kwargs}
-
-        def split(result):
-            values = list(result) if len(outputs) > 1 else [result]
-            renders = [values[i].render if isinstance(values[i], Say) else None for i in slots]
-            return (*(str(v) if isinstance(v, Say) else v for v in values), *renders)
-
-        if inspect.isgeneratorfunction(fn):
-            @functools.wraps(fn)   # Gradio reads the signature (gr.Request, gr.Progress) through __wrapped__
-            def remembered(*args, **kw):
-                for result in fn(*args, **kw):
-                    yield split(result)
-        else:
-            @functools.wraps(fn)
-            def remembered(*args, **kw):
-                return split(fn(*args, **kw))
-        return {"fn": remembered, "inputs": inputs, "outputs": [*outputs, *(states[id(outputs[i])] for i in slots)],
-                **kwargs}
-
-    @property
-    def components(self) -> list:
-        """What the language switch updates: the registered components, then the message slots."""
-        return [c for c, _ in self._items] + [c for c, _ in self._slots]
-
-    @property
-    def memories(self) -> list[gr.State]:
-        """The slots' States, inputs of the language switch (in the order of `components`' slots)."""
-        return [s for _, s in self._slots]
-
-    def updates(self, lang: str, said: tuple) -> list[dict]:
-        """`components`' updates in `lang`; `said`: the `memories`' values (a slot without one stays)."""
-        labels = [gr.update(**{k: self._text(v, lang) for k, v in specs.items()}) for _, specs in self._items]
-        return labels + [self._again(render, lang) for render in said]
-
-    @staticmethod
-    def _again(render: Callable[[str], str] | None, lang: str):
-        """A slot's message said again in `lang`; one that cannot be stays as it is (the others still switch)."""
-        if not render:
-            return gr.update()
-        try:
-            return gr.update(value=render(lang))
-        except Exception:   # noqa: BLE001  one message must not break the whole language switch
-            log.exception("could not say a message again in %s", lang)
-            return gr.update()
-
-    @staticmethod
-    def _text(spec, lang: str):
-        if isinstance(spec, dict):
-            return choices(spec, lang)
-        return spec(lang) if callable(spec) else t(spec, lang)
 
 
 # ---------------------------------------------------------------- tabs

@@ -76,7 +76,7 @@ from .thumbs import thumb_path
 __all__ = ["FORMAT_VERSION", "SNAPSHOT_NAME", "MANIFEST_NAME", "JOURNAL_NAME", "STORE_DIR", "SUBDIRS",
            "image_rel", "read_manifest", "write_manifest", "open_columns", "write_generation",
            "open_journal", "journal_generation", "stage", "commit_adds", "finish_move",
-           "clear_staging", "recover_files", "delete_image", "migrate_from_pth", "write_snapshot", "read_v1_snapshot", "check_model", "verify_files", "disk_error"]
+           "clear_staging", "recover_files", "delete_image", "migrate_from_pth", "write_snapshot", "read_v1_snapshot", "check_model", "verify", "features_bytes", "disk_error"]
 
 FORMAT_VERSION = 2
 SNAPSHOT_NAME = "features_library.pth"
@@ -346,9 +346,10 @@ def migrate_from_pth(root: Path, model_id: str, dim: int, dtype: str, journal: J
 
 # ---------------------------------------------------------------- verify
 
-def verify_files(root: Path, rows: dict[Path, str], deep: bool) -> tuple[list[str], list[str], list[str]]:
-    """(rows whose file is missing, image files without a row, files whose hash is not their name's)
-    as paths relative to root; the hashes are read only when `deep`."""
+def verify(root: Path, rows: dict[Path, str], finite: bool, deep: bool) -> dict:
+    """Library.verify's report: the rows whose file is missing, the image files without a row, the files
+    whose hash is not their row's (read only when `deep`), as paths relative to root; healthy when
+    there are none and every feature is `finite`."""
     missing = sorted(str(p.relative_to(root)) for p in rows if not p.is_file())
     on_disk = {p for p in (root / "images").rglob("*") if p.is_file()}
     orphans = sorted(str(p.relative_to(root)) for p in on_disk - rows.keys())
@@ -356,4 +357,11 @@ def verify_files(root: Path, rows: dict[Path, str], deep: bool) -> tuple[list[st
     if deep:
         corrupt = sorted(str(p.relative_to(root)) for p, s in rows.items()
                          if p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest() != s)
-    return missing, orphans, corrupt
+    return {"healthy": not (missing or orphans or corrupt) and finite, "rows": len(rows), "missing_files": missing,
+            "orphan_files": orphans, "hash_mismatch": corrupt, "features_finite": finite}
+
+
+def features_bytes(root: Path, gen: int) -> int:
+    """Disk used by generation `gen`'s columns and the journal."""
+    store = sum(p.stat().st_size for p in (root / STORE_DIR).glob(f"*.{gen}.*"))
+    return store + (root / JOURNAL_NAME).stat().st_size

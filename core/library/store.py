@@ -40,11 +40,7 @@ COMPACT_FRACTION = 0.5                     # ... and more than this fraction of 
 
 
 class Library:
-    """The in-memory view of a library directory, kept in step with the disk.
-
-    Thread-safe (one lock for state) and process-safe (an fcntl lock around every write;
-    other processes' appends are picked up by `refresh()`, which search calls first).
-    """
+    """The in-memory view of a library directory, kept in step with the disk (see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike, model_id: str, dim: int, dtype: str | None = None):
         """dtype: "float32" | "float16" for the snapshot's features from the next compaction on
@@ -173,10 +169,8 @@ class Library:
 
     def stats(self) -> dict:
         with self._lock:
-            store = sum(p.stat().st_size for p in (self.root / STORE_DIR).glob(f"*.{self._generation}.*"))
-            journal = (self.root / JOURNAL_NAME).stat().st_size
             return {"images": len(self._rows), "model_id": self.model_id, "dim": self.dim,
-                    "image_bytes": self._rows.image_bytes(), "features_bytes": store + journal,
+                    "image_bytes": self._rows.image_bytes(), "features_bytes": disk.features_bytes(self.root, self._generation),
                     "journal_records": self._journal.records, "generation": self._generation,
                     "path": str(self.root), "format_version": FORMAT_VERSION}
 
@@ -185,11 +179,8 @@ class Library:
         deep=True also re-hashes every file. Returns lists of problems (empty lists = healthy)."""
         self.refresh()
         with self._lock:
-            rows = {e.path: e.sha256 for e in self.entries()}
-            feats_ok = self._rows.finite()
-        missing, orphans, corrupt = disk.verify_files(self.root, rows, deep)
-        return {"healthy": not (missing or orphans or corrupt) and feats_ok, "rows": len(rows), "missing_files": missing,
-                "orphan_files": orphans, "hash_mismatch": corrupt, "features_finite": feats_ok}
+            rows, finite = {e.path: e.sha256 for e in self.entries()}, self._rows.finite()
+        return disk.verify(self.root, rows, finite, deep)
 
     # ------------------------------------------------------------------ writing
 
