@@ -6,10 +6,13 @@
     lib = open_library("library", enc)                     # the growing image library
     wb = build_workbench("ViT-B/32", "library")            # every service behind one object
 
-Sub-packages: `models` (encoders and their registry), `library` (storage, ingest, index,
-search, thumbnails), `language` (script detection, translation, captions, query planning),
-`lab` (training, datasets, metrics, evaluation, plots). Errors live in `core.errors`.
-No Gradio anywhere in core; `python -m core` is the command line.
+The front door is `Workbench` (core/workbench.py): every action takes its caller and applies
+one policy (core/policy.py, core/access.py); `Holder` (core/holder.py) is a server's one
+workbench. Sub-packages: `models` (encoders and their registry), `library` (storage, ingest,
+index, search, thumbnails), `language` (script detection, translation, captions, query planning),
+`lab` (training, datasets, metrics, evaluation, plots), `scale` (indexing past one machine),
+`hosting` (the Hub backup, ZeroGPU). Errors live in `core.errors`. No Gradio anywhere in core;
+`python -m core` hands over to the command line in cli/ (docs/ARCHITECTURE.md has the layers).
 """
 import warnings
 

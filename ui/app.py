@@ -2,8 +2,9 @@
 switch, a queue for a classroom.
 
     access = Access(Accounts.parse(students=["ann:pw"], admins=["teacher:secret"]), Limits())
-    demo = build_app(wb, lang="zh", access=access)
-    demo.launch(server_name=..., **launch_options(wb, access, lang="zh"))   # login, served folders, /api, throttle, locale
+    wb = build_workbench(..., access=access)     # the policy lives in the workbench, one for the page and /api
+    demo = build_app(wb, lang="zh")
+    demo.launch(server_name=..., **launch_options(wb, lang="zh"))   # login, served folders, /api, throttle, locale
 
 All model work happens in core/ through `ui.callbacks.Callbacks`; this module only lays
 out components and wires events. Every public event has a stable `api_name`
