@@ -214,7 +214,10 @@ class Access:
         of the shared app, the library's disk budget (`stored`: bytes of images stored now), or raise
         QuotaError. Yields kept(n): of what was held, n bytes were stored; the rest (duplicates that
         raced in, unreadable files) is given back on exit, all of it if the upload failed."""
-        self._check(caller, incoming, stored)
+        with self._lock:
+            self._refuse(caller, incoming, stored)
+            self._used[caller.key] = self._used.get(caller.key, 0) + incoming
+            self._in_flight += incoming
         kept = 0
 
         def keep(n: int) -> None:
@@ -227,23 +230,35 @@ class Access:
                 self._in_flight -= incoming
                 self._used[caller.key] = self._used.get(caller.key, 0) - incoming + kept
 
-    def _check(self, caller: Caller, incoming: int, stored: int) -> None:
-        budget = self.limits.budget_mb * _MB
+    def check(self, caller: Caller, incoming: int, stored: int) -> None:
+        """QuotaError when `incoming` more bytes would not fit (as `reserve` would refuse them); holds nothing."""
         with self._lock:
-            used = self._used.get(caller.key, 0)
-            if caller.quota_mb is not None and used + incoming > caller.quota_mb * _MB:
-                raise QuotaError(Msg(
-                    "上传配额已满：已用 {used:.1f} MiB / {quota:.1f} MiB，本次上传 {incoming:.1f} MiB。"
-                    "请教师提高 --quota-mb。",
-                    "Upload quota reached: {used:.1f} MiB of {quota:.1f} MiB used, this upload is "
-                    "{incoming:.1f} MiB. Ask the teacher to raise --quota-mb.",
-                    used=used / _MB, quota=caller.quota_mb, incoming=incoming / _MB))
-            if caller.shared and stored + self._in_flight + incoming > budget:
-                raise QuotaError(Msg(
-                    "图库空间已满：已用 {stored:.1f} MiB / {budget:.1f} MiB。"
-                    "教师可以删除图片，或提高 --library-budget-mb。",
-                    "The library is full: {stored:.1f} MiB of its {budget:.1f} MiB budget are used. "
-                    "The teacher can delete images or raise --library-budget-mb.",
-                    stored=stored / _MB, budget=budget / _MB))
-            self._used[caller.key] = used + incoming
-            self._in_flight += incoming
+            self._refuse(caller, incoming, stored)
+
+    def room(self, caller: Caller, stored: int) -> float:
+        """Bytes this caller may still add now (quota and budget; inf for the unlimited)."""
+        with self._lock:
+            rooms = [float("inf")]
+            if caller.quota_mb is not None:
+                rooms.append(caller.quota_mb * _MB - self._used.get(caller.key, 0))
+            if caller.shared:
+                rooms.append(self.limits.budget_mb * _MB - stored - self._in_flight)
+            return min(rooms)
+
+    def _refuse(self, caller: Caller, incoming: int, stored: int) -> None:
+        """QuotaError over the caller's quota or the library's budget (the lock held)."""
+        used, budget = self._used.get(caller.key, 0), self.limits.budget_mb * _MB
+        if caller.quota_mb is not None and used + incoming > caller.quota_mb * _MB:
+            raise QuotaError(Msg(
+                "上传配额已满：已用 {used:.1f} MiB / {quota:.1f} MiB，本次上传 {incoming:.1f} MiB。"
+                "请教师提高 --quota-mb。",
+                "Upload quota reached: {used:.1f} MiB of {quota:.1f} MiB used, this upload is "
+                "{incoming:.1f} MiB. Ask the teacher to raise --quota-mb.",
+                used=used / _MB, quota=caller.quota_mb, incoming=incoming / _MB))
+        if caller.shared and stored + self._in_flight + incoming > budget:
+            raise QuotaError(Msg(
+                "图库空间已满：已用 {stored:.1f} MiB / {budget:.1f} MiB。"
+                "教师可以删除图片，或提高 --library-budget-mb。",
+                "The library is full: {stored:.1f} MiB of its {budget:.1f} MiB budget are used. "
+                "The teacher can delete images or raise --library-budget-mb.",
+                stored=stored / _MB, budget=budget / _MB))

@@ -2,8 +2,8 @@
 
     policy = Policy(access)                       # access: accounts, roles, quotas (core/access.py)
     caller = policy.admit(caller, "remove")       # PermissionDenied for a student; None -> LOCAL
-    with policy.intake(caller, sources, library) as intake:   # read + hashed once, "stored?" asked once,
-        report = ingest(..., intake.uploads, stored=intake.stored)   # held against quota and budget
+    with policy.intake(caller, sources, library) as intake:   # read + hashed once, "stored?" asked once
+        report = ingest(..., intake.uploads, stored=intake.stored)   # per file, held against quota and budget
         intake.done(report)
     result = policy.judge(result)                 # strong and weak hits of a search
 
@@ -15,7 +15,7 @@ line, MCP tools) only say who is calling and from where, and render what comes b
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -29,29 +29,36 @@ from .library.store import Library
 __all__ = ["Policy", "Intake"]
 
 
+def _sizes(files: list) -> int:
+    """Bytes of files not read yet (an Upload's, or a file's size on disk; 0 for one that cannot be read)."""
+    total = 0
+    for f in files:
+        try:
+            total += len(f.data) if isinstance(f, Upload) else Path(f).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
 @dataclass
 class Intake:
-    """One upload of a caller of the shared app, read once: its files as Uploads with their hashes,
-    the files that could not be read, and which hashes the library holds already."""
-    uploads: list[Upload]
-    errors: list[tuple[str, str]]
-    stored: set[str]
-    kept: int = 0   # bytes the upload actually stored (set by done)
+    """One upload of a caller of the shared app, read once: its files as Uploads with their hashes
+    (an image the library holds already, or met earlier in the upload, without its bytes: it is
+    reported, not stored), the files that could not be read, which hashes the library holds, and
+    the size of each new image."""
+    uploads: list[Upload] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    stored: set[str] = field(default_factory=set)
+    new: dict[str, int] = field(default_factory=dict)   # sha256 -> bytes, for images not stored yet
+    kept: int = 0                                       # bytes the upload actually stored (set by done)
 
     def done(self, report: IngestReport) -> IngestReport:
         """Record what the upload stored (only that counts against the quota); the read errors join
         the report's, first."""
         added = set(report.added)
-        self.kept = sum(len(u.data) for u in self._unique() if u.sha256[:12] in added)
+        self.kept = sum(size for sha, size in self.new.items() if sha[:12] in added)
         report.errors[:0] = self.errors
         return report
-
-    def new_bytes(self) -> int:
-        """Bytes of the images not stored yet (each content once): what the upload may add."""
-        return sum(len(u.data) for u in self._unique() if u.sha256 not in self.stored)
-
-    def _unique(self) -> list[Upload]:
-        return list({u.sha256: u for u in self.uploads}.values())
 
 
 class Policy:
@@ -75,23 +82,38 @@ class Policy:
 
     @contextmanager
     def intake(self, caller: Caller, sources: Iterable, library: Library) -> Iterator[Intake]:
-        """Read and hash each file once, ask the library once which are stored, and hold the new bytes
-        against the caller's quota and the disk budget (QuotaError before anything is stored); on exit
-        only what `done` recorded stays counted."""
+        """Read and hash each file once, ask the library once per file whether it holds it, and hold
+        the new bytes against the caller's quota and the disk budget: a QuotaError before anything is
+        stored, raised as soon as the new bytes pass what the caller may add, so an upload never sits
+        in memory beyond that. On exit only what `done` recorded stays counted."""
         sources = list(sources)
         files = [s for s in sources if isinstance(s, Upload)]
         files += list(iter_image_files(Path(s) for s in sources if not isinstance(s, Upload)))
-        uploads, errors = [], []
-        for source in files:   # one bad file never stops the others
-            try:
-                uploads.append(read_source(source))
-            except ImageError as e:
-                errors.append((e.name, e.reason))
         stored_bytes = library.image_bytes()   # fresh: what other processes added counts too
-        intake = Intake(uploads, errors, library.stored(u.sha256 for u in uploads))
-        with self.access.reserve(caller, intake.new_bytes(), stored_bytes) as keep:
+        intake, room = Intake(), self.access.room(caller, stored_bytes)
+        for i, source in enumerate(files):   # one bad file never stops the others
+            try:
+                upload = read_source(source)
+            except ImageError as e:
+                intake.errors.append((e.name, e.reason))
+                continue
+            intake.uploads.append(self._note(intake, upload, library))
+            if sum(intake.new.values()) > room:   # refused: read no further (the rest counted by size)
+                self.access.check(caller, sum(intake.new.values()) + _sizes(files[i + 1:]), stored_bytes)
+        with self.access.reserve(caller, sum(intake.new.values()), stored_bytes) as keep:
             yield intake
             keep(intake.kept)
+
+    @staticmethod
+    def _note(intake: Intake, upload: Upload, library: Library) -> Upload:
+        """Record one read upload as new or known; a known one keeps its name and hash, not its bytes."""
+        sha = upload.sha256
+        if sha not in intake.new and sha not in intake.stored:
+            if not library.contains(sha):
+                intake.new[sha] = len(upload.data)
+                return upload
+            intake.stored.add(sha)
+        return Upload(upload.name, b"", sha)
 
     @staticmethod
     def judge(result: SearchResult) -> SearchResult:

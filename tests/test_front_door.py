@@ -85,7 +85,7 @@ def test_a_switch_reaches_every_surface_at_once_or_none(tmp_path):
 
 def _counting(monkeypatch):
     """Count reads, hashes and 'is it stored?' questions during an add."""
-    calls = {"read": 0, "sha256": 0, "contains": 0, "stored": 0}
+    calls = {"read": 0, "sha256": 0, "contains": 0}
     real_read, real_sha = ingest_module.read_file, hashlib.sha256
 
     def read(*a, **k):
@@ -97,10 +97,12 @@ def _counting(monkeypatch):
         return real_sha(*a, **k)
     monkeypatch.setattr(ingest_module, "read_file", read)
     monkeypatch.setattr(ingest_module.hashlib, "sha256", sha)
-    for name in ("contains", "stored"):
-        real = getattr(Library, name)
-        monkeypatch.setattr(Library, name, lambda self, *a, _n=name, _r=real: (calls.__setitem__(_n, calls[_n] + 1),
-                                                                               _r(self, *a))[1])
+    real_contains = Library.contains
+
+    def contains(self, sha):
+        calls["contains"] += 1
+        return real_contains(self, sha)
+    monkeypatch.setattr(Library, "contains", contains)
     return calls
 
 
@@ -116,11 +118,31 @@ def test_each_file_is_read_and_hashed_once_and_asked_about_once(tiny_clip_path, 
     calls = _counting(monkeypatch)
     report = wb.add(files, caller=caller)
     assert len(report.added) == 3 and len(report.duplicates) == 2 and report.total == 5
-    assert calls["read"] == 5 and calls["sha256"] == 5
-    if surface == "page":   # the front door asks once for the whole upload, ingest asks nothing
-        assert calls["stored"] == 1 and calls["contains"] == 0
-    else:                   # the local user's files stream through ingest, each asked about as it is read
-        assert calls["stored"] == 0 and calls["contains"] == 5
+    # the page's upload is read by the front door (and held against limits), the local user's streams
+    # through ingest: either way each file is read, hashed and looked up once
+    assert calls == {"read": 5, "sha256": 5, "contains": 5}
+
+
+def test_an_upload_over_the_quota_is_refused_before_it_is_all_read(tiny_clip_path, tmp_path, monkeypatch):
+    """The front door stops reading once the new bytes pass what the caller may add: memory stays
+    within the quota, and nothing is stored."""
+    import numpy as np
+    from PIL import Image
+
+    from core.errors import QuotaError
+    files = []
+    for i in range(6):   # ~12 KB of noise each: incompressible
+        files.append(tmp_path / f"noise{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(files[-1])
+    access = Access(Accounts.parse(students=["ann:pw"], env={}), Limits(quota_mb=20_000 / 2 ** 20))
+    wb = build_workbench(str(tiny_clip_path), tmp_path / "lib", device="cpu", offline=True, fallback=False,
+                         access=access)
+    calls = _counting(monkeypatch)
+    with pytest.raises(QuotaError, match="Upload quota reached") as over:
+        wb.add(files, caller=access.caller("ann", surface="page"))
+    assert calls["read"] == 2 and len(wb) == 0 and access.used_mb(access.caller("ann")) == 0
+    total_mb = sum(f.stat().st_size for f in files) / 2 ** 20
+    assert f"this upload is {total_mb:.1f} MiB" in str(over.value)   # the whole upload, counted by size
 
 
 def test_quota_and_roles_come_with_the_caller(tiny_clip_path, tmp_path):

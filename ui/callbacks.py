@@ -31,7 +31,7 @@ from .language import Say, say
 __all__ = ["Callbacks", "UploadJanitor", "CUSTOM", "UPLOAD_CHUNK"]
 
 CUSTOM = "custom"     # dropdown value: the labels / template typed by the user
-UPLOAD_CHUNK = 32     # files read into memory per batch (bounded memory; progress every 32 images)
+UPLOAD_CHUNK = 32     # images encoded and stored per batch (progress every 32 images)
 UPLOAD_GRACE_S = 60.0  # an ingested upload's temp file is deleted once unused (and not re-sent) this long
 _MB = 2 ** 20
 

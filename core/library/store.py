@@ -101,11 +101,6 @@ class Library:
         with self._lock:
             return self._rows.slot_of_sha(sha256) is not None
 
-    def stored(self, sha256s: Iterable[str]) -> set[str]:
-        """Which of these content hashes are stored now (one look under one lock)."""
-        with self._lock:
-            return {s for s in set(sha256s) if self._rows.slot_of_sha(s) is not None}
-
     def image_bytes(self) -> int:
         """Bytes of the stored image files, fresh (other processes' adds included)."""
         self.refresh()
