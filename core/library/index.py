@@ -5,9 +5,9 @@
 
 Both speak core.library.ann's `Index` protocol and return permanent row ids, never positions.
 
-- `ExactIndex` scans the library's own rows (the mapped snapshot plus the rows added since)
-  and masks removed ones; nothing to build or keep in step. On CUDA it keeps a device copy,
-  uploaded once per snapshot generation plus the new rows after each add.
+- `ExactIndex` (core/library/exact.py) scans the library's own rows (the mapped snapshot plus
+  the rows added since) and masks removed ones; nothing to build or keep in step. On CUDA it
+  keeps a device copy, uploaded once per snapshot generation plus the new rows after each add.
 - `LibraryANN` wraps a FAISS index (core.library.ann) persisted as store/index.<kind>.faiss.
   Before each search it takes in the rows added since it last looked (`rows_after`) and
   drops the rows removed since (`removed_since`), so adds go in incrementally and removals
@@ -22,14 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import zerogpu
 from ..settings import Runtime
 from .ann import EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, build_index, choose_kind, load_index
+from .exact import ExactIndex
 from .store import STORE_DIR, Library, view_vectors
 
 __all__ = ["ExactIndex", "LibraryANN", "open_index", "resolve_kind", "INDEX_KINDS"]
 
-_SCAN_CHUNK = 262_144   # rows scored at once from a float16 snapshot (converted per chunk)
 _TRAIN_SAMPLE = 100_000  # rows an index is trained on (k-means on more barely moves the centroids)
 _BUILD_CHUNK = 131_072   # rows converted to float32 and added at a time
 
@@ -39,71 +38,6 @@ def resolve_kind(kind: str | None, rows: int) -> str:
     if kind not in INDEX_KINDS:
         raise ValueError(f"Unknown index {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
     return choose_kind(rows) if kind == "auto" else kind
-
-
-class ExactIndex:
-    """Exact cosine top-k over every live row of the library."""
-    kind = "exact"
-
-    def __init__(self, library: Library, runtime: Runtime):
-        self.library, self.runtime = library, runtime
-        # On a ZeroGPU Space CUDA exists only inside a model call (core/zerogpu.py): a search outside
-        # one scans on the CPU in float32, never in the main process's stand-in CUDA (CPU fp16, slow)
-        self._on_device = runtime.is_cuda and not zerogpu.enabled()
-        self._lock = threading.Lock()
-        self._dev: tuple[int, torch.Tensor] | None = None       # (generation, base on the device)
-        self._dev_tail: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.library)
-
-    # the library is the index: adds and removals are seen at the next search
-    def add(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
-        pass
-
-    def remove(self, ids: torch.Tensor) -> None:
-        pass
-
-    def save(self, path: Path | None = None) -> None:
-        pass
-
-    @torch.inference_mode()
-    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        view = self.library.view()
-        live = int(view.alive.sum())
-        if live == 0 or k <= 0:
-            return torch.empty(queries.shape[0], 0), torch.empty(queries.shape[0], 0, dtype=torch.long)
-        scores = self._scores(queries, view)
-        scores[:, torch.from_numpy(~view.alive).to(scores.device)] = float("-inf")
-        values, slots = scores.topk(min(k, live), dim=-1)
-        ids = torch.from_numpy(view.ids)[slots.cpu()]
-        return values.float().cpu(), ids
-
-    def _scores(self, queries: torch.Tensor, view) -> torch.Tensor:
-        """[Q, S + T] cosine scores of every slot, on the runtime's device."""
-        if self._on_device:
-            base, tail = self._device(view)
-            q = queries.to(base.device, base.dtype)
-            return torch.cat([q @ base.T, q @ tail.T], dim=1).float()
-        q = queries.float()
-        if view.base.dtype == torch.float32:
-            base_scores = q @ view.base.T
-        else:   # a float16 snapshot: CPU half matmul is slow, convert a chunk at a time
-            base_scores = torch.cat([q @ view.base[i:i + _SCAN_CHUNK].float().T
-                                     for i in range(0, len(view.base), _SCAN_CHUNK)] or [q.new_empty(len(q), 0)], 1)
-        return torch.cat([base_scores, q @ view.tail.T], dim=1)
-
-    def _device(self, view) -> tuple[torch.Tensor, torch.Tensor]:
-        """The snapshot uploaded once per generation; the tail's new rows after each add."""
-        dev, dtype = self.runtime.device, self.runtime.dtype
-        with self._lock:
-            if self._dev is None or self._dev[0] != view.generation:
-                self._dev = (view.generation, view.base.to(dev, dtype))
-                self._dev_tail = torch.empty(0, view.base.shape[1], device=dev, dtype=dtype)
-            done, t = self._dev_tail.shape[0], view.tail.shape[0]
-            if t > done:
-                self._dev_tail = torch.cat([self._dev_tail, view.tail[done:].to(dev, dtype)])
-            return self._dev[1], self._dev_tail[:t]
 
 
 class LibraryANN:
