@@ -110,6 +110,7 @@ class ExactIndex:
     def save(self, path=None) -> None:
         pass
 
+    @torch.inference_mode()
     def resident(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(snapshot rows [S, D], tail rows [T, D]) as a search scans them: the fp16 copies on the
         GPU, the mapped rows on the CPU (a benchmark's bare scan runs over the same memory)."""
