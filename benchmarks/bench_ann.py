@@ -183,7 +183,7 @@ def _rss_gib() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--index", default="auto", choices=["auto", "ivf", "hnsw", "ivfpq"])
+    ap.add_argument("--index", default="auto", choices=["auto", "ivf", "hnsw", "ivfpq", "ivfsq"])
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--exact-queries", type=int, default=0, help="time exact on the first N")

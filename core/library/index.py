@@ -1,6 +1,6 @@
 """Indexes over a library, kept in step with it: exact below a size threshold, FAISS above.
 
-    index = open_index(library, runtime, kind="auto")   # "exact" | "ivf" | "hnsw" | "ivfpq" | "auto"
+    index = open_index(library, runtime, kind="auto")   # "exact" | "ivf" | "hnsw" | "ivfpq" | "ivfsq" | "auto"
     scores, rowids = index.search(queries, k)           # [Q, k'] best first, live rows only
 
 Both speak core.library.ann's `Index` protocol and return permanent row ids, never positions.
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from ..settings import Runtime
-from .ann import EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, build_index, choose_kind, load_index
+from .ann import (EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, RERANKED_KINDS, build_index, choose_kind,
+                  load_index, nlist_for, train_rows)
 from .exact import ExactIndex
 from .store import STORE_DIR, Library, view_vectors
 
 __all__ = ["ExactIndex", "LibraryANN", "open_index", "resolve_kind", "INDEX_KINDS"]
 
-_TRAIN_SAMPLE = 100_000  # rows an index is trained on (k-means on more barely moves the centroids)
 _BUILD_CHUNK = 131_072   # rows converted to float32 and added at a time
 
 
@@ -59,7 +59,10 @@ class LibraryANN:
         view = library.view()                   # one picture of the rows: adds during the build come at sync
         slots = np.flatnonzero(view.alive)
         rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(slots, size=min(len(slots), _TRAIN_SAMPLE), replace=False))
+        sample = np.sort(rng.choice(slots, size=min(len(slots), train_rows(kind)), replace=False))
+        if kind == "ivfsq":   # cells for the whole library, not for the training sample (ivf and
+            # ivfpq still size theirs by the sample: 1264 cells at any size, as their defaults were tuned)
+            opts.setdefault("nlist", nlist_for(kind, len(slots), len(sample)))
         index = build_index(kind, library.dim, torch.from_numpy(view.ids[sample].copy()),
                             view_vectors(view, sample), **_rerank_opts(library, kind), **opts)
         rest = np.setdiff1d(slots, sample, assume_unique=True)
@@ -77,7 +80,7 @@ class LibraryANN:
             index = load_index(path)
             meta = index.meta
             if meta.get("model_id") == library.model_id and meta.get("dim") == library.dim:
-                if kind == "ivfpq":
+                if kind in RERANKED_KINDS:
                     index.rerank = _rerank_opts(library, kind)["rerank"]
                 ann = cls(library, index, int(meta.get("covered", -1)))
                 dead = library.dead_ids_upto(ann.covered)   # removed since the save (or before: harmless)
@@ -131,8 +134,8 @@ def index_path(library: Library, kind: str) -> Path:
 
 
 def _rerank_opts(library: Library, kind: str) -> dict:
-    """ivfpq re-scores its candidates with the library's full-precision (mapped) rows."""
-    if kind != "ivfpq":
+    """ivfpq and ivfsq re-score their candidates with the library's full-precision (mapped) rows."""
+    if kind not in RERANKED_KINDS:
         return {}
     return {"rerank": lambda ids: library.vectors_of(np.asarray(ids, dtype=np.int64)).numpy()}
 
