@@ -187,3 +187,20 @@ def test_kind_choice_and_errors(data):
     with pytest.raises(ValueError, match=r"\[N, 64\]"):
         index.add(ids[:1], torch.zeros(1, 32))
     assert isinstance(index, FaissIndex)
+
+
+def test_ivfsq_with_many_cells_finds_them_through_a_graph(data, tmp_path):
+    """From HNSW_COARSE_MIN_NLIST cells the coarse quantizer is an HNSW graph (adding 10M rows to
+    4096 flat centroids would dominate a 2-core build); it still finds the neighbours, and a
+    saved index reopens with its graph."""
+    import faiss
+    from core.library.ann import HNSW_COARSE_MIN_NLIST
+    ids, rows, queries = data
+    index = _build("ivfsq", ids, rows, nlist=HNSW_COARSE_MIN_NLIST, nprobe=512)
+    assert isinstance(faiss.downcast_index(index._cpu_index.quantizer), faiss.IndexHNSWFlat)
+    _, found = index.search(queries, 10)
+    truth = _exact_top(ids, rows, queries, 10)
+    assert np.mean([len(set(f.tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth)]) >= 0.9
+    index.save(tmp_path / "sq.ann")
+    again = load_index(tmp_path / "sq.ann", rerank=_rerank_for(ids, rows))
+    assert torch.equal(again.search(queries[:8], 10)[1], found[:8])

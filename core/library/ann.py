@@ -74,6 +74,11 @@ DEFAULT_NPROBE = 64
 # 1264 cells would be at a ninth of them) -> recall@10 0.97 at 1M (bench_ann.py).
 IVFSQ_MAX_NLIST = 4096
 IVFSQ_NPROBE = 96
+# From this many cells an HNSW graph over the centroids finds a row's or a query's nearest cells:
+# assigning 10M rows to 4096 flat centroids is ~40 TFLOP, most of a 2-core build. Its k-means
+# runs fewer iterations than faiss's 25 (the cells barely move after 10).
+HNSW_COARSE_MIN_NLIST = 2048
+IVFSQ_KMEANS_ITERATIONS = 10
 HNSW_M = 32               # graph degree: the usual recall/memory balance for D in 256..1024
 HNSW_EF_CONSTRUCTION = 64  # build-time beam: a little above faiss's 40 for a better graph
 DEFAULT_EF_SEARCH = 64
@@ -390,7 +395,8 @@ def _new_ivf(kind: str, dim: int, vecs, opts: dict):
     if len(sample) == 0:
         raise ValueError(f"a {kind} index must be trained: build it from at least one row")
     nlist = opts.get("nlist") or nlist_for(kind, len(vecs), len(sample))
-    quantizer = faiss.IndexFlatIP(dim)
+    graph = kind == "ivfsq" and nlist >= HNSW_COARSE_MIN_NLIST
+    quantizer = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT) if graph else faiss.IndexFlatIP(dim)
     if kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     elif kind == "ivfsq":
@@ -401,7 +407,12 @@ def _new_ivf(kind: str, dim: int, vecs, opts: dict):
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, opts.get("m", m), bits,
                                  faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = opts.get("seed", 0)
+    if graph:   # k-means with exact (flat) assignment, then the centroids go into the graph
+        index.quantizer_trains_alone, flat = 2, faiss.IndexFlatIP(dim)
+        index.clustering_index = flat
+        index.cp.niter = IVFSQ_KMEANS_ITERATIONS
     index.train(sample)
+    index.clustering_index = None
     index.own_fields = True
     quantizer.this.disown()  # the IVF now owns (and frees) its quantizer
     index.set_direct_map_type(faiss.DirectMap.Hashtable)
