@@ -181,7 +181,7 @@ def _fill(lib, n, seed):
     return news
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq", "ivfsq"])
 def test_ann_index_stays_in_step_with_the_library(tmp_path, kind):
     lib = Library(tmp_path, "m", 32)
     first = _fill(lib, 3000, seed=1)
