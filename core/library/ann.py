@@ -71,8 +71,8 @@ NLIST_RANGE = (16, 65536)
 # bench_ann.py, 1M rows x 512, shifted queries, nlist 2564: nprobe 32 -> recall@10 0.91
 # (3.2 ms), 48 -> 0.95 (4.5 ms), 64 -> 0.96 (5.0 ms), 96 -> 0.98 (7.8 ms) on 2 CPU cores.
 DEFAULT_NPROBE = 64
-# ivfsq: 4096 cells at 1M+ rows; nprobe 96 (2.3% of the rows, as many bytes as ivf's 64 of
-# 1264 cells would be at a ninth of them) -> recall@10 0.97 at 1M (bench_ann.py).
+# ivfsq: up to 4096 cells (4000 at 1M rows); nprobe 96 scans 2.4% of the rows at 512 B each
+# (ivf's 64 of 1264 cells scan 5% at 2 KiB): recall@10 0.976 at 1M rows (bench_ann.py, RESULTS.md).
 IVFSQ_MAX_NLIST = 4096
 IVFSQ_NPROBE = 96
 # From this many cells an HNSW graph over the centroids finds a row's or a query's nearest cells:
@@ -125,7 +125,8 @@ def train_rows(kind: str) -> int:
 
 
 def nlist_for(kind: str, n_rows: int, n_train: int) -> int:
-    """~4*sqrt(N) cells, but never more than the training sample can fit (39 points each)."""
+    """~4*sqrt(N) cells, never more than the training sample can fit (39 points each), and at
+    most IVFSQ_MAX_NLIST for ivfsq (its k-means and its build stay minutes on 2 cores)."""
     nlist = _nlist_for(n_rows, n_train)
     return min(nlist, IVFSQ_MAX_NLIST) if kind == "ivfsq" else nlist
 
