@@ -190,14 +190,16 @@ def test_kind_choice_and_errors(data):
 
 
 def test_ivfsq_with_many_cells_finds_them_through_a_graph(data, tmp_path):
-    """From HNSW_COARSE_MIN_NLIST cells the coarse quantizer is an HNSW graph (adding 10M rows to
-    4096 flat centroids would dominate a 2-core build); it still finds the neighbours, and a
-    saved index reopens with its graph."""
+    """coarse="hnsw": the coarse quantizer is an HNSW graph (adding 10M rows to 4096 flat
+    centroids dominates a 2-core build); it still finds the neighbours here, and a saved index
+    reopens with its graph. The default stays flat (better recall at 1M rows)."""
     import faiss
     from core.library.ann import HNSW_COARSE_MIN_NLIST
     ids, rows, queries = data
-    index = _build("ivfsq", ids, rows, nlist=HNSW_COARSE_MIN_NLIST, nprobe=512)
+    index = _build("ivfsq", ids, rows, nlist=HNSW_COARSE_MIN_NLIST, nprobe=512, coarse="hnsw")
     assert isinstance(faiss.downcast_index(index._cpu_index.quantizer), faiss.IndexHNSWFlat)
+    flat = _build("ivfsq", ids[:3000], rows[:3000], nlist=HNSW_COARSE_MIN_NLIST)
+    assert isinstance(faiss.downcast_index(flat._cpu_index.quantizer), faiss.IndexFlatIP)
     _, found = index.search(queries, 10)
     truth = _exact_top(ids, rows, queries, 10)
     assert np.mean([len(set(f.tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth)]) >= 0.9

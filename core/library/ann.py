@@ -75,9 +75,10 @@ DEFAULT_NPROBE = 64
 # (ivf's 64 of 1264 cells scan 5% at 2 KiB): recall@10 0.976 at 1M rows (bench_ann.py, RESULTS.md).
 IVFSQ_MAX_NLIST = 4096
 IVFSQ_NPROBE = 96
-# From this many cells an HNSW graph over the centroids finds a row's or a query's nearest cells:
-# assigning 10M rows to 4096 flat centroids is ~40 TFLOP, most of a 2-core build. Its k-means
-# runs fewer iterations than faiss's 25 (the cells barely move after 10).
+# opts coarse="hnsw": an HNSW graph over the centroids finds a row's or a query's nearest cells
+# (assigning 10M rows to 4096 flat centroids is ~40 TFLOP, most of a 2-core build), with 10
+# k-means iterations. Opt-in only: at 1M rows it cut recall@10 from 0.976 to 0.79 (nprobe 96),
+# and the 10M run built with it reached 0.88 (RESULTS.md).
 HNSW_COARSE_MIN_NLIST = 2048
 IVFSQ_KMEANS_ITERATIONS = 10
 HNSW_M = 32               # graph degree: the usual recall/memory balance for D in 256..1024
@@ -346,7 +347,8 @@ def _maybe_to_gpu(index, kind: str, use_gpu: bool):
 # -- building and loading ---------------------------------------------------------------
 def build_index(kind: str, dim: int, ids, vectors, **opts) -> FaissIndex:
     """Train (ivf, ivfpq, ivfsq) and fill a new index. opts: nprobe, ef_search, rerank,
-    rerank_factor, use_gpu, meta, seed, nlist, m (PQ sub-quantizers), max_train_rows."""
+    rerank_factor, use_gpu, meta, seed, nlist, m (PQ sub-quantizers), max_train_rows, coarse
+    ("hnsw": ivfsq's cells found through a graph)."""
     if kind == "exact":
         raise ValueError("exact index lives in core.library.search")
     if kind not in FAISS_KINDS:
@@ -398,7 +400,7 @@ def _new_ivf(kind: str, dim: int, vecs, opts: dict):
     if len(sample) == 0:
         raise ValueError(f"a {kind} index must be trained: build it from at least one row")
     nlist = opts.get("nlist") or nlist_for(kind, len(vecs), len(sample))
-    graph = kind == "ivfsq" and nlist >= HNSW_COARSE_MIN_NLIST
+    graph = kind == "ivfsq" and opts.get("coarse") == "hnsw"
     quantizer = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT) if graph else faiss.IndexFlatIP(dim)
     if kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
