@@ -145,6 +145,11 @@ def run(args) -> dict:
         for attr, value in opts.items():
             setattr(ann, attr, value)
         sweep = _sweep(index, queries, truth, args.sweep) if args.sweep else None
+        if args.sweep and args.sweep_parallel and kind != "hnsw":   # one query on both cores: faiss splits its cells
+            import faiss
+            faiss.extract_index_ivf(ann._index).parallel_mode = 1
+            sweep += [{**row, "parallel_mode": 1} for row in _sweep(index, queries, truth, args.sweep)]
+            faiss.extract_index_ivf(ann._index).parallel_mode = 0
         times, found = timed_searches(index, queries)
         return {"rows": args.rows, "index": kind, "dim": args.dim, "queries": args.queries,
                 "p50_ms": _pct(times, 50), "p95_ms": _pct(times, 95),
@@ -154,7 +159,7 @@ def run(args) -> dict:
                 "build_s": round(build_s, 2), "rss_gib": _rss_gib(),
                 "nprobe": ann.nprobe if kind != "hnsw" else None,
                 "ef_search": ann.ef_search if kind == "hnsw" else None,
-                "dtype": args.dtype, "sweep": sweep}
+                "dtype": args.dtype, "load": [round(x, 2) for x in os.getloadavg()], "sweep": sweep}
 
 
 def _sweep(index, queries, truth, values: str) -> list[dict]:
@@ -165,8 +170,8 @@ def _sweep(index, queries, truth, values: str) -> list[dict]:
     for v in (int(x) for x in values.split(",")):
         setattr(ann, attr, v)
         times, found = timed_searches(index, queries)
-        out.append({attr: v, "p50_ms": _pct(times, 50), "recall_at_10":
-                    round(recall_at_10(found, truth), 4)})
+        out.append({attr: v, "p50_ms": _pct(times, 50), "p95_ms": _pct(times, 95), "recall_at_10":
+                    round(recall_at_10(found, truth), 4), "load": round(os.getloadavg()[0], 2)})
     setattr(ann, attr, default)
     return out
 
@@ -183,7 +188,7 @@ def _rss_gib() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--index", default="auto", choices=["auto", "ivf", "hnsw", "ivfpq"])
+    ap.add_argument("--index", default="auto", choices=["auto", "ivf", "hnsw", "ivfpq", "ivfsq"])
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--exact-queries", type=int, default=0, help="time exact on the first N")
@@ -191,6 +196,8 @@ def main() -> None:
     ap.add_argument("--nprobe", type=int, default=0, help="override the index default")
     ap.add_argument("--ef-search", type=int, default=0, help="override the index default")
     ap.add_argument("--sweep", default="", help="comma list of nprobe / ef_search to try")
+    ap.add_argument("--sweep-parallel", action="store_true",
+                    help="repeat the sweep with faiss splitting one query's cells over the cores")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                     help="feature file dtype (float16 halves disk for 10M rows)")
     ap.add_argument("--tmp", default=os.environ.get("TMPDIR"), help="where features go")

@@ -28,7 +28,7 @@ from core.images import iter_image_files, load_image
 from core.language.caption import CAPTIONERS, DEFAULT_CAPTIONER, CaptionSettings, Captioner
 from core.language.query import caption_metadata
 from core.language.translate import DEFAULT_TRANSLATOR, TRANSLATORS, Translator
-from core.library.ann import EXACT_MAX_ROWS, INDEX_KINDS
+from core.library.ann import EXACT_MAX_ROWS, INDEX_KINDS, IVFSQ_MIN_ROWS
 from core.settings import DEFAULT_MODEL, DEFAULT_RUNTIME, RUNTIME_CHOICES, pick_runtime
 
 # Everything above is light (no torch): `python -m core --help` answers at once. The engine
@@ -50,8 +50,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", help="never try to download weights")
     p.add_argument("--no-fallback", action="store_true", help="fail instead of using the bundled mini model")
     p.add_argument("--index", default="auto", choices=INDEX_KINDS,
-                   help="search index: exact, or FAISS ivf | hnsw | ivfpq; auto = exact below "
-                        f"{EXACT_MAX_ROWS:,} images, ivf above")
+                   help="search index: exact, or FAISS ivf | hnsw | ivfpq | ivfsq; auto = exact below "
+                        f"{EXACT_MAX_ROWS:,} images, ivf up to {IVFSQ_MIN_ROWS:,}, ivfsq above")
 
 
 def _workbench(args):

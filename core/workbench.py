@@ -83,7 +83,7 @@ class Workbench:
                  offline: bool = False, captioner: str | None = None, translator: str | None = None,
                  index: str = "auto", background: bool = False, fallback: bool = False, access: Access | None = None):
         """fallback=True: the model asked for could not be had and the bundled mini model stands in.
-        index: "auto" | "exact" | "ivf" | "hnsw" | "ivfpq" (see core.library.index).
+        index: "auto" | "exact" | "ivf" | "hnsw" | "ivfpq" | "ivfsq" (see core.library.index).
         background=True (the app): an ANN index is loaded or built in a thread while exact
         search serves, and features_library.pth is rewritten in the background after writes;
         False (the CLI, scripts): both happen in the calling thread, `flush()` when asked.

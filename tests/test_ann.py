@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.library.ann import (EXACT_MAX_ROWS, FaissIndex, build_index, choose_kind,
+from core.library.ann import (EXACT_MAX_ROWS, IVFSQ_MIN_ROWS, FaissIndex, build_index, choose_kind,
                               load_index)
 
 D = 64
@@ -43,12 +43,12 @@ def _rerank_for(ids: torch.Tensor, rows: torch.Tensor):
 
 
 def _build(kind: str, ids, rows, **opts):
-    if kind == "ivfpq":
+    if kind in ("ivfpq", "ivfsq"):
         opts.setdefault("rerank", _rerank_for(ids, rows))
     return build_index(kind, D, ids, rows, **opts)
 
 
-@pytest.fixture(scope="module", params=["ivf", "hnsw", "ivfpq"])
+@pytest.fixture(scope="module", params=["ivf", "hnsw", "ivfpq", "ivfsq"])
 def built(request, data):
     ids, rows, _ = data
     return request.param, _build(request.param, ids, rows)
@@ -80,7 +80,7 @@ def test_scores_are_cosines_best_first_and_ids_are_the_callers(built, data):
         assert torch.allclose(scores[0], exact, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq", "ivfsq"])
 def test_add_remove_save_load(kind, data, tmp_path):
     ids, rows, _ = data
     index = _build(kind, ids[:6000], rows[:6000], rerank=_rerank_for(ids, rows))
@@ -111,7 +111,7 @@ def test_add_remove_save_load(kind, data, tmp_path):
     assert list(tmp_path.iterdir()) == [path], "no temp file left behind"
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq", "ivfsq"])
 def test_empty_and_small_indexes(kind, data):
     ids, rows, queries = data
     index = _build(kind, ids[:3000], rows[:3000], rerank=_rerank_for(ids, rows))
@@ -178,6 +178,7 @@ def test_kind_choice_and_errors(data):
     ids, rows, _ = data
     assert choose_kind(EXACT_MAX_ROWS - 1) == "exact"
     assert choose_kind(EXACT_MAX_ROWS) == "ivf"
+    assert choose_kind(IVFSQ_MIN_ROWS - 1) == "ivf" and choose_kind(IVFSQ_MIN_ROWS) == "ivfsq"
     with pytest.raises(ValueError, match="core.library.search"):
         build_index("exact", D, ids, rows)
     with pytest.raises(ValueError, match="available"):
@@ -186,3 +187,22 @@ def test_kind_choice_and_errors(data):
     with pytest.raises(ValueError, match=r"\[N, 64\]"):
         index.add(ids[:1], torch.zeros(1, 32))
     assert isinstance(index, FaissIndex)
+
+
+def test_ivfsq_with_many_cells_finds_them_through_a_graph(data, tmp_path):
+    """coarse="hnsw": the coarse quantizer is an HNSW graph (adding 10M rows to 4096 flat
+    centroids dominates a 2-core build); it still finds the neighbours here, and a saved index
+    reopens with its graph. The default stays flat (better recall at 1M rows)."""
+    import faiss
+    from core.library.ann import HNSW_COARSE_MIN_NLIST
+    ids, rows, queries = data
+    index = _build("ivfsq", ids, rows, nlist=HNSW_COARSE_MIN_NLIST, nprobe=512, coarse="hnsw")
+    assert isinstance(faiss.downcast_index(index._cpu_index.quantizer), faiss.IndexHNSWFlat)
+    flat = _build("ivfsq", ids[:3000], rows[:3000], nlist=HNSW_COARSE_MIN_NLIST)
+    assert isinstance(faiss.downcast_index(flat._cpu_index.quantizer), faiss.IndexFlatIP)
+    _, found = index.search(queries, 10)
+    truth = _exact_top(ids, rows, queries, 10)
+    assert np.mean([len(set(f.tolist()) & set(t.tolist())) / 10 for f, t in zip(found, truth)]) >= 0.9
+    index.save(tmp_path / "sq.ann")
+    again = load_index(tmp_path / "sq.ann", rerank=_rerank_for(ids, rows))
+    assert torch.equal(again.search(queries[:8], 10)[1], found[:8])

@@ -20,7 +20,7 @@ from core.models.onnx_runtime import OnnxEncoder
 from core.settings import pick_runtime
 from core_fixtures import distinct_pngs
 from test_ingest_cli import run_cli
-from tiny_models import make_tiny_clip_file, make_tiny_hf_clip_dir
+from tiny_models import CLIP_KW, make_tiny_clip_file, make_tiny_hf_clip_dir
 
 TEXTS = ["a cat", "a dog on the beach wow!😀", "x", "一只猫", "a " * 100 + "very long caption"]
 
@@ -47,6 +47,29 @@ def test_onnx_matches_torch_within_float_rounding(onnx_enc, encoder):
         assert (onnx_enc.encode_texts([text]) - encoder.encode_texts([text])).abs().max() < 1e-5
     assert (onnx_enc.encode_images(_images()) - encoder.encode_images(_images())).abs().max() < 1e-5
     assert onnx_enc.logit_scale == pytest.approx(encoder.logit_scale)
+
+
+def test_onnx_towers_give_clip_tokenize_and_encode_text_features(tmp_path):
+    """A multi-head CLIP (the export splits heads itself): short queries of 3-8 words, one at a
+    time as a search sends them, and a text truncated at 77 tokens give the features of the
+    model's own path, clip.tokenize(truncate=True) + encode_text over all 77 positions, within
+    float rounding; images those of encode_image."""
+    import clip
+    from core.models.onnx_runtime import export_towers
+    torch.manual_seed(3)
+    model = clip.model.CLIP(**{**CLIP_KW, "transformer_heads": 4, "vision_width": 128}).eval()   # 4 and 2 heads
+    enc = openai_clip._onnx_clip(tmp_path / "onnx", export_towers(openai_clip.clip_onnx_towers(model), tmp_path / "onnx"),
+                                 "multihead", pick_runtime("cpu", "onnx"))
+    short = ["a cat on a sofa", "a red car parked near the old building", "mountains at sunset over a lake",
+             "wow! a dog 😀 on the beach", "一只猫 在 沙发 上"]
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(model.encode_text(clip.tokenize(short + TEXTS[-1:], truncate=True)), dim=-1)
+        pixels = torch.stack([enc.preprocess(im) for im in _images(3)])
+        want_images = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+    for i, text in enumerate(short + TEXTS[-1:]):
+        assert (enc.encode_texts([text])[0] - want[i]).abs().max() < 1e-5
+    assert (enc.encode_texts(short) - want[:len(short)]).abs().max() < 1e-5
+    assert (enc.encode_pixels(pixels) - want_images).abs().max() < 1e-5
 
 
 def test_clip_tokens_match_the_clip_package_cut_after_the_last_eot():

@@ -119,6 +119,41 @@ def test_exact_index_masks_removed_rows_and_returns_ids(tmp_path):
     assert 3 not in ids[0].tolist() and ids.shape == (1, 7) and bool((scores[0][:-1] >= scores[0][1:]).all())
 
 
+def test_resident_copy_follows_adds_removals_and_compaction(tmp_path):
+    """The CUDA path's resident copy, run here on the CPU: ranks like the plain scan after adds,
+    removals and a compaction, copies only the rows added since the last search, and renews
+    nothing while the library is unchanged."""
+    from core.library.exact import _Resident
+    lib = Library(tmp_path, "m", DIM)
+    images = [new_image(d) for d in distinct_pngs(12)]
+    lib.add(images[:6])
+    lib.compact()
+    resident = ExactIndex(lib, CPU)
+    resident._on_device, resident._resident = True, _Resident(torch.device("cpu"), torch.float32)
+    plain = ExactIndex(lib, CPU)
+    queries = torch.stack([im.vector for im in images])
+
+    def same() -> None:
+        for a, b in zip(resident.search(queries, 4), plain.search(queries, 4)):
+            assert torch.equal(a, b)
+
+    same()
+    assert resident._synced == (lib.stats()["generation"], 6)
+    slots = resident._current()
+    same()
+    assert resident._current() is slots                      # unchanged library: nothing renewed
+    lib.add(images[6:9])
+    same()
+    assert resident._synced[1] == 9 and resident._resident.rows == 3   # only the three new rows
+    lib.remove([images[1].sha256, images[7].sha256])
+    same()
+    assert 1 not in resident.search(queries, 12)[1].flatten().tolist()
+    lib.compact()
+    lib.add(images[9:])
+    same()
+    assert resident._synced == (lib.stats()["generation"], 10)
+
+
 def test_float16_snapshot_is_searchable(tmp_path):
     lib = Library(tmp_path, "m", DIM, dtype="float16")
     images = [new_image(d) for d in distinct_pngs(5)]
@@ -146,7 +181,7 @@ def _fill(lib, n, seed):
     return news
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq", "ivfsq"])
 def test_ann_index_stays_in_step_with_the_library(tmp_path, kind):
     lib = Library(tmp_path, "m", 32)
     first = _fill(lib, 3000, seed=1)

@@ -17,6 +17,11 @@ best first. Kinds:
            `rerank_factor * k` candidates are re-scored exactly with vectors from a
            caller-provided `rerank(ids) -> float32 [len(ids), D]` (the library's memory-mapped
            features). Only codes stay in RAM.
+- "ivfsq"  IVF with 8-bit scalar-quantised vectors (D bytes/row: a quarter of "ivf"), the top
+           `rerank_factor * k` re-scored exactly like ivfpq. SQ8 keeps the ranking nearly
+           exact, so few candidates suffice, and a query streams 4x fewer bytes than ivf: the
+           default from `IVFSQ_MIN_ROWS` up (bench_ann.py: 1M and 10M rows on 2 cores). Up to
+           `IVFSQ_MAX_NLIST` cells, trained on up to `IVFSQ_MAX_NLIST * MIN_POINTS_PER_CELL` rows.
 
 GPU: `FaissIndex(..., use_gpu=True)` moves ivf/ivfpq to all GPUs when the installed faiss
 has GPU support and `faiss.get_num_gpus() > 0`; otherwise (and always for hnsw, which FAISS
@@ -28,29 +33,35 @@ meta, removed count), the removed ids as raw int64, then faiss.serialize_index b
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import struct
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from .rwlock import RWLock
+
 if TYPE_CHECKING:   # imported where used: `python -m core --help` reads KINDS without torch
     import torch
 
-__all__ = ["Index", "FaissIndex", "build_index", "load_index", "choose_kind",
-           "EXACT_MAX_ROWS", "KINDS", "INDEX_KINDS"]
+__all__ = ["Index", "FaissIndex", "build_index", "load_index", "choose_kind", "train_rows", "nlist_for",
+           "EXACT_MAX_ROWS", "IVFSQ_MIN_ROWS", "KINDS", "INDEX_KINDS", "RERANKED_KINDS"]
 
 # Below this many rows a brute-force scan (D=512: 50k x 2 KiB = 100 MiB) costs a few ms on
 # 2 CPU cores, is exact, needs no training and removes in O(1): an ANN index buys nothing.
 EXACT_MAX_ROWS = 50_000
-KINDS = ("exact", "ivf", "hnsw", "ivfpq")
-INDEX_KINDS = ("auto",) + KINDS   # what --index accepts (auto: exact below EXACT_MAX_ROWS, ivf above)
-FAISS_KINDS = ("ivf", "hnsw", "ivfpq")
+# From here on "ivfsq" (a quarter of ivf's memory and bytes per query; ivf's full-precision
+# scan stays the choice for the smaller libraries in between).
+IVFSQ_MIN_ROWS = 200_000
+KINDS = ("exact", "ivf", "hnsw", "ivfpq", "ivfsq")
+INDEX_KINDS = ("auto",) + KINDS   # what --index accepts (auto: see choose_kind)
+FAISS_KINDS = ("ivf", "hnsw", "ivfpq", "ivfsq")
+RERANKED_KINDS = ("ivfpq", "ivfsq")   # candidates re-scored with the caller's exact vectors
 
 FORMAT_VERSION = 1        # bump with a migration note when the file layout changes
 MAGIC = b"CLIPANN\x00"
@@ -60,6 +71,16 @@ NLIST_RANGE = (16, 65536)
 # bench_ann.py, 1M rows x 512, shifted queries, nlist 2564: nprobe 32 -> recall@10 0.91
 # (3.2 ms), 48 -> 0.95 (4.5 ms), 64 -> 0.96 (5.0 ms), 96 -> 0.98 (7.8 ms) on 2 CPU cores.
 DEFAULT_NPROBE = 64
+# ivfsq: up to 4096 cells (4000 at 1M rows); nprobe 96 scans 2.4% of the rows at 512 B each
+# (ivf's 64 of 1264 cells scan 5% at 2 KiB): recall@10 0.976 at 1M rows (bench_ann.py, RESULTS.md).
+IVFSQ_MAX_NLIST = 4096
+IVFSQ_NPROBE = 96
+# opts coarse="hnsw": an HNSW graph over the centroids finds a row's or a query's nearest cells
+# (assigning 10M rows to 4096 flat centroids is ~40 TFLOP, most of a 2-core build), with 10
+# k-means iterations. Opt-in only: at 1M rows it cut recall@10 from 0.976 to 0.79 (nprobe 96),
+# and the 10M run built with it reached 0.88 (RESULTS.md).
+HNSW_COARSE_MIN_NLIST = 2048
+IVFSQ_KMEANS_ITERATIONS = 10
 HNSW_M = 32               # graph degree: the usual recall/memory balance for D in 256..1024
 HNSW_EF_CONSTRUCTION = 64  # build-time beam: a little above faiss's 40 for a better graph
 DEFAULT_EF_SEARCH = 64
@@ -69,6 +90,8 @@ DEFAULT_RERANK_FACTOR = 10
 # recall even for k=1 (a row's own code may rank below 10 others), and 256 random reads of
 # one row each stay well under a millisecond from the page cache.
 MIN_RERANK_CANDIDATES = 256
+# 8-bit scalar codes keep the order within a few ranks: rerank_factor * k candidates suffice.
+MIN_RERANK = {"ivfpq": MIN_RERANK_CANDIDATES, "ivfsq": 0}
 
 
 class Index(Protocol):
@@ -90,15 +113,31 @@ class Index(Protocol):
 
 
 def choose_kind(n_rows: int) -> str:
-    """"exact" while a full scan is cheap, else "ivf" (cheap to build, removes natively)."""
-    return "exact" if n_rows < EXACT_MAX_ROWS else "ivf"
+    """"exact" while a full scan is cheap, "ivf" (cheap to build, removes natively) up to
+    IVFSQ_MIN_ROWS, "ivfsq" above (a quarter of the memory, a quarter of the bytes per query)."""
+    if n_rows < EXACT_MAX_ROWS:
+        return "exact"
+    return "ivf" if n_rows < IVFSQ_MIN_ROWS else "ivfsq"
 
 
+def train_rows(kind: str) -> int:
+    """How many rows `kind` is trained on at most (k-means cost grows with rows x cells)."""
+    return IVFSQ_MAX_NLIST * MIN_POINTS_PER_CELL if kind == "ivfsq" else MAX_TRAIN_ROWS
+
+
+def nlist_for(kind: str, n_rows: int, n_train: int) -> int:
+    """~4*sqrt(N) cells, never more than the training sample can fit (39 points each), and at
+    most IVFSQ_MAX_NLIST for ivfsq (its k-means and its build stay minutes on 2 cores)."""
+    nlist = _nlist_for(n_rows, n_train)
+    return min(nlist, IVFSQ_MAX_NLIST) if kind == "ivfsq" else nlist
+
+
+@functools.cache
 def _faiss():
     # Imported lazily: the exact path and `import core.library` must not need faiss.
     import faiss
     # faiss defaults to one OpenMP thread per hardware thread; more would oversubscribe
-    # the box when torch runs beside it.
+    # the box when torch runs beside it. Once: os.cpu_count() costs ~0.2 ms a search under load.
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     return faiss
 
@@ -132,54 +171,6 @@ def _pq_shape(dim: int, n_train: int) -> tuple[int, int]:
     return m, bits
 
 
-class _RWLock:
-    """Many concurrent searches, or one mutation: faiss reads are thread-safe, adds are not."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-
-    def read(self):
-        return _Guard(self._acquire_read, self._release_read)
-
-    def write(self):
-        return _Guard(self._acquire_write, self._release_write)
-
-    def _acquire_read(self):
-        with self._cond:
-            while self._writing:
-                self._cond.wait()
-            self._readers += 1
-
-    def _release_read(self):
-        with self._cond:
-            self._readers -= 1
-            self._cond.notify_all()
-
-    def _acquire_write(self):
-        with self._cond:
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writing = True
-
-    def _release_write(self):
-        with self._cond:
-            self._writing = False
-            self._cond.notify_all()
-
-
-class _Guard:
-    def __init__(self, enter, leave):
-        self._enter, self._leave = enter, leave
-
-    def __enter__(self):
-        self._enter()
-
-    def __exit__(self, *exc):
-        self._leave()
-
-
 class FaissIndex:
     """An `Index` over FAISS. Build with `build_index`, reopen with `load_index`.
 
@@ -203,7 +194,7 @@ class FaissIndex:
         # hnsw only: the graph cannot forget, so dead ids are filtered at search time.
         self._removed: set[int] = set(int(i) for i in (removed if removed is not None else ()))
         self._selector = None  # cached faiss IDSelector over _removed, rebuilt lazily
-        self._lock = _RWLock()
+        self._lock = RWLock()
 
     # -- size and mutation ------------------------------------------------------------
     def __len__(self) -> int:
@@ -271,7 +262,7 @@ class FaissIndex:
         if k <= 0 or len(q) == 0:
             return torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.int64)
         with self._lock.read():
-            if self.kind == "ivfpq" and self.rerank is not None:
+            if self.kind in RERANKED_KINDS and self.rerank is not None:
                 scores, ids = self._search_reranked(q, k)
             else:
                 scores, ids = self._search_raw(q, k)
@@ -300,7 +291,7 @@ class FaissIndex:
 
     def _search_reranked(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """PQ finds rerank_factor*k candidates per query; exact vectors re-score them."""
-        n_cand = min(max(self.rerank_factor * k, MIN_RERANK_CANDIDATES), len(self))
+        n_cand = min(max(self.rerank_factor * k, MIN_RERANK[self.kind]), len(self))
         _, cand = self._search_raw(q, n_cand)
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         ids = np.full((len(q), k), -1, dtype=np.int64)
@@ -355,8 +346,9 @@ def _maybe_to_gpu(index, kind: str, use_gpu: bool):
 
 # -- building and loading ---------------------------------------------------------------
 def build_index(kind: str, dim: int, ids, vectors, **opts) -> FaissIndex:
-    """Train (ivf, ivfpq) and fill a new index. opts: nprobe, ef_search, rerank,
-    rerank_factor, use_gpu, meta, seed, nlist, m (PQ sub-quantizers), max_train_rows."""
+    """Train (ivf, ivfpq, ivfsq) and fill a new index. opts: nprobe, ef_search, rerank,
+    rerank_factor, use_gpu, meta, seed, nlist, m (PQ sub-quantizers), max_train_rows, coarse
+    ("hnsw": ivfsq's cells found through a graph)."""
     if kind == "exact":
         raise ValueError("exact index lives in core.library.search")
     if kind not in FAISS_KINDS:
@@ -370,6 +362,8 @@ def build_index(kind: str, dim: int, ids, vectors, **opts) -> FaissIndex:
         raw = _new_ivf(kind, dim, vecs, opts)
     keep = {k: opts[k] for k in ("nprobe", "ef_search", "rerank", "rerank_factor",
                                  "use_gpu", "meta") if k in opts}
+    if kind == "ivfsq":
+        keep.setdefault("nprobe", IVFSQ_NPROBE)
     index = FaissIndex(kind, dim, raw, **keep)
     _add_chunked(index, ids_np, vecs)
     return index
@@ -402,19 +396,28 @@ def _train_sample(vecs, max_rows: int, seed: int) -> np.ndarray:
 def _new_ivf(kind: str, dim: int, vecs, opts: dict):
     """An empty, trained IVF (flat or PQ) with a hashed id map for O(1) removal."""
     faiss = _faiss()
-    sample = _train_sample(vecs, opts.get("max_train_rows", MAX_TRAIN_ROWS), opts.get("seed", 0))
+    sample = _train_sample(vecs, opts.get("max_train_rows", train_rows(kind)), opts.get("seed", 0))
     if len(sample) == 0:
         raise ValueError(f"a {kind} index must be trained: build it from at least one row")
-    nlist = opts.get("nlist") or _nlist_for(len(vecs), len(sample))
-    quantizer = faiss.IndexFlatIP(dim)
+    nlist = opts.get("nlist") or nlist_for(kind, len(vecs), len(sample))
+    graph = kind == "ivfsq" and opts.get("coarse") == "hnsw"
+    quantizer = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT) if graph else faiss.IndexFlatIP(dim)
     if kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    elif kind == "ivfsq":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
     else:
         m, bits = _pq_shape(dim, len(sample))
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, opts.get("m", m), bits,
                                  faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = opts.get("seed", 0)
+    if graph:   # k-means with exact (flat) assignment, then the centroids go into the graph
+        index.quantizer_trains_alone, flat = 2, faiss.IndexFlatIP(dim)
+        index.clustering_index = flat
+        index.cp.niter = IVFSQ_KMEANS_ITERATIONS
     index.train(sample)
+    index.clustering_index = None
     index.own_fields = True
     quantizer.this.disown()  # the IVF now owns (and frees) its quantizer
     index.set_direct_map_type(faiss.DirectMap.Hashtable)

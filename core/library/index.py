@@ -1,14 +1,14 @@
 """Indexes over a library, kept in step with it: exact below a size threshold, FAISS above.
 
-    index = open_index(library, runtime, kind="auto")   # "exact" | "ivf" | "hnsw" | "ivfpq" | "auto"
+    index = open_index(library, runtime, kind="auto")   # "exact" | "ivf" | "hnsw" | "ivfpq" | "ivfsq" | "auto"
     scores, rowids = index.search(queries, k)           # [Q, k'] best first, live rows only
     served = ServedIndex(library, runtime, "auto", background=True)   # what a Workbench searches with
 
 Both speak core.library.ann's `Index` protocol and return permanent row ids, never positions.
 
-- `ExactIndex` scans the library's own rows (the mapped snapshot plus the rows added since)
-  and masks removed ones; nothing to build or keep in step. On CUDA it keeps a device copy,
-  uploaded once per snapshot generation plus the new rows after each add.
+- `ExactIndex` (core/library/exact.py) scans the library's own rows (the mapped snapshot plus
+  the rows added since) and masks removed ones; nothing to build or keep in step. On CUDA it
+  keeps a device copy, uploaded once per snapshot generation plus the new rows after each add.
 - `LibraryANN` wraps a FAISS index (core.library.ann) persisted as store/index.<kind>.faiss.
   Before each search it takes in the rows added since it last looked (`rows_after`) and
   drops the rows removed since (`removed_since`), so adds go in incrementally and removals
@@ -29,17 +29,17 @@ import numpy as np
 import torch
 
 from ..settings import Runtime
-from .ann import EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, build_index, choose_kind, load_index
-from .rows import view_vectors
+from .ann import (EXACT_MAX_ROWS, FAISS_KINDS, INDEX_KINDS, KINDS, RERANKED_KINDS, build_index, choose_kind,
+                  load_index, nlist_for, train_rows)
 from .disk import STORE_DIR
+from .exact import ExactIndex
+from .rows import view_vectors
 from .store import Library
 
 __all__ = ["ExactIndex", "LibraryANN", "ServedIndex", "open_index", "resolve_kind", "INDEX_KINDS"]
 
 log = logging.getLogger(__name__)
 
-_SCAN_CHUNK = 262_144   # rows scored at once from a float16 snapshot (converted per chunk)
-_TRAIN_SAMPLE = 100_000  # rows an index is trained on (k-means on more barely moves the centroids)
 _BUILD_CHUNK = 131_072   # rows converted to float32 and added at a time
 
 
@@ -48,71 +48,6 @@ def resolve_kind(kind: str | None, rows: int) -> str:
     if kind not in INDEX_KINDS:
         raise ValueError(f"Unknown index {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
     return choose_kind(rows) if kind == "auto" else kind
-
-
-class ExactIndex:
-    """Exact cosine top-k over every live row of the library."""
-    kind = "exact"
-
-    def __init__(self, library: Library, runtime: Runtime):
-        self.library, self.runtime = library, runtime
-        # On a ZeroGPU Space CUDA exists only inside a model call (Runtime.zero_gpu): a search outside
-        # one scans on the CPU in float32, never in the main process's stand-in CUDA (CPU fp16, slow)
-        self._on_device = runtime.resident
-        self._lock = threading.Lock()
-        self._dev: tuple[int, torch.Tensor] | None = None       # (generation, base on the device)
-        self._dev_tail: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.library)
-
-    # the library is the index: adds and removals are seen at the next search
-    def add(self, ids: torch.Tensor, vectors: torch.Tensor) -> None:
-        pass
-
-    def remove(self, ids: torch.Tensor) -> None:
-        pass
-
-    def save(self, path: Path | None = None) -> None:
-        pass
-
-    @torch.inference_mode()
-    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        view = self.library.view()
-        live = int(view.alive.sum())
-        if live == 0 or k <= 0:
-            return torch.empty(queries.shape[0], 0), torch.empty(queries.shape[0], 0, dtype=torch.long)
-        scores = self._scores(queries, view)
-        scores[:, torch.from_numpy(~view.alive).to(scores.device)] = float("-inf")
-        values, slots = scores.topk(min(k, live), dim=-1)
-        ids = torch.from_numpy(view.ids)[slots.cpu()]
-        return values.float().cpu(), ids
-
-    def _scores(self, queries: torch.Tensor, view) -> torch.Tensor:
-        """[Q, S + T] cosine scores of every slot, on the runtime's device."""
-        if self._on_device:
-            base, tail = self._device(view)
-            q = queries.to(base.device, base.dtype)
-            return torch.cat([q @ base.T, q @ tail.T], dim=1).float()
-        q = queries.float()
-        if view.base.dtype == torch.float32:
-            base_scores = q @ view.base.T
-        else:   # a float16 snapshot: CPU half matmul is slow, convert a chunk at a time
-            base_scores = torch.cat([q @ view.base[i:i + _SCAN_CHUNK].float().T
-                                     for i in range(0, len(view.base), _SCAN_CHUNK)] or [q.new_empty(len(q), 0)], 1)
-        return torch.cat([base_scores, q @ view.tail.T], dim=1)
-
-    def _device(self, view) -> tuple[torch.Tensor, torch.Tensor]:
-        """The snapshot uploaded once per generation; the tail's new rows after each add."""
-        dev, dtype = self.runtime.device, self.runtime.dtype
-        with self._lock:
-            if self._dev is None or self._dev[0] != view.generation:
-                self._dev = (view.generation, view.base.to(dev, dtype))
-                self._dev_tail = torch.empty(0, view.base.shape[1], device=dev, dtype=dtype)
-            done, t = self._dev_tail.shape[0], view.tail.shape[0]
-            if t > done:
-                self._dev_tail = torch.cat([self._dev_tail, view.tail[done:].to(dev, dtype)])
-            return self._dev[1], self._dev_tail[:t]
 
 
 class LibraryANN:
@@ -134,7 +69,10 @@ class LibraryANN:
         view = library.view()                   # one picture of the rows: adds during the build come at sync
         slots = np.flatnonzero(view.alive)
         rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(slots, size=min(len(slots), _TRAIN_SAMPLE), replace=False))
+        sample = np.sort(rng.choice(slots, size=min(len(slots), train_rows(kind)), replace=False))
+        if kind == "ivfsq":   # cells for the whole library, not for the training sample (ivf and
+            # ivfpq still size theirs by the sample: 1264 cells at any size, as their defaults were tuned)
+            opts.setdefault("nlist", nlist_for(kind, len(slots), len(sample)))
         index = build_index(kind, library.dim, torch.from_numpy(view.ids[sample].copy()),
                             view_vectors(view, sample), **_rerank_opts(library, kind), **opts)
         rest = np.setdiff1d(slots, sample, assume_unique=True)
@@ -152,7 +90,7 @@ class LibraryANN:
             index = load_index(path)
             meta = index.meta
             if meta.get("model_id") == library.model_id and meta.get("dim") == library.dim:
-                if kind == "ivfpq":
+                if kind in RERANKED_KINDS:
                     index.rerank = _rerank_opts(library, kind)["rerank"]
                 ann = cls(library, index, int(meta.get("covered", -1)))
                 dead = library.dead_ids_upto(ann.covered)   # removed since the save (or before: harmless)
@@ -206,10 +144,43 @@ def index_path(library: Library, kind: str) -> Path:
 
 
 def _rerank_opts(library: Library, kind: str) -> dict:
-    """ivfpq re-scores its candidates with the library's full-precision (mapped) rows."""
-    if kind != "ivfpq":
-        return {}
-    return {"rerank": lambda ids: library.vectors_of(np.asarray(ids, dtype=np.int64)).numpy()}
+    """ivfpq and ivfsq re-score their candidates with the library's full-precision (mapped) rows."""
+    return {"rerank": _RowFetcher(library)} if kind in RERANKED_KINDS else {}
+
+
+class _RowFetcher:
+    """float32 [n, D] stored rows of n row ids (zeros for ids that never existed), for re-ranking.
+
+    numpy only, from the library's mapped snapshot and tail: torch's small parallel ops between
+    two faiss searches made FAISS's and torch's OpenMP threads wait on each other on 2 cores
+    (Library.vectors_of cost 14 ms a query at 1M rows, the search itself 3 ms). The slot map
+    is taken once per library version, not per query."""
+
+    def __init__(self, library: Library):
+        self.library, self._lock = library, threading.Lock()
+        self._rows: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, rowids) -> np.ndarray:
+        ids, base, tail = self._current()
+        rowids = np.asarray(rowids, dtype=np.int64)
+        slots = np.minimum(np.searchsorted(ids, rowids), max(len(ids) - 1, 0))   # ids ascend: never reused
+        found = (ids[slots] == rowids) if len(ids) else np.zeros(len(rowids), dtype=bool)
+        out = np.zeros((len(rowids), self.library.dim), dtype=np.float32)
+        in_base, in_tail = found & (slots < len(base)), found & (slots >= len(base))
+        out[in_base] = base[slots[in_base]]
+        out[in_tail] = tail[slots[in_tail] - len(base)]
+        return out
+
+    def _current(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        version = self.library.version   # read first: a change while the view is taken is seen next time
+        rows = self._rows
+        if rows is None or rows[0] < version:
+            with self._lock:
+                if self._rows is None or self._rows[0] < version:
+                    view = self.library.view()
+                    self._rows = (version, view.ids, view.base.numpy(), view.tail.numpy())
+                rows = self._rows
+        return rows[1:]
 
 
 def open_index(library: Library, runtime: Runtime, kind: str | None = "auto"):
