@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = ["WorkbenchError", "ModelUnavailableError", "UnknownModelError", "ImageError", "LibraryError",
            "ModelMismatchError", "NotFoundError", "QueryError", "LabelError", "DatasetError", "PermissionDenied", "QuotaError",
-           "EXPECTED_ERRORS"]
+           "SafetyError", "QueryRefused", "EXPECTED_ERRORS"]
 
 
 class WorkbenchError(Exception):
@@ -68,6 +68,16 @@ class PermissionDenied(WorkbenchError, PermissionError):
 
 class QuotaError(WorkbenchError, RuntimeError):
     """An upload or a library would go over its limit; the message gives the limit."""
+
+
+class SafetyError(WorkbenchError, ValueError):
+    """The safety filter cannot be set up as asked (a concept list, a classifier head); the message
+    says which file and why."""
+
+
+class QueryRefused(QueryError):
+    """A search the class's safety policy does not run (a blocked word, or a query nearest an unsafe
+    concept). Its message is neutral on purpose: it names no rule and repeats nothing typed."""
 
 
 # What a front end reports to the user as a message rather than a crash.

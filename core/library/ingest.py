@@ -56,16 +56,21 @@ class IngestReport:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (name, reason: a Msg, zh and en)
     seconds: float = 0.0
     total: int = 0                                         # images in the library after the run (Workbench.add)
+    held: list[str] = field(default_factory=list)          # ids of new images waiting for the teacher's review
+    near: list[tuple[str, str, float]] = field(default_factory=list)  # (new id, older id, cosine): near-duplicates
 
     def summary(self) -> str:
         return f"added {len(self.added)}, already present {len(self.duplicates)}, unreadable {len(self.errors)}"
 
     def lines(self, seconds: float, total: int, missing: Sequence = ()) -> list[str]:
         """What `python -m core index` prints, whatever engine ran it: the summary line, then each
-        path not found and each unreadable file with its reason."""
+        path not found and each unreadable file with its reason, then the images held for review and
+        the near-duplicates of images already stored."""
         return ([f"{self.summary()} in {seconds:.1f}s; library now holds {total} images"]
                 + [f"  not found: {p}" for p in missing]
-                + [f"  unreadable: {name}: {reason}" for name, reason in self.errors])
+                + [f"  unreadable: {name}: {reason}" for name, reason in self.errors]
+                + [f"  held for review: {i}" for i in self.held]
+                + [f"  near-duplicate: {i} of {older} (cosine {cos:.3f})" for i, older, cos in self.near])
 
 
 @dataclass
@@ -142,11 +147,14 @@ def _prepare(source, library: Library, encoder, seen: _Seen, draft: int | None,
 def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
            progress: Callable[[int], None] | None = None,
            annotate: Callable[[list[Image.Image]], list[dict]] | None = None,
-           stored: set[str] | None = None) -> IngestReport:
+           stored: set[str] | None = None,
+           before_store: Callable[[list[str], torch.Tensor], None] | None = None) -> IngestReport:
     """Add image files, folders (recursively) or `Upload`s. `progress(n)` is called as n more
     files are done; `annotate(images)` may return extra metadata per image (e.g. captions).
     `stored`: the hashes of these sources already in the library, when the caller asked already
-    (Workbench.add, with Uploads from read_source): then nothing is asked again or hashed again."""
+    (Workbench.add, with Uploads from read_source): then nothing is asked again or hashed again.
+    `before_store(sha256s, vectors [B, D])` is called with each batch of new images before any of
+    it is stored (the safety policy holds flagged images durably first: core/safety/review.py)."""
     if encoder.model_id != library.model_id:
         raise ValueError(f"encoder {encoder.model_id} does not match library model {library.model_id}")
     report, start = IngestReport(), time.perf_counter()
@@ -163,6 +171,8 @@ def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
             prepared = [f.result() for f in ahead]
             ahead = submit(batches[b + 1]) if b + 1 < len(batches) else []   # decoded while this one encodes
             fresh, news = _encode_batch(encoder, prepared, report, annotate)
+            if before_store is not None and news:
+                before_store([n.sha256 for n in news], torch.stack([n.vector for n in news]))
             writing = _finish(writing, progress)
             writing = (writer.submit(_write_batch, library, fresh, news, report), len(prepared))
         _finish(writing, progress)
