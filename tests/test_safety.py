@@ -260,3 +260,27 @@ def test_near_identical_images_are_grouped_oldest_first(mini, tmp_path):
     vectors = library.vectors_of([by_name[n].rowid for n in ("circle.png", "circle_small.png", "star.png")])
     assert collapse(vectors) == [0, 2] and collapse(vectors, threshold=1.01) == [0, 1, 2]
     assert report.added   # (the first batch was stored)
+
+
+# ---------------------------------------------------------------- the benchmark on a labelled folder
+
+def test_bench_safety_measures_precision_and_recall(tmp_path, red_circle_list):
+    import subprocess
+    import sys
+    from core.settings import PROJECT_ROOT
+    for sub, names in {"safe": ["09_blue_star", "02_yellow_square", "18_green_square"],
+                       "unsafe": ["19_red_circle"]}.items():
+        (tmp_path / sub / "deeper").mkdir(parents=True)
+        for name in names:
+            (tmp_path / sub / "deeper" / f"{name}.png").write_bytes((SHAPES / f"{name}.png").read_bytes())
+    circle = Image.open(RED_CIRCLE).convert("RGB").resize((100, 100))
+    (tmp_path / "unsafe" / "circle_small.png").write_bytes(png(circle))
+    run = subprocess.run([sys.executable, str(PROJECT_ROOT / "benchmarks" / "bench_safety.py"), str(tmp_path),
+                          "--model", "mini", "--safety-concepts", str(red_circle_list)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("3 safe and 2 unsafe images, model mini:")
+    assert lines[1].startswith("filter: zero-shot (class_rules.txt, 1 concept) on mini:")
+    assert lines[2] == "margin +0.02 (configured): precision 1.000 recall 1.000 (tp 2, fp 0, fn 0, tn 3)"
+    assert len([s for s in lines if s.startswith("margin ")]) == 8

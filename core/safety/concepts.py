@@ -60,10 +60,11 @@ class ConceptList:
 
     def describe(self) -> Msg:
         """e.g. "built-in list v1, 14 concepts" in both languages."""
-        version = f" v{self.version}" if self.version else ""
+        version, n = (f" v{self.version}" if self.version else ""), len(self.unsafe)
+        count = Msg("{n} 个概念", "{n} concept", n=n) if n == 1 else Msg("{n} 个概念", "{n} concepts", n=n)
         if self.source == "built-in":
-            return Msg("内置列表{v}，{n} 个概念", "built-in list{v}, {n} concepts", v=version, n=len(self.unsafe))
-        return Msg("{file}{v}，{n} 个概念", "{file}{v}, {n} concepts", file=self.source, v=version, n=len(self.unsafe))
+            return Msg("内置列表{v}，{count}", "built-in list{v}, {count}", v=version, count=count)
+        return Msg("{file}{v}，{count}", "{file}{v}, {count}", file=self.source, v=version, count=count)
 
 
 def _parse_line(line: str, where: str) -> Concept:
