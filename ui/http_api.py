@@ -16,7 +16,8 @@ serving everything: --share, --auth, the queue. A thin adapter: every call goes 
 Workbench as its caller (surface "api"), which applies the policy; core's domain errors become
 JSON {"error", "kind"} with a status chosen by their type (400, 403, 404 for an unknown id, 413);
 only stored images and thumbnails are served, found by id through the library, never by a
-path from the request. Nothing blocks the event loop: cheap endpoints are plain `def` (FastAPI's
+path from the request. A POST sent by another site's page (its Origin or Referer is not this
+app's) is refused with 403 before its body is read (ui/csrf.py). Nothing blocks the event loop: cheap endpoints are plain `def` (FastAPI's
 thread pool); model calls wait for one of `heavy` slots without holding a thread, then run in
 the thread pool. docs/API.md#json-http-api.
 """
@@ -42,6 +43,7 @@ from core.images import MAX_BYTES
 from core.library.search import MAX_K
 from core.messages import without_paths
 
+from .csrf import foreign_origin
 from .guard import client_address
 
 __all__ = ["build_api", "Users", "API_PREFIX", "MAX_FILES"]
@@ -83,6 +85,7 @@ class _JsonErrorRoute(APIRoute):
         async def run(request: Request):
             try:
                 _check_length(request, getattr(self, "body_limit", None))
+                _check_origin(request)
                 return await handler(request)
             except ApiProblem as e:
                 return _error(e.status, str(e), e.kind, e.headers)
@@ -106,6 +109,14 @@ def _check_length(request: Request, limit: int | None) -> None:
     if limit is not None and declared and declared.isdigit() and int(declared) > limit:
         raise ApiProblem(413, f"The request body is {int(declared):,} bytes, over the {limit:,}-byte limit",
                          "TooLarge")
+
+
+def _check_origin(request: Request) -> None:
+    """A writing request made by another site's page is refused (ui/csrf.py), before its body is read."""
+    origin = foreign_origin(request)
+    if origin is not None:
+        raise ApiProblem(403, f"Cross-site request refused: {origin} is not this app's page "
+                         "(a browser page on another site may not send requests with your login)", "CrossSiteRequest")
 
 
 class Users:
