@@ -39,7 +39,8 @@ ADMIN_ACTIONS = {"remove": Msg("删除图片", "delete images"), "compact": Msg(
                  "seed": Msg("给图库添加示例图片", "seed the library"),
                  "train": Msg("开始训练", "start a training"), "stop_training": Msg("停止训练", "stop a training"),
                  "switch_model": Msg("切换应用使用的模型", "switch the app's model"),
-                 "build_index": Msg("重建搜索索引", "rebuild the search index")}
+                 "build_index": Msg("重建搜索索引", "rebuild the search index"),
+                 "review": Msg("审核上传的图片", "review uploaded images")}
 
 
 @dataclass(frozen=True)

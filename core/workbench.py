@@ -19,7 +19,6 @@ created on first use, once. Nothing here knows about Gradio.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -47,6 +46,8 @@ from .library.thumbs import thumb_for
 from .lab.learn import Learn
 from .models import Encoder, load_encoder, load_encoder_with_fallback
 from .policy import Policy
+from .safety import Held, SafetyConfig, SafetyPolicy
+from .safety.screen import Screen
 from .starters import Starters, starters
 from .settings import DEFAULT_MODEL, Runtime, default_paths, pick_runtime
 from .zeroshot import ZeroShotClassifier, cannot_judge, plan_prompts
@@ -65,6 +66,7 @@ class Page:
     page: int              # 1-based, clamped to [1, pages]
     pages: int
     total: int
+    held: frozenset = frozenset()   # ids of the entries shown that wait for review (only the teacher sees them)
 
 
 def as_image(image: ImageInput, name: str | None = None) -> Image.Image:
@@ -81,13 +83,15 @@ class Workbench:
 
     def __init__(self, runtime: Runtime, encoder: Encoder, library: Library, notice: str | None = None,
                  offline: bool = False, captioner: str | None = None, translator: str | None = None,
-                 index: str = "auto", background: bool = False, fallback: bool = False, access: Access | None = None):
+                 index: str = "auto", background: bool = False, fallback: bool = False, access: Access | None = None,
+                 safety: SafetyConfig | None = None):
         """fallback=True: the model asked for could not be had and the bundled mini model stands in.
         index: "auto" | "exact" | "ivf" | "hnsw" | "ivfpq" | "ivfsq" (see core.library.index).
         background=True (the app): an ANN index is loaded or built in a thread while exact
         search serves, and features_library.pth is rewritten in the background after writes;
         False (the CLI, scripts): both happen in the calling thread, `flush()` when asked.
-        access: the app's accounts, roles and quotas (None: open, default limits)."""
+        access: the app's accounts, roles and quotas (None: open, default limits).
+        safety: the class's safety policy (core/safety; None: off)."""
         if background:   # a shared server: concurrent requests share forward passes (core/batching.py)
             encoder = BatchingEncoder(encoder)
         self.runtime, self.encoder, self.library = runtime, encoder, library
@@ -103,6 +107,8 @@ class Workbench:
         self._lazy: dict = {}
         self._lazy_lock = threading.Lock()
         self._flusher = Flusher(self.flush) if background else None
+        self.safety = SafetyPolicy(safety or SafetyConfig(), encoder, library.root, translate=self._translate_or_none)
+        self.screen = Screen(library, self.safety)   # what each caller may see: applied here only
 
     @property
     def access(self) -> Access:
@@ -175,6 +181,13 @@ class Workbench:
     def translate(self, texts: list[str], to: str) -> list[str]:
         return self.translator.translate(texts, to=to)
 
+    def _translate_or_none(self, texts: list[str]) -> list[str] | None:
+        """English for Chinese labels or concepts, or None when no translator can be had here."""
+        try:
+            return self.translator.translate(texts, to="en")
+        except ModelUnavailableError:
+            return None
+
     @staticmethod
     def image(image: ImageInput, name: str | None = None) -> Image.Image:
         """Decode an image input through the safe loader (ImageError with the reason otherwise)."""
@@ -203,19 +216,26 @@ class Workbench:
         if query.image is not None and not isinstance(query.image, Image.Image):
             query = replace(query, image=as_image(query.image))
         text, note = self.plan_query(query.text) if query.text else ("", None)
+        self.safety.check_query([query.text, text], self.searcher.embed_text)   # QueryRefused, neutral
         plan = Planned(text, tuple(self.plan_query(m)[0] for m in query.minus), note)
-        return self.policy.judge(self.searcher.search(query, plan))
+        hidden = self.screen.hidden(caller)
+        result = self.searcher.search(replace(query, k=self.screen.widen(query.k, hidden)), plan)
+        return self.policy.judge(replace(result, hits=self.screen.hits(result.hits, hidden)[:query.k]))
 
     def search_vector(self, vector: Sequence[float] | torch.Tensor, k: int = 10,
                       caller: Caller | None = None) -> list[Hit]:
         """Nearest library images to a raw embedding (normalised here); for API clients."""
         self.policy.admit(caller, "search")
-        return self.searcher.search_vector(torch.as_tensor(vector, dtype=torch.float32), k)
+        hidden = self.screen.hidden(caller)
+        hits = self.searcher.search_vector(torch.as_tensor(vector, dtype=torch.float32), self.screen.widen(k, hidden))
+        return self.screen.hits(hits, hidden)[:k]
 
     def similar(self, image_id: str, k: int = 10, caller: Caller | None = None) -> tuple[Entry, list[Hit]]:
         """Image→image from an image already in the library (no re-encoding)."""
         self.policy.admit(caller, "search")
-        return self.searcher.similar(image_id, k)
+        hidden = self.screen.hidden(caller)
+        entry, hits = self.searcher.similar(image_id, self.screen.widen(k, hidden))   # k checked first
+        return self.entry(entry.id, caller), self.screen.hits(hits, hidden)[:k]
 
     def unknown_words(self, *texts: str) -> list[str]:
         """Words of labels / queries the model has no token for (only a narrow model knows its
@@ -233,13 +253,7 @@ class Workbench:
         Chinese labels are planned for the encoder (see plan_prompts)."""
         self.policy.admit(caller, "classify")
         picture = as_image(image)
-
-        def translate(texts):
-            try:
-                return self.translator.translate(texts, to="en")
-            except ModelUnavailableError:
-                return None
-        plan = plan_prompts(self.encoder, labels, templates, lang, translate)
+        plan = plan_prompts(self.encoder, labels, templates, lang, self._translate_or_none)
         top = self.classifier.classify(picture, plan.labels, plan.templates, top_k, prompt_labels=plan.prompt_labels)
         return top, join([plan.note, cannot_judge(self.encoder, plan.labels)])
 
@@ -253,8 +267,10 @@ class Workbench:
         (core/policy.py). `report.total` is the library's size after."""
         caller = self.policy.admit(caller, "add")
         annotate = (lambda images: caption_metadata(images, self.captioner, self.translator)) if caption else None
+        held: dict[str, Held] = {}
         run = lambda items, stored=None: ingest(self.library, self.encoder, items, batch_size=batch_size,  # noqa: E731
-                                                progress=progress, annotate=annotate, stored=stored)
+                                                progress=progress, annotate=annotate, stored=stored,
+                                                before_store=lambda shas, vectors: self.screen.hold(caller, shas, vectors, held))
         try:
             if not self.policy.reads_first(caller):
                 report = run(sources)
@@ -264,6 +280,8 @@ class Workbench:
         finally:
             self._written()
         report.total = len(self.library)
+        report.held = [sha[:12] for sha in held if sha[:12] in set(report.added)]
+        report.near = self.screen.near(report.added)
         return report
 
     def seed(self, progress: Callable[[int], None] | None = None, caller: Caller | None = None) -> IngestReport:
@@ -271,15 +289,10 @@ class Workbench:
         self.policy.admit(caller, "seed")
         return self.add(sample_files(), progress=progress)
 
-    def page(self, page: int | float | None = 1, size: int = PAGE_SIZE) -> Page:
-        """Page `page` (1-based, clamped) of the library, newest entry first. Reads one page only."""
-        self.library.refresh()   # show what the CLI or another app process added
-        total = len(self.library)
-        pages = max(1, math.ceil(total / size))
-        number = min(max(1, int(page or 1)), pages)
-        stop = total - (number - 1) * size
-        start = max(0, stop - size)
-        return Page(self.library.entries(start, stop - start)[::-1], number, pages, total)
+    def page(self, page: int | float | None = 1, size: int = PAGE_SIZE, caller: Caller | None = None) -> Page:
+        """Page `page` (1-based, clamped) of the library, newest entry first, as `caller` may see it:
+        a student never sees an image waiting for review; the teacher sees it, its id in `held`."""
+        return Page(*self.screen.page(caller, page, size))
 
     def entries(self, offset: int = 0, limit: int | None = None) -> list[Entry]:
         """Entries in the order they were added (for listings and batch jobs)."""
@@ -291,18 +304,20 @@ class Workbench:
         """The library folder."""
         return self.library.root
 
-    def entry(self, image_id: str) -> Entry:
-        """The entry with this id (the 12-character id `library list` shows, or a longer prefix)."""
-        return self.library.find(image_id)
+    def entry(self, image_id: str, caller: Caller | None = None) -> Entry:
+        """The entry with this id (the 12-character id `library list` shows, or a longer prefix);
+        NotFoundError for an image waiting for review that the caller may not see."""
+        return self.screen.entry(image_id, caller)
 
     def thumbnail(self, entry: Entry | Hit) -> Path:
         """Path of the entry's gallery thumbnail (made from the stored image when missing)."""
         return thumb_for(self.library.root, entry.sha256, entry.path, entry.name)
 
     def stats(self) -> dict:
-        """Image count, model, sizes; fresh (other processes' adds included)."""
+        """Image count, model, sizes, and the safety policy ({"mode", "filter", "held"}); fresh (other
+        processes' adds included)."""
         self.library.refresh()
-        return self.library.stats()
+        return {**self.library.stats(), "safety": self.safety.status(len(self.safety.waiting(self.library.contains)))}
 
     def __len__(self) -> int:
         return len(self.library)
@@ -321,7 +336,8 @@ class Workbench:
         bundled samples to a new, empty library. Holder.switch puts it in place for every surface."""
         wb = build_workbench(model, library_dir, device=str(self.runtime.device), offline=self.offline,
                              fallback=False, captioner=self.captioner_name, translator=self.translator_name,
-                             background=self._flusher is not None, runtime=self.runtime.engine, access=self.access)
+                             background=self._flusher is not None, runtime=self.runtime.engine, access=self.access,
+                             safety=self.safety.config)
         if seed and not len(wb):
             wb.seed()
         return wb
@@ -333,8 +349,25 @@ class Workbench:
         self.policy.admit(caller, "remove")
         entries = [self.library.find(i) for i in image_ids]
         self.library.remove([e.sha256 for e in entries])
+        self.screen.removed(entries)
         self._written()
         return entries
+
+    # ------------------------------------------------------------ review and near-duplicates (the teacher)
+
+    def review(self, caller: Caller | None = None) -> list[tuple[Entry, Held]]:
+        """The images waiting for the teacher, oldest first, each with why it waits."""
+        return self.screen.review(self.policy.admit(caller, "review"))
+
+    def approve(self, image_ids: Sequence[str], caller: Caller | None = None) -> list[Entry]:
+        """Let these waiting images be seen and searched by everyone; returns the entries approved."""
+        return self.screen.approve(image_ids, self.policy.admit(caller, "review"))
+
+    def near_duplicates(self, threshold: float | None = None, caller: Caller | None = None) -> list[list[Entry]]:
+        """Groups of near-duplicate images (cosine >= threshold, default the policy's 0.94), each oldest
+        first: the teacher keeps one and removes the rest."""
+        self.policy.admit(caller, "review")
+        return self.screen.near_duplicates(threshold)
 
     def compact(self, caller: Caller | None = None) -> None:
         self.policy.admit(caller, "compact")
@@ -370,11 +403,13 @@ def _open_for(root: Path, encoder: Encoder, fallback_used: bool) -> tuple[Librar
 def build_workbench(model: str | None = None, library_dir: str | Path | None = None, device: str | None = None,
                     offline: bool = False, fallback: bool = True, cache: Path | None = None,
                     captioner: str | None = None, translator: str | None = None, index: str = "auto",
-                    background: bool = False, runtime: str | None = None, access: Access | None = None) -> Workbench:
+                    background: bool = False, runtime: str | None = None, access: Access | None = None,
+                    safety: SafetyConfig | None = None) -> Workbench:
     """Load the encoder (with the bundled mini model as fallback), open the library, wire the services.
     runtime: "torch" (default) | "onnx" | "onnx-int8" | "auto" (see core.settings.pick_runtime); with
     onnx-int8 the quantised encoder is checked against fp32 on this library first (refused below par).
-    access: the app's accounts, roles and quotas (None: open, default limits)."""
+    access: the app's accounts, roles and quotas (None: open, default limits). safety: the class's
+    safety policy (core/safety: mode, concept list, classifier head; None: off)."""
     rt = pick_runtime(device, runtime)
     name = model or DEFAULT_MODEL
     if fallback:
@@ -387,7 +422,8 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
     notes = (notice, encoder.source_note, encoder.runtime_note, library_note, int8_note)
     notice = join(notes)   # one notice, each part still in both languages
     wb = Workbench(rt, encoder, library, notice=notice, offline=offline, captioner=captioner,
-                   translator=translator, index=index, background=background, fallback=fallback_used, access=access)
+                   translator=translator, index=index, background=background, fallback=fallback_used, access=access,
+                   safety=safety)
     if captioner:
         wb.captioner   # noqa: B018  an unknown name fails here, at start, not inside the first request
     if translator:

@@ -131,7 +131,7 @@ FLOORS = [
     {"core.errors", "core.messages", "core.lru", "core.lazy", "core.settings"},    # words, limits, the device
     {"core.images", "core.models", "core.batching"},                               # decoding, the encoders
     {"core.language", "core.zeroshot", "core.starters", "core.library"},           # what the encoders serve
-    {"core.lab", "core.scale", "core.hosting", "core.access", "core.policy"},      # beside the library, the rules
+    {"core.lab", "core.scale", "core.hosting", "core.access", "core.policy", "core.safety"},   # beside the library, the rules
     {"core.workbench"},                                                            # the front door
     {"core.holder", "core", "core.__main__", "core.train", "core.evaluate"},       # one per server, the package
 ]

@@ -11,7 +11,10 @@ what the app should say about where the library lives (a Space's ephemeral disk 
 
 What is pushed (SYNCED; a restored copy opens and passes `verify`):
 
-    store.json  journal.log  features_library.pth  store/<column>.<G>.*  images/**  staging/*
+    store.json  journal.log  features_library.pth  store/<column>.<G>.*  images/**  staging/*  review.json
+
+(review.json: the images waiting for the teacher, core/safety/review.py; restored first, so a held
+image never comes back without its hold.)
 
 G is the generation store.json names; older generations, the ANN index files (store/index.*),
 thumbs/ (derived, remade on demand), .lock, temp files (.*.tmp) and a fallback model's
@@ -87,6 +90,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, CommitSch
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from ..library.disk import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, STORE_DIR
+from ..safety.review import REVIEW_NAME
 from ..messages import Msg
 from ..settings import persistent_root
 from .sync_state import (HOLD_CONFLICT, HOLD_RESTORE, HOLD_WRITER, STATE_NAME, SyncState, holds_rows, identity,
@@ -101,12 +105,13 @@ SYNC_ENV = "CLIP_WB_SYNC_TO_HUB"        # the dataset repo, when --sync-to-hub i
 EVERY_ENV = "CLIP_WB_SYNC_EVERY"        # minutes between pushes
 PUBLIC_ENV = "CLIP_WB_SYNC_PUBLIC"      # 1: pushing to a public dataset is meant (--sync-public)
 DEFAULT_EVERY = 5.0
-SYNCED = [MANIFEST_NAME, JOURNAL_NAME, SNAPSHOT_NAME, f"{STORE_DIR}/*", "images/*", "staging/*"]
+SYNCED = [MANIFEST_NAME, JOURNAL_NAME, SNAPSHOT_NAME, f"{STORE_DIR}/*", "images/*", "staging/*", REVIEW_NAME]
 MIRROR_DIR = ".hub-sync"
 RESTORE_DIR = ".hub-restore"
 REPLACED_DIR = ".hub-restore-replaced"
-_COPIED = {MANIFEST_NAME, JOURNAL_NAME}                       # changed in place or tiny: copied, not linked
-_MOVE_ORDER = ("images", "staging", STORE_DIR, JOURNAL_NAME, SNAPSHOT_NAME, MANIFEST_NAME)   # store.json last
+_COPIED = {MANIFEST_NAME, JOURNAL_NAME, REVIEW_NAME}          # changed in place or tiny: copied, not linked
+# the review queue first (a held image is never restored without its hold), store.json last
+_MOVE_ORDER = (REVIEW_NAME, "images", "staging", STORE_DIR, JOURNAL_NAME, SNAPSHOT_NAME, MANIFEST_NAME)
 
 _active: dict[Path, "HubSync"] = {}
 _active_lock = threading.Lock()

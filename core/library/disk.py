@@ -10,6 +10,9 @@ A library directory holds:
     thumbs/ab/<sha256>.jpg    gallery thumbnails (derived data, rebuilt when missing)
     staging/                  images written but not yet acknowledged (cleared on open)
     .lock                     inter-process lock (fcntl), held only while writing
+    review.json, safety.json  side files of the class's safety policy (core/safety/review.py, policy.py):
+                              the images waiting for the teacher, the policy the app serves; the library
+                              itself neither reads nor needs them
 
 `torch.load("library/features_library.pth")` gives a dict (format_version 2):
 

@@ -16,26 +16,30 @@ pretend: `cannot_judge()` says so and, on a shared link, every student's upload 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from ..errors import QueryRefused, SafetyError
+from ..errors import PermissionDenied, QueryRefused, SafetyError
 from ..library.duplicates import NEAR_DUPLICATE
+from ..library.journal import write_atomic
 from ..messages import Msg, join
 from .concepts import ConceptList, load_blocklist, load_concepts
 from .head import HEAD_THRESHOLD, Head, load_head
 from .judge import DEFAULT_MARGIN, ConceptJudge, Verdict
 from .review import Held, ReviewBook
 
-__all__ = ["SafetyConfig", "SafetyPolicy", "MODES", "default_mode", "REFUSED"]
+__all__ = ["SafetyConfig", "SafetyPolicy", "MODES", "default_mode", "recorded", "REFUSED", "POLICY_NAME"]
 
 log = logging.getLogger(__name__)
 
 MODES = ("off", "standard", "strict")
+POLICY_NAME = "safety.json"   # beside the library: the policy the app last served it with (for the command line)
 # What a refused query is told: neutral, naming no rule and repeating nothing typed
 REFUSED = Msg("这个搜索在这里无法进行，请换一个。", "This search is not available here. Please try another one.")
 
@@ -72,6 +76,23 @@ class SafetyConfig:
         return self.shared if self.collapse is None else self.collapse
 
 
+def recorded(root) -> SafetyConfig | None:
+    """The policy the app last served the library in `root` with (SafetyPolicy.record), or None: the
+    command line adds to a class's library under the class's rules."""
+    path = Path(root) / POLICY_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return SafetyConfig(**{k: v for k, v in data.items() if k in _RECORDED})
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as e:
+        log.warning("ignoring %s: %s", path, e)
+        return None
+
+
+_RECORDED = tuple(f.name for f in fields(SafetyConfig))
+
+
 class SafetyPolicy:
     """One app's safety policy over one encoder and one library folder."""
 
@@ -86,6 +107,14 @@ class SafetyPolicy:
     @property
     def mode(self) -> str:
         return self.config.mode
+
+    def record(self) -> None:
+        """Write this policy beside the library (safety.json), so `python -m core index` into the same
+        library applies it too (see `recorded`). Files are named by absolute path."""
+        data = {k: getattr(self.config, k) for k in _RECORDED}
+        data.update({k: str(Path(data[k]).resolve()) for k in ("concepts", "blocklist", "head") if data[k]})
+        body = json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")
+        write_atomic(self.review.path.with_name(POLICY_NAME), lambda f: f.write(body))
 
     @property
     def on(self) -> bool:
@@ -131,6 +160,22 @@ class SafetyPolicy:
         """The teacher (an admin who logged in, or anyone on a private app, the command line) sees
         held images, marked; a student or an anonymous visitor of a shared link never does."""
         return caller is None or (caller.admin and (caller.named or not self.config.shared))
+
+    def require_reviewer(self, caller) -> None:
+        """PermissionDenied unless the caller sees held images (see sees_held): the teacher, logged in."""
+        if not self.sees_held(caller):
+            raise PermissionDenied(Msg("只有登录的教师（--admin 账号）可以查看等待审核的图片。",
+                                       "Only the teacher, logged in (an --admin login), may see the images waiting "
+                                       "for review."))
+
+    def waiting(self, stored: Callable[[str], bool]) -> dict[str, Held]:
+        """{sha256: Held} of the stored images waiting for review (`stored(sha)`: whether the library holds it).
+        Images held while the policy was on stay held when it is turned off, until the teacher decides."""
+        return {sha: h for sha, h in self.review.held().items() if stored(sha)}
+
+    def hidden(self, caller, stored: Callable[[str], bool]) -> set[str]:
+        """The hashes this caller may not see: every image waiting, for whoever does not review."""
+        return set() if self.sees_held(caller) else set(self.waiting(stored))
 
     def verdicts(self, vectors: torch.Tensor) -> list[Verdict]:
         """The filter's verdict on each image embedding [N, D]: the head's when it flags, else zero-shot's."""
