@@ -6,10 +6,13 @@
     python -m core search --image query.jpg
     python -m core classify photo.jpg --labels "cat,dog,小鸟" --templates ensemble80
     python -m core library stats|list|seed|remove ID|compact|verify|repair|reindex|build-index
+    python -m core library near-duplicates [--threshold 0.94]     # one group per line, oldest id first
 
 Every command takes --model, --library, --device, --runtime, --offline and --index.
 `python -m core` runs `main` here (core/__main__.py only hands over); each command builds the
-Workbench, calls it as the local user, and prints.
+Workbench, calls it as the local user, and prints. A library an app serves to a class carries that
+app's safety policy (safety.json beside it): `index` applies it too, so a flagged image added
+from the command line waits for the teacher's review like an upload.
 """
 from __future__ import annotations
 
@@ -55,10 +58,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _workbench(args):
+    from core.safety import recorded
+    from core.settings import default_paths
     from core.workbench import build_workbench
     wb = build_workbench(args.model, args.library, args.device, args.offline, fallback=not args.no_fallback,
                          captioner=getattr(args, "captioner", None), translator=getattr(args, "translator", None),
-                         index=args.index, runtime=args.runtime)
+                         index=args.index, runtime=args.runtime,
+                         safety=recorded(args.library or default_paths().library))   # the app's policy, if it serves it
     if wb.notice:
         print(f"note: {wb.notice}", file=sys.stderr)
     return wb
@@ -151,6 +157,9 @@ def cmd_library(args) -> int:
         kind = wb.build_index(None if args.index == "auto" else args.index, USER)
         print(f"{kind} index over {len(wb)} images built in {time.perf_counter() - start:.1f}s"
               + (" (exact search needs no index)" if kind == "exact" else ""))
+    elif args.action == "near-duplicates":
+        for group in wb.near_duplicates(args.threshold, USER):
+            print(" ".join(e.id for e in group))
     elif args.action == "verify":
         report = wb.verify(deep=args.deep)
         print(json.dumps(report, indent=2))
@@ -245,11 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("library", help="housekeeping")
     p.add_argument("action", choices=["stats", "list", "seed", "remove", "compact", "verify", "repair", "reindex",
-                                       "build-index"])
+                                       "build-index", "near-duplicates"])
     p.add_argument("ids", nargs="*", help="ids for remove")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--deep", action="store_true", help="verify: also re-hash every image")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="near-duplicates: the cosine from which two images count as near-duplicates (default 0.94)")
     p.set_defaults(func=cmd_library)
 
     p = sub.add_parser("caption", help="caption images in English and Chinese")
