@@ -9,6 +9,8 @@ are read by Gradio itself). If the model or the library cannot be opened, the ap
 starts and explains what is wrong and how to fix it. For a class on one link: students log in
 with --auth (repeatable), the teacher with --admin; on a Space, put the logins in the secrets
 CLIP_WB_AUTH / CLIP_WB_ADMIN ("user:pass,user:pass") or a file named by CLIP_WB_AUTH_FILE.
+Others reaching the app turn the safety policy on (--safety standard: flagged uploads wait for the
+teacher's review; CLIP_WB_SAFETY on a Space).
 On a Space with a persistent disk the library and the model cache live in /data; without one,
 --sync-to-hub USER/DATASET keeps the library in a Hugging Face dataset (core/hosting/sync.py).
 """
@@ -26,6 +28,7 @@ from core import build_workbench
 from core.access import Access, Accounts, Limits
 from core.errors import LibraryError, ModelUnavailableError, UnknownModelError
 from core.library.index import INDEX_KINDS
+from core.safety import MODES, SafetyConfig, default_mode
 from core.settings import DEFAULT_MODEL, DEFAULT_RUNTIME, RUNTIME_CHOICES, default_paths, persistent_root
 
 log = logging.getLogger("demo")
@@ -76,9 +79,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: only a private one; $CLIP_WB_SYNC_PUBLIC=1)")
     p.add_argument("--sync-every", type=float, default=float(os.environ.get("CLIP_WB_SYNC_EVERY") or 5),
                    metavar="MINUTES", help="minutes between pushes with --sync-to-hub (default 5; $CLIP_WB_SYNC_EVERY)")
+    p.add_argument("--safety", choices=MODES, default=None,
+                   help="off | standard (flagged uploads wait for the teacher's review, unsafe queries are refused) | "
+                        "strict (every student upload waits for the teacher); default $CLIP_WB_SAFETY, else standard "
+                        "when others reach the app (--share, --auth/--admin, a Space) and off on a private start")
+    p.add_argument("--safety-concepts", default=os.environ.get("CLIP_WB_SAFETY_CONCEPTS") or None, metavar="FILE",
+                   help="UTF-8 file, one unsafe concept per line (Chinese or English), replacing the built-in list "
+                        "assets/safety/concepts.txt ($CLIP_WB_SAFETY_CONCEPTS)")
+    p.add_argument("--safety-head", default=os.environ.get("CLIP_WB_SAFETY_HEAD") or None, metavar="FILE",
+                   help="a LAION-style NSFW classifier head over this model's embeddings (512-d for ViT-B/32, 768-d "
+                        "for ViT-L/14), used beside the zero-shot list ($CLIP_WB_SAFETY_HEAD)")
     args = p.parse_args(argv)
     try:
         args.access = access(args)
+        args.safety_config = safety(args)
     except (ValueError, OSError) as e:
         p.error(str(e))
     return args
@@ -87,6 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def access(args: argparse.Namespace) -> Access:
     """Logins (flags + environment / secrets file) and limits: one policy for the UI and the JSON API."""
     return Access(Accounts.parse(args.auth, args.admin), Limits(quota_mb=args.quota_mb, budget_mb=args.library_budget_mb))
+
+
+def safety(args: argparse.Namespace) -> SafetyConfig:
+    """The class's safety policy: on by default whenever others reach the app (core/safety)."""
+    shared = bool(args.share or args.share_public or not args.access.open or os.environ.get("SPACE_ID"))
+    mode = args.safety or default_mode(shared)
+    return SafetyConfig(mode=mode, shared=shared, concepts=args.safety_concepts, head=args.safety_head)
 
 
 def build(args: argparse.Namespace):
@@ -112,7 +133,9 @@ def open_workbench(args: argparse.Namespace):
     sync = hub_sync(args)   # before the library opens
     wb = build_workbench(args.model, args.library, args.device, args.offline,
                          captioner=args.captioner, translator=args.translator, index=args.index, runtime=args.runtime,
-                         background=True, access=args.access)   # the policy the page and the JSON API apply
+                         background=True, access=args.access,   # the policy the page and the JSON API apply
+                         safety=args.safety_config)
+    wb.safety.record()   # the command line applies the same policy to what it adds to this library
     # Registered after sync.close, so it runs before it (atexit runs the last registered first): at exit
     # features_library.pth gets what the flusher has not written, then that state is pushed.
     _on_exit(wb.close)

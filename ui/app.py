@@ -78,13 +78,14 @@ def build_app(wb: Workbench | Holder, lang: str | None = None, access: Access | 
         with loc(gr.Tab, label="tab.caption"):
             caption_tab(cb, loc, lang_state, on_page)
         with loc(gr.Tab, label="tab.library") as lib_tab:
-            refresh, teacher_only = library_tab(cb, loc, lang_state, on_page)
-        lib_tab.select(**refresh)
+            refresh, teacher_only, waiting, review_shown = library_tab(cb, loc, lang_state, on_page)
+        lib_tab.select(**refresh).then(**waiting)
         with loc(gr.Tab, label="tab.learn") as learn:   # the fifth tab (ui/learn.py)
             pickers = learn_tab(cb, loc, lang_state, demo)
         learn.select(**pickers)
-        language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[refresh])
+        language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[refresh, waiting])
         demo.load(**refresh)
+        demo.load(**review_shown).then(**waiting)
         demo.load(lambda: True, None, [on_page], api_visibility="private", show_progress="hidden", queue=False)
         demo.load(cb.teacher_controls, None, teacher_only, api_visibility="private", show_progress="hidden",
                   concurrency_limit=None)
@@ -127,6 +128,9 @@ def launch_options(wb: Workbench | Holder | None = None, access: Access | None =
     root = Path(wb.root) if wb is not None else None
     options = {"allowed_paths": served_paths(root), "blocked_paths": blocked_paths(root), "css": CSS,
                "theme": gr.themes.Soft(), "max_file_size": MAX_BYTES,   # oversized uploads refused before read
+               # Gradio keeps each browser's inputs and outputs in its local storage (run history): on a shared
+               # link the next student at that computer would find them. Off there (None: GRADIO_RUN_HISTORY decides)
+               "run_history": False if _shared(wb, access) else None,
                "auth": None if access.open else access.accounts.check,
                "auth_message": None if access.open else AUTH_MESSAGE,
                # the page comes from this Python server, not Node (Spaces may set GRADIO_SSR_MODE=true):
@@ -140,6 +144,11 @@ def launch_options(wb: Workbench | Holder | None = None, access: Access | None =
     return {**options, "app_kwargs": app_kwargs}
 
 
+def _shared(wb: Workbench | None, access: Access) -> bool:
+    """Whether others reach the app: logins, --share, a Space (the workbench's safety policy knows)."""
+    return not access.open or (wb is not None and wb.safety.config.shared)
+
+
 def _banner(wb: Workbench, loc: "Localizer") -> None:
     """Why the app runs as it does: after a fallback to the bundled model, a short bilingual
     explanation and the way to the real model, with the technical reason folded away. On a Space
@@ -151,10 +160,20 @@ def _banner(wb: Workbench, loc: "Localizer") -> None:
     elif wb.notice:   # every visitor reads the banner: no server paths in it
         loc(gr.Markdown, value=lambda l: t("app.notice", l, notice=localize(without_paths(wb.notice), l)),
             elem_id="notice")
+    if wb.safety.on:   # which filter, for which model; and a model that cannot judge says so
+        loc(gr.Markdown, value=lambda l: _safety_text(wb, l), elem_id="safety")
     from core import storage   # core/hosting/sync.py: where the library lives, its backup
     where = storage(wb.root)
     if where.on_space or where.sync is not None:   # re-read on each switch: a failed backup shows up
         loc(gr.Markdown, value=lambda l: _storage_text(storage(wb.root), l), elem_id="storage")
+
+
+def _safety_text(wb: Workbench, lang: str) -> str:
+    """The banner's safety line: the mode, the filter and its model; then why the model cannot judge, if so."""
+    mode = t({"standard": "safety.standard", "strict": "safety.strict"}[wb.safety.mode], lang)
+    text = t("safety.banner", lang, mode=mode, filter=localize(wb.safety.describe(), lang))
+    missing = wb.safety.cannot_judge()
+    return text + ("\n\n" + t("safety.cannot_judge", lang, detail=localize(missing, lang)) if missing else "")
 
 
 def _storage_text(where, lang: str) -> str:

@@ -272,11 +272,13 @@ class Callbacks:
                                   caller=self._who(request))
         return Say(self._summary(report), lang)
 
-    def library_page(self, page: float | None, lang: str):
-        """-> (gallery items, ids on the page, page info markdown, page number)"""
+    def library_page(self, page: float | None, lang: str, request: gr.Request = None):
+        """-> (gallery items, ids on the page, page info markdown, page number). A student never sees an
+        image waiting for review; the teacher sees it marked ⏸."""
         with user_errors(lang):
-            pg = self.wb.page(page)
-        items = [(str(self.wb.thumbnail(e)), _gallery_label(e.name, e.id, e.meta, lang)) for e in pg.entries]
+            pg = self.wb.page(page, caller=self._who(request))
+        items = [(str(self.wb.thumbnail(e)), ("⏸ " + t("review.mark", lang) + " · " if e.id in pg.held else "")
+                  + _gallery_label(e.name, e.id, e.meta, lang)) for e in pg.entries]
         info = (say("lib.page_info", lang, page=pg.page, pages=pg.pages, n=pg.total) if pg.total
                 else say("lib.empty", lang))
         return items, [e.id for e in pg.entries], info, pg.page
@@ -364,10 +366,13 @@ class Callbacks:
         """lang -> the ingest summary markdown (with the library's size after it, report.total); keeps the
         counts and the names it lists, not the report."""
         added, duplicates, errors, total = len(report.added), tuple(report.duplicates), tuple(report.errors), report.total
+        held, near = len(report.held), tuple(report.near)
 
         def summary(lang: str) -> str:
             head = _summary_line(added, len(duplicates), len(errors), total, lang)
+            head += " " + t("lib.held", lang, n=held) if held else ""
             items = [t("lib.dup_item", lang, name=n) for n in duplicates]
+            items += [t("lib.near_item", lang, id=i, older=o, cos=f"{c:.3f}") for i, o, c in near]
             items += [t("lib.error_item", lang, name=n, reason=localize(r, lang)) for n, r in errors]
             return "\n".join([head, ""] + [f"- {i}" for i in items])
         return summary

@@ -17,7 +17,7 @@ from typing import Callable
 import gradio as gr
 
 from core.errors import (ImageError, LabelError, LibraryError, ModelUnavailableError, PermissionDenied, QueryError,
-                         QuotaError, UnknownModelError)
+                         QueryRefused, QuotaError, UnknownModelError)
 from core.messages import localize
 
 from .i18n import LANGS, t
@@ -42,7 +42,7 @@ def error_text(e: Exception, lang: str) -> str:
     too where the core wrote it in both (core/messages.py); file names and OS errors stay verbatim."""
     if isinstance(e, ImageError):
         return t("err.image", lang, name=e.name, reason=localize(e.reason, lang))
-    key = {QueryError: "err.query", LabelError: "err.labels", LibraryError: "err.library",
+    key = {QueryRefused: "err.refused", QueryError: "err.query", LabelError: "err.labels", LibraryError: "err.library",
            ModelUnavailableError: "err.model", UnknownModelError: "err.model", PermissionDenied: "err.permission",
            QuotaError: "err.quota"}
     for cls, k in key.items():

@@ -8,6 +8,7 @@
     POST /api/classify               multipart `image` + `labels`, `templates`, `lang`, `top_k`
     POST /api/images                 multipart `files` (one or more)  add to the library
     GET  /api/images/{id}  /api/images/{id}/thumb  /api/library?page=N
+    GET  /api/review  POST /api/review/approve {"ids": [...]}  GET /api/near-duplicates?threshold=0.94   (teacher)
 
 `build_api(holder)` returns a FastAPI `APIRouter` over the server's Holder (core/holder.py: the
 Workbench every surface reads at each call, switched for all of them at once); `ui.app.launch_options` hands its routes
@@ -164,6 +165,10 @@ def _gradio_session_user(request: Request) -> str | None:
     return tokens.get(token) if token else None
 
 
+class IdList(BaseModel):
+    ids: list[str]        # image ids as /api/library shows them
+
+
 class VectorQuery(BaseModel):
     vector: list[float]   # [D] an embedding of this library's model (normalised by the server)
     k: int = 10
@@ -280,6 +285,7 @@ class _Api:
         report = await self._model(self.wb.add, uploads, caller=request.state.caller)
         errors += [{"name": n, "reason": r} for n, r in report.errors]
         return {"added": report.added, "duplicates": report.duplicates, "errors": errors, "images": report.total,
+                "held": report.held, "near_duplicates": [{"id": i, "of": o, "cosine": round(c, 4)} for i, o, c in report.near],
                 "seconds": round(report.seconds, 3)}
 
     # ------------------------------------------------------------ cheap reads
@@ -290,16 +296,30 @@ class _Api:
         return {**stats, "notice": notice, "max_k": MAX_K, "max_bytes": self.max_bytes}
 
     def library(self, request: Request, page: int = 1) -> dict:
-        pg = self.wb.page(page)
+        pg = self.wb.page(page, caller=request.state.caller)   # a student's page has no image waiting for review
         return {"page": pg.page, "pages": pg.pages, "total": pg.total,
-                "entries": [self._entry(request, e) for e in pg.entries]}
+                "entries": [{**self._entry(request, e), "held": e.id in pg.held} for e in pg.entries]}
 
-    def image(self, image_id: str) -> FileResponse:
-        path = self._stored(self.wb.entry(image_id).path)
+    def image(self, request: Request, image_id: str) -> FileResponse:
+        path = self._stored(self.wb.entry(image_id, request.state.caller).path)
         return _file(path)
 
-    def thumb(self, image_id: str) -> FileResponse:
-        return _file(self._stored(self.wb.thumbnail(self.wb.entry(image_id))))
+    def thumb(self, request: Request, image_id: str) -> FileResponse:
+        return _file(self._stored(self.wb.thumbnail(self.wb.entry(image_id, request.state.caller))))
+
+    # ------------------------------------------------------------ the teacher's review
+
+    def review(self, request: Request) -> dict:
+        queue = self.wb.review(request.state.caller)
+        return {"held": [{**self._entry(request, e), "why": h.why, "concept": h.concept, "reason": h.reason(), "by": h.by}
+                         for e, h in queue]}
+
+    def approve(self, request: Request, body: IdList) -> dict:
+        return {"approved": [e.id for e in self.wb.approve(body.ids, request.state.caller)]}
+
+    def near_duplicates(self, request: Request, threshold: float | None = None) -> dict:
+        groups = self.wb.near_duplicates(threshold, request.state.caller)
+        return {"groups": [[self._entry(request, e) for e in group] for group in groups]}
 
 
 def _file(path: Path) -> FileResponse:
@@ -325,7 +345,8 @@ def build_api(holder: Holder | Workbench, access: Access | None = None, heavy: i
              ("GET", "/similar/{image_id}", api.similar, None),
              ("POST", "/classify", api.classify, one_file), ("POST", "/images", api.add, many),
              ("GET", "/images/{image_id}", api.image, None), ("GET", "/images/{image_id}/thumb", api.thumb, None),
-             ("GET", "/library", api.library, None)]
+             ("GET", "/library", api.library, None), ("GET", "/review", api.review, None),
+             ("POST", "/review/approve", api.approve, 2 ** 20), ("GET", "/near-duplicates", api.near_duplicates, None)]
     for method, path, endpoint, limit in table:
         router.add_api_route(path, endpoint, methods=[method], name=f"api_{endpoint.__name__}")
         router.routes[-1].body_limit = limit   # read by _JsonErrorRoute at request time

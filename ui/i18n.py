@@ -339,7 +339,7 @@ def t(key: str, lang: str, **fields) -> str:
 
 
 # English counts: a count of one takes the singular ("1 images found." -> "1 image found.")
-_ONE = re.compile(r"(?<![\d.,])(1 (?:image|epoch|file|step|label|word|text|row|duplicate|page|result|match))s\b")
+_ONE = re.compile(r"(?<![\d.,])(1 (?:image|epoch|file|step|label|word|text|row|duplicate|page|result|match|group))s\b")
 
 
 def has_key(text: str) -> bool:
@@ -374,4 +374,38 @@ _S.update({
                        "the backup)."),
     "storage.persistent": ("💾 图库保存在 Space 的持久磁盘上（{disk}），重启后仍在。",
                            "💾 The library lives on the Space's persistent disk ({disk}) and survives restarts."),
+})
+
+
+# Protecting a class (core/safety): the banner, the upload summary, the teacher's review panel (ui/review.py)
+_S.update({
+    "err.refused": ("ℹ️ 提示：{detail}", "ℹ️ Note: {detail}"),
+    "safety.banner": ("🛡️ **安全过滤：** {mode} · {filter}", "🛡️ **Safety filter:** {mode} · {filter}"),
+    "safety.standard": ("标准（被标记的上传先由老师查看）", "standard (flagged uploads wait for the teacher)"),
+    "safety.strict": ("严格（学生的每次上传都先由老师批准）", "strict (every student upload waits for the teacher)"),
+    "safety.cannot_judge": ("⚠️ 注意：{detail}", "⚠️ Note: {detail}"),
+    "lib.held": ("等待老师审核：{n} 张（审核前只有老师能看到）。", "Waiting for the teacher's review: {n} images (until "
+                 "then only the teacher sees them)."),
+    "lib.near_item": ("与已有图片几乎相同：{id} ≈ {older}（相似度 {cos}）", "near-duplicate of an image already stored: {id} ≈ "
+                      "{older} (cosine {cos})"),
+    "review.title": ("🛡️ 审核与近似重复（仅教师可见）", "🛡️ Review and near-duplicates (teacher only)"),
+    "review.gallery": ("等待审核的图片（点击选中）", "Images waiting for review (click to select)"),
+    "review.selected": ("选中图片的 id", "Selected image id"),
+    "review.approve": ("✅ 批准：所有人可见", "✅ Approve: everyone may see it"),
+    "review.remove": ("🗑️ 删除", "🗑️ Remove"),
+    "review.show_waiting": ("等待审核的图片", "Images waiting for review"),
+    "review.show_duplicates": ("近似重复的图片", "Near-duplicate images"),
+    "review.count": ("等待审核：{n} 张图片。", "Waiting for review: {n} images."),
+    "review.none": ("没有等待审核的图片。", "No image waits for review."),
+    "review.no_selection": ("请先在上方点击一张图片。", "Click an image above first."),
+    "review.not_waiting": ("图片 {id} 没有在等待审核。", "Image {id} is not waiting for review."),
+    "review.approved": ("已批准 {name}（{id}）：现在所有人都能看到和搜到它。",
+                        "Approved {name} ({id}): everyone can now see and find it."),
+    "review.groups": ("{n} 组近似重复的图片：每组第一张最早加入；保留一张，删除其余的。",
+                      "{n} groups of near-duplicates, the oldest first in each: keep one, remove the rest."),
+    "review.no_groups": ("没有近似重复的图片。", "No near-duplicate images."),
+    "review.group": ("第 {g} 组", "group {g}"),
+    "review.oldest": ("最早", "oldest"),
+    "review.copy": ("重复", "copy"),
+    "review.mark": ("待审核", "waiting for review"),
 })

@@ -15,6 +15,7 @@ from core.messages import localize
 from .callbacks import CUSTOM, Callbacks
 from .i18n import t
 from .language import Localizer
+from .review import review_panel
 from .safe_image import SafeImage
 
 __all__ = ["SafeImage", "classify_tab", "search_tab", "caption_tab", "library_tab"]
@@ -113,9 +114,10 @@ def caption_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State
     button.click(**loc.wire(cb.caption, [image, lang, on_page], [en, zh, status], api_name="caption", concurrency_limit=1))
 
 
-def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State) -> tuple[dict, list]:
+def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State) -> tuple[dict, list, dict, dict]:
     """Lays out the library tab; returns the event kwargs that refresh gallery, page info and stats,
-    and the teacher-only buttons (hidden from students on load)."""
+    the teacher-only buttons (hidden from students on load), and the review panel's (ui/review.py)
+    refresh and load events."""
     ids = gr.State([])
     with gr.Row():
         with gr.Column(scale=2):
@@ -150,27 +152,29 @@ def library_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State
         no = loc(gr.Button, value="lib.confirm_no", scale=0, min_width=120)
 
     def refresh_all(page_no, lang_value, request: gr.Request):
-        return (*cb.library_page(page_no, lang_value), cb.library_stats(lang_value, request))
+        return (*cb.library_page(page_no, lang_value, request), cb.library_stats(lang_value, request))
 
     refresh = loc.wire(refresh_all, [page, lang], [gallery, ids, info, page, stats], concurrency_limit=CHEAP,
                        show_progress="hidden", **_PRIVATE)
     cheap = dict(concurrency_limit=CHEAP)
+    waiting, shown = review_panel(cb, loc, lang, on_page, then=refresh)   # the teacher's review, under the gallery
     add.click(**loc.wire(cb.add_to_library, [files, lang, on_page], [summary], api_name="add_to_library", **INGEST)).then(
-        lambda: (1, None), None, [page, files], **_PRIVATE).then(**refresh)
+        lambda: (1, None), None, [page, files], **_PRIVATE).then(**refresh).then(**waiting)
     seed.click(**loc.wire(cb.seed_library, [lang, on_page], [summary], api_name="seed_library", **INGEST)).then(
         lambda: 1, None, [page], **_PRIVATE).then(**refresh)
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, **cheap)
     remove.click(**loc.wire(cb.confirm_remove, [selected, lang], [confirm_row, question], **_PRIVATE, **cheap))
     no.click(lambda: gr.update(visible=False), None, [confirm_row], **_PRIVATE, **cheap)
     yes.click(lambda: gr.update(visible=False), None, [confirm_row], **_PRIVATE, **cheap).then(
-        **loc.wire(cb.remove_image, [selected, lang, on_page], [report], api_name="remove_image", **cheap)).then(**refresh)
+        **loc.wire(cb.remove_image, [selected, lang, on_page], [report], api_name="remove_image", **cheap)).then(
+        **refresh).then(**waiting)
     _pager(loc.wire(cb.library_page, [page, lang], [gallery, ids, info, page], concurrency_limit=CHEAP),
            prev, nxt, page, step=lambda p, d: max(1, int(p or 1) + d))
     stats_btn.click(**loc.wire(cb.library_stats, [lang], [stats], api_name="library_stats", **cheap))
     verify.click(**loc.wire(cb.verify_library, [lang, on_page], [report], api_name="verify_library", **cheap))
     compact.click(**loc.wire(cb.compact_library, [lang, on_page], [report], api_name="compact_library", concurrency_limit=1))
     fix.click(**loc.wire(cb.repair_library, [lang, on_page], [report], api_name="repair_library", **INGEST)).then(**refresh)
-    return refresh, [seed, compact, fix, remove]
+    return refresh, [seed, compact, fix, remove], waiting, shown
 
 
 def _samples(loc: Localizer, image: gr.Image, samples: list[list[str]]) -> gr.Dataset | None:
