@@ -243,3 +243,10 @@ def test_demo_turns_safety_on_when_others_reach_the_app(monkeypatch, rules):
     monkeypatch.setenv("CLIP_WB_SAFETY_CONCEPTS", str(rules))
     space = demo.parse_args([]).safety_config
     assert space.mode == "strict" and space.shared and space.concepts == str(rules)
+
+
+def test_the_learn_tab_shows_a_student_no_waiting_image(class_wb, rules):
+    wb, ann, teacher = class_wb("standard", str(rules))
+    wb.add([RED_CIRCLE, BLUE_STAR], caller=ann)
+    assert {p.name for p in wb.learn.embedding_map(caller=ann).points} == {BLUE_STAR.name}
+    assert {p.name for p in wb.learn.embedding_map(caller=teacher).points} == {BLUE_STAR.name, RED_CIRCLE.name}

@@ -102,10 +102,11 @@ class LearnCallbacks:
 
     # ------------------------------------------------------------ embedding map
 
-    def embedding_map(self, method: str, labels: str, query: str, lang: str):
-        """-> (scatter data, points state, note markdown)"""
+    def embedding_map(self, method: str, labels: str, query: str, lang: str, request: gr.Request = None):
+        """-> (scatter data, points state, note markdown); no image waiting for review on a student's map"""
         with user_errors(lang):
-            emap = self.wb.learn.embedding_map(method, labels or "", query or "", lang)
+            emap = self.wb.learn.embedding_map(method, labels or "", query or "", lang,
+                                               caller=who(self.cb.access, request))
         rows = [{"x": p.x, "y": p.y, "label": p.label or t("learn.map_image", lang), "name": p.name, "id": p.id,
                  "image": _file_url(self.wb.thumbnail(p.entry))} for p in emap.points]
         if emap.query is not None:
@@ -123,12 +124,13 @@ class LearnCallbacks:
 
     # ------------------------------------------------------------ similarity matrix
 
-    def pick_choices(self, lang: str):
-        """The newest library images for the similarity picker."""
-        entries = self.wb.page(1, PICK_CHOICES).entries
+    def pick_choices(self, lang: str, request: gr.Request = None):
+        """The newest library images the caller may see, for the similarity picker."""
+        entries = self.wb.page(1, PICK_CHOICES, caller=who(self.cb.access, request)).entries
         return gr.update(choices=[(f"{e.name} · {e.id}", e.id) for e in entries])
 
-    def similarity(self, picked: list[str] | None, files: list[str] | None, texts: str, lang: str) -> Say:
+    def similarity(self, picked: list[str] | None, files: list[str] | None, texts: str, lang: str,
+                   request: gr.Request = None) -> Say:
         """-> HTML heat map: images along the top, texts down the side, cosine similarity in each cell."""
         images = list(picked or []) + list(files or [])
         lines = [x for x in (texts or "").splitlines() if x.strip()]
@@ -137,8 +139,9 @@ class LearnCallbacks:
         if len(images) > MAX_PICK or len(lines) > MAX_PICK:   # core says so too; here before any encoding
             raise fail("learn.sim_many", lang, n=MAX_PICK)
         with user_errors(lang):
+            entries = [self.wb.entry(i, who(self.cb.access, request)) for i in picked or []]   # none a student may not see
             sim = self.wb.learn.similarity(images, lines)
-            thumbs = [self._thumb(self.wb.thumbnail(self.wb.entry(i))) for i in picked or []]
+            thumbs = [self._thumb(self.wb.thumbnail(e)) for e in entries]
             thumbs += [self._thumb(f) for f in files or []]
         shown = [f"⚠️ {x}" if self.wb.unknown_words(x) else x for x in sim.texts]   # core's note says why
         return Say(partial(_heatmap, sim.matrix, thumbs, shown, sim.notes), lang)

@@ -92,7 +92,7 @@ def review_panel(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.Stat
     the panel to the teacher only)."""
     review = Review(cb)
     ids = gr.State([])
-    with loc(gr.Accordion, label="review.title", open=True, visible=False, elem_id="review") as panel:
+    with loc(gr.Accordion, label="review.title", open=cb.wb.safety.on, visible=False, elem_id="review") as panel:
         status = loc.message(elem_id="review-status")
         gallery = loc(gr.Gallery, label="review.gallery", columns=8, height=300, object_fit="cover",
                       fit_columns=False, elem_id="review-gallery")

@@ -129,10 +129,11 @@ class Learn:
         return cached, notes
 
     def embedding_map(self, method: str = "pca", labels: str = "", query: str = "", lang: str = "en",
-                      limit: int = MAP_LIMIT) -> EmbeddingMap:
+                      limit: int = MAP_LIMIT, caller=None) -> EmbeddingMap:
         """2-D map of the library's embeddings; points coloured by zero-shot label when `labels`
         (comma-separated, zh or en) are given; `query` text placed on it. Notes are short codes
-        the UI words: "sample:N:TOTAL", "knn", "empty", or a core note verbatim."""
+        the UI words: "sample:N:TOTAL", "knn", "empty", or a core note verbatim. An image waiting for
+        the teacher's review is not on the map of a `caller` who may not see it (core/safety)."""
         if method not in METHODS:
             raise LabelError(Msg("未知的投影方法 {method!r}；可选：{methods}",
                                  "Unknown projection {method!r}; expected one of {methods}",
@@ -151,8 +152,9 @@ class Learn:
             spot = proj.place(self.wb.encoder.encode_texts([text])[0])
             notes += [n for n in (note, "knn" if method == "tsne" else None) if n]
         entries = [self.wb.library.entry(int(r)) for r in proj.rowids]
+        hidden = self.wb.screen.hidden(caller)
         points = [MapPoint(e.id, e.name, float(x), float(y), label, e)
-                  for e, (x, y), label in zip(entries, proj.xy, names)]
+                  for e, (x, y), label in zip(entries, proj.xy, names) if e.sha256 not in hidden]
         return EmbeddingMap(method, points, len(self.wb.library), spot, notes)
 
     def _classes(self, labels: str, templates: str, lang: str) -> tuple[list[str], torch.Tensor, str | None]:
