@@ -216,7 +216,7 @@ class Workbench:
         if query.image is not None and not isinstance(query.image, Image.Image):
             query = replace(query, image=as_image(query.image))
         text, note = self.plan_query(query.text) if query.text else ("", None)
-        self.safety.check_query([query.text, text], self.searcher.embed_text)   # QueryRefused, neutral
+        self.safety.check_query(query.text, text, self.searcher.embed_text)   # QueryRefused, neutral
         plan = Planned(text, tuple(self.plan_query(m)[0] for m in query.minus), note)
         hidden = self.screen.hidden(caller)
         result = self.searcher.search(replace(query, k=self.screen.widen(query.k, hidden)), plan)

@@ -122,16 +122,17 @@ def test_a_threshold_in_the_list_raises_the_bar(mini, tmp_path):
 
 
 def test_queries_about_a_concept_are_refused_others_pass(mini, red_circle_list):
-    policy = SafetyPolicy(SafetyConfig(mode="standard"), mini, ".")
     policy = SafetyPolicy(SafetyConfig(mode="standard", concepts=str(red_circle_list)), mini, ".")
     embed = lambda text: mini.encode_texts([text])[0]   # noqa: E731
     for query in ("red circle", "a red circle", "红色圆形", "porn"):
         with pytest.raises(QueryRefused) as e:
-            policy.check_query([query], embed)
+            policy.check_query(query, embed=embed)
         assert query not in str(e.value) and e.value.args[0].text("zh") != str(e.value)
     for query in ("blue star", "yellow circle", "a photo"):
-        policy.check_query([query], embed)
-    SafetyPolicy(SafetyConfig(mode="off", concepts=str(red_circle_list)), mini, ".").check_query(["red circle"], embed)
+        policy.check_query(query, embed=embed)
+    with pytest.raises(QueryRefused):   # a Chinese query is judged by what the encoder reads (its translation)
+        policy.check_query("一张图", "a sexy red circle", embed)
+    SafetyPolicy(SafetyConfig(mode="off", concepts=str(red_circle_list)), mini, ".").check_query("red circle", embed=embed)
 
 
 def test_modes_and_their_defaults():

@@ -206,14 +206,18 @@ class SafetyPolicy:
 
     # ------------------------------------------------------------------ queries
 
-    def check_query(self, texts: Sequence[str], embed: Callable[[str], torch.Tensor] | None = None) -> None:
-        """QueryRefused (the neutral REFUSED message) for a text with a blocked word, or whose text
-        embedding (`embed(text)` -> [D]) is nearest an unsafe concept; None otherwise."""
+    def check_query(self, typed: str, planned: str | None = None,
+                    embed: Callable[[str], torch.Tensor] | None = None) -> None:
+        """QueryRefused (the neutral REFUSED message) for a query whose typed or planned text (what the
+        encoder reads: a Chinese query translated for an English-only model) has a blocked word, or
+        whose planned text's embedding (`embed(text)` -> [D]) is nearest an unsafe concept; None otherwise."""
         if not self.on:
             return
-        for text in (t for t in texts if t):
-            word = self.blocklist.blocks(text)
-            concept = None if word or embed is None or not self.judge.judged else self.judge.nearest_unsafe(embed(text))
-            if word or concept:
-                log.info("query refused (%s)", f"blocked word {word!r}" if word else f"near {concept!r}")
-                raise QueryRefused(REFUSED)
+        planned = planned or typed
+        word = self.blocklist.blocks(typed) or self.blocklist.blocks(planned)
+        concept = None
+        if not word and planned and embed is not None and self.judge.judged:
+            concept = self.judge.nearest_unsafe(embed(planned))
+        if word or concept:
+            log.info("query refused (%s)", f"blocked word {word!r}" if word else f"near {concept!r}")
+            raise QueryRefused(REFUSED)
