@@ -7,7 +7,8 @@
     wb = build_workbench("ViT-B/32", "library")            # every service behind one object
 
 The front door is `Workbench` (core/workbench.py): every action takes its caller and applies
-one policy (core/policy.py, core/access.py); `Holder` (core/holder.py) is a server's one
+one policy (core/policy.py, core/access.py) and the class's safety policy (core/safety: what is
+held for the teacher's review, which queries are refused, what each caller is shown); `Holder` (core/holder.py) is a server's one
 workbench. Sub-packages: `models` (encoders and their registry), `library` (storage, ingest,
 index, search, thumbnails), `language` (script detection, translation, captions, query planning),
 `lab` (training, datasets, metrics, evaluation, plots), `scale` (indexing past one machine),
