@@ -281,7 +281,7 @@ class Workbench:
             self._written()
         report.total = len(self.library)
         report.held = [sha[:12] for sha in held if sha[:12] in set(report.added)]
-        report.near = self.screen.near(report.added)
+        report.near = self.screen.near(report.added, self.index)
         return report
 
     def seed(self, progress: Callable[[int], None] | None = None, caller: Caller | None = None) -> IngestReport:

@@ -12,7 +12,7 @@ import torch.nn as nn
 from PIL import Image, ImageFilter
 
 from core.errors import QueryRefused, SafetyError
-from core.library.duplicates import collapse, near_duplicate_groups, older_near
+from core.library.duplicates import collapse, near_duplicate_groups
 from core.library.ingest import Upload, ingest, open_library
 from core.messages import Msg
 from core.models import load_encoder
@@ -254,10 +254,6 @@ def test_near_identical_images_are_grouped_oldest_first(mini, tmp_path):
     groups = near_duplicate_groups(library)
     assert groups == [[by_name["circle.png"].rowid, by_name["circle_small.png"].rowid]]
     assert near_duplicate_groups(library, threshold=1.01) == []
-    newer = by_name["circle_small.png"].rowid
-    near = older_near(library, [newer, by_name["square.png"].rowid])
-    assert list(near) == [newer] and near[newer][0] == by_name["circle.png"].rowid and near[newer][1] >= 0.94
-    assert older_near(library, [by_name["circle.png"].rowid]) == {}   # nothing older is like it
     vectors = library.vectors_of([by_name[n].rowid for n in ("circle.png", "circle_small.png", "star.png")])
     assert collapse(vectors) == [0, 2] and collapse(vectors, threshold=1.01) == [0, 1, 2]
     assert report.added   # (the first batch was stored)

@@ -2,7 +2,6 @@
 sizes, a re-encoded JPEG, a crop of a few pixels), found from the embeddings alone.
 
     near_duplicate_groups(library)           # [[rowid, ...], ...]: each group oldest first
-    older_near(library, [rowid, ...])        # {rowid: (older rowid, cosine)} for images just added
     collapse(vectors)                        # which of ranked results to keep (the best of each cluster)
 
 Two images are near-duplicates when the cosine of their embeddings is at least `threshold`
@@ -12,14 +11,12 @@ costs O(N^2 D): seconds for a class's library of thousands, minutes past ~100,00
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 
 from .store import Library
 
-__all__ = ["near_duplicate_groups", "older_near", "collapse", "NEAR_DUPLICATE", "BLOCK"]
+__all__ = ["near_duplicate_groups", "collapse", "NEAR_DUPLICATE", "BLOCK"]
 
 NEAR_DUPLICATE = 0.94   # cosine from which two images count as near-duplicates
 BLOCK = 2048            # rows compared at once (a BLOCK x N float32 similarity block)
@@ -69,28 +66,6 @@ def near_duplicate_groups(library: Library, threshold: float = NEAR_DUPLICATE, b
     for i in range(len(ids)):
         members.setdefault(groups.find(i), []).append(int(ids[i]))
     return sorted((m for m in members.values() if len(m) > 1), key=lambda m: m[0])
-
-
-def older_near(library: Library, rowids: Sequence[int], threshold: float = NEAR_DUPLICATE,
-               block: int = BLOCK) -> dict[int, tuple[int, float]]:
-    """For each of `rowids` (images just added), the most similar older live row at cosine >=
-    `threshold`, as {rowid: (older rowid, cosine)}; rows with none are left out."""
-    if not len(rowids):
-        return {}
-    new_ids = np.asarray(rowids, dtype=np.int64)
-    new = library.vectors_of(new_ids)
-    ids, vectors = _live(library)
-    best = torch.full((len(new_ids),), -2.0)
-    best_at = torch.full((len(new_ids),), -1, dtype=torch.long)
-    for start in range(0, len(ids), block):
-        sims = new @ vectors[start:start + block].T
-        older = torch.from_numpy(ids[start:start + block])[None, :] < torch.from_numpy(new_ids)[:, None]
-        sims = torch.where(older, sims, torch.tensor(-2.0))
-        value, at = sims.max(dim=1) if sims.shape[1] else (best, best_at)
-        better = value > best
-        best, best_at = torch.where(better, value, best), torch.where(better, at + start, best_at)
-    return {int(r): (int(ids[int(a)]), float(v)) for r, v, a in zip(new_ids, best, best_at)
-            if a >= 0 and v >= threshold}
 
 
 def collapse(vectors: torch.Tensor, threshold: float = NEAR_DUPLICATE) -> list[int]:

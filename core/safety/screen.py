@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import NotFoundError
-from ..library.duplicates import collapse, near_duplicate_groups, older_near
+from ..library.duplicates import collapse, near_duplicate_groups
 from ..library.search import MAX_K
 from ..library.store import Entry, Library
 from ..messages import Msg
@@ -30,6 +30,7 @@ __all__ = ["Screen", "NEAR_REPORT_MAX", "COLLAPSE_POOL"]
 COLLAPSE_POOL = 3       # candidates asked per result wanted when near-duplicates are collapsed
 NEAR_REPORT_MAX = 256   # an ingest reports near-duplicates of at most this many new images (a bulk import
                         # would pay O(added x N); `library near-duplicates` scans the whole library instead)
+NEAR_NEIGHBOURS = 8     # neighbours of a new image looked at for an older near-duplicate
 
 
 class Screen:
@@ -99,13 +100,20 @@ class Screen:
         self.safety.review.hold(waiting)
         held.update(waiting)
 
-    def near(self, added: list[str]) -> list[tuple[str, str, float]]:
-        """(new id, older id, cosine) for each new image within the near-duplicate threshold of an older one."""
+    def near(self, added: list[str], index) -> list[tuple[str, str, float]]:
+        """(new id, older id, cosine) for each new image within the near-duplicate threshold of an older
+        one, found with the served `index` (`search(queries [Q, D], k) -> (scores, row ids)`: exact,
+        or FAISS on a large library) rather than a scan of every row."""
         if not added or len(added) > NEAR_REPORT_MAX:
             return []
-        rowids = {self.library.find(i).rowid: i for i in added}
-        near = older_near(self.library, list(rowids), self.safety.config.near_duplicate)
-        return [(rowids[r], self.library.entry(older).id, cos) for r, (older, cos) in near.items()]
+        rowids = np.array([self.library.find(i).rowid for i in added], dtype=np.int64)
+        scores, ids = index.search(self.library.vectors_of(rowids), NEAR_NEIGHBOURS)
+        found = []
+        for new, row_scores, row_ids in zip(rowids.tolist(), scores.tolist(), ids.tolist()):
+            older = [(s, r) for s, r in zip(row_scores, row_ids) if r < new and s >= self.safety.config.near_duplicate]
+            if older:
+                found.append((self.library.entry(new).id, self.library.entry(older[0][1]).id, older[0][0]))
+        return found
 
     # ------------------------------------------------------------------ the teacher's views
 
