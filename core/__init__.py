@@ -31,11 +31,13 @@ _LAZY = {"IngestReport": ".library.ingest", "Upload": ".library.ingest", "open_l
          "Encoder": ".models", "available_models": ".models", "load_encoder": ".models",
          "Page": ".workbench", "Workbench": ".workbench", "build_workbench": ".workbench", "Holder": ".holder",
          "LiveConfig": ".lab.live", "LiveTrainer": ".lab.live",
-         "Storage": ".hosting.sync", "storage": ".hosting.sync"}
+         "Storage": ".hosting.sync", "storage": ".hosting.sync",
+         "Monitor": ".monitor", "Health": ".health", "Snapshot": ".health", "prometheus_text": ".health"}
 
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["load_encoder", "available_models", "open_library", "Workbench", "build_workbench", "Holder", "Encoder", "Library",
            "Entry", "Page", "SearchQuery", "SearchResult", "Hit", "Upload", "IngestReport", "WorkbenchError",
            "ModelUnavailableError", "UnknownModelError", "ImageError", "LibraryError", "ModelMismatchError",
-           "QueryError", "LabelError", "LiveConfig", "LiveTrainer", "Storage", "storage"]
+           "QueryError", "LabelError", "LiveConfig", "LiveTrainer", "Storage", "storage", "Monitor", "Health",
+           "Snapshot", "prometheus_text"]

@@ -1,7 +1,7 @@
 """The server at a glance: what the health panel shows, GET /api/health returns and GET /metrics exports.
 
-    health = Health(lambda: wb, budget_mb=access.limits.budget_mb, queue=lambda: (waiting, running))
-    snap = health.snapshot()       # windows per action, errors, queue, memory, library disk, model, uptime
+    health = Health(lambda: wb, budget_mb=access.limits.budget_mb)
+    snap = health.snapshot(queue=(waiting, running))   # windows per action, errors, queue, memory, library disk, model, uptime
     snap.json()                    # the same numbers as JSON (benchmarks/bench_classroom.py reads them)
     prometheus_text(snap)          # Prometheus text exposition format 0.0.4
 
@@ -121,28 +121,20 @@ def _window_json(w: Window) -> dict:
 
 class Health:
     """Reads a snapshot of one server. `workbench()` returns the workbench serving now (the Learn tab may
-    switch it; its monitor goes with it); `queue()` -> (waiting, running) of the app's queue."""
+    switch it; its monitor goes with it)."""
 
-    def __init__(self, workbench: Callable[[], Any], budget_mb: float, queue: Callable[[], tuple[int, int]] | None = None):
-        self._workbench, self.budget_bytes, self._queue = workbench, int(budget_mb * 2 ** 20), queue
+    def __init__(self, workbench: Callable[[], Any], budget_mb: float):
+        self._workbench, self.budget_bytes = workbench, int(budget_mb * 2 ** 20)
         self._stats = Fresh(lambda: self._workbench().stats())
 
-    def snapshot(self, last_problems: int = 5) -> Snapshot:
+    def snapshot(self, queue: tuple[int, int] | None = None, last_problems: int = 5) -> Snapshot:
+        """`queue`: (waiting, running) in the app's queue, which only the app can read (None elsewhere)."""
         wb = self._workbench()
         monitor: Monitor = wb.monitor
         series, kinds = monitor.series()
         return Snapshot(monitor.uptime_s, wb.encoder.model_id, wb.encoder.runtime.describe(),
                         {m: monitor.window(m) for m in WINDOWS_MIN}, monitor.errors(max(WINDOWS_MIN)),
-                        monitor.problems(last_problems), self._queue_now(), rss_bytes(), self._library(wb),
-                        series, kinds)
-
-    def _queue_now(self) -> tuple[int, int] | None:
-        if self._queue is None:
-            return None
-        try:
-            return self._queue()
-        except (AttributeError, KeyError, RuntimeError, TypeError):   # the app's queue not started (yet)
-            return None
+                        monitor.problems(last_problems), queue, rss_bytes(), self._library(wb), series, kinds)
 
     def _library(self, wb) -> Library:
         stats = self._stats.get() or {}

@@ -33,6 +33,7 @@ from .batching import BatchingEncoder
 from .errors import LibraryError, ModelMismatchError, ModelUnavailableError, UnknownModelError
 from .images import load_image
 from .messages import Msg, join
+from .monitor import Monitor, measured
 from .language.caption import DEFAULT_CAPTIONER, Captioner
 from .language.query import caption_metadata, prepare_query
 from .language.translate import DEFAULT_TRANSLATOR, Translator
@@ -84,20 +85,23 @@ class Workbench:
     def __init__(self, runtime: Runtime, encoder: Encoder, library: Library, notice: str | None = None,
                  offline: bool = False, captioner: str | None = None, translator: str | None = None,
                  index: str = "auto", background: bool = False, fallback: bool = False, access: Access | None = None,
-                 safety: SafetyConfig | None = None):
+                 safety: SafetyConfig | None = None, monitor: Monitor | None = None):
         """fallback=True: the model asked for could not be had and the bundled mini model stands in.
         index: "auto" | "exact" | "ivf" | "hnsw" | "ivfpq" | "ivfsq" (see core.library.index).
         background=True (the app): an ANN index is loaded or built in a thread while exact
         search serves, and features_library.pth is rewritten in the background after writes;
         False (the CLI, scripts): both happen in the calling thread, `flush()` when asked.
         access: the app's accounts, roles and quotas (None: open, default limits).
-        safety: the class's safety policy (core/safety; None: off)."""
+        safety: the class's safety policy (core/safety; None: off).
+        monitor: where every action's duration, outcome and caller's surface is recorded (core/monitor.py;
+        a new one by default; a model switch hands it on, so the health panel keeps its history)."""
         if background:   # a shared server: concurrent requests share forward passes (core/batching.py)
             encoder = BatchingEncoder(encoder)
         self.runtime, self.encoder, self.library = runtime, encoder, library
         self.notice = notice                 # why a fallback model / library is in use, shown to the user
         self.fallback = fallback             # the bundled mini model stands in for the model asked for
         self.offline = offline
+        self.monitor = monitor or Monitor()
         self.captioner_name = captioner or DEFAULT_CAPTIONER
         self.translator_name = translator or DEFAULT_TRANSLATOR
         self.policy = Policy(access)         # roles, quotas, dedupe, the weak-hit rule: applied here only
@@ -193,6 +197,7 @@ class Workbench:
         """Decode an image input through the safe loader (ImageError with the reason otherwise)."""
         return as_image(image, name)
 
+    @measured("caption")
     def caption(self, images: Sequence[ImageInput], stage: Callable[[str], None] | None = None,
                 caller: Caller | None = None) -> list[dict]:
         """N images -> N dicts {"caption_en", "caption_zh"[, "caption_zh_error"]} (see caption_metadata,
@@ -206,6 +211,7 @@ class Workbench:
 
     # ------------------------------------------------------------ search and classify
 
+    @measured("search")
     def search(self, query: SearchQuery, caller: Caller | None = None) -> SearchResult:
         """Text / image / combined / negative search (see core.library.search): the query checked, its
         texts planned for the encoder (a Chinese query translated for an English-only model, with a
@@ -222,6 +228,7 @@ class Workbench:
         result = self.searcher.search(replace(query, k=self.screen.widen(query.k, hidden)), plan)
         return self.policy.judge(replace(result, hits=self.screen.hits(result.hits, hidden)[:query.k]))
 
+    @measured("search")
     def search_vector(self, vector: Sequence[float] | torch.Tensor, k: int = 10,
                       caller: Caller | None = None) -> list[Hit]:
         """Nearest library images to a raw embedding (normalised here); for API clients."""
@@ -230,6 +237,7 @@ class Workbench:
         hits = self.searcher.search_vector(torch.as_tensor(vector, dtype=torch.float32), self.screen.widen(k, hidden))
         return self.screen.hits(hits, hidden)[:k]
 
+    @measured("search")
     def similar(self, image_id: str, k: int = 10, caller: Caller | None = None) -> tuple[Entry, list[Hit]]:
         """Image→image from an image already in the library (no re-encoding)."""
         self.policy.admit(caller, "search")
@@ -247,6 +255,7 @@ class Workbench:
         """Example images, default labels and search suited to this model (core/starters.py)."""
         return starters(self.encoder.domain)
 
+    @measured("classify")
     def classify(self, image: ImageInput, labels: str, templates: str = "single", lang: str = "en",
                  top_k: int = 5, caller: Caller | None = None) -> tuple[list[tuple[str, float]], str | None]:
         """Zero-shot: (top-k (label, probability) in the user's language, note or None).
@@ -259,6 +268,7 @@ class Workbench:
 
     # ------------------------------------------------------------ the library
 
+    @measured("add")
     def add(self, sources: Iterable, progress: Callable[[int], None] | None = None, caption: bool = False,
             batch_size: int = 64, caller: Caller | None = None) -> IngestReport:
         """Add files, folders or `Upload`s; `caption=True` also stores zh/en captions (searchable).
@@ -284,11 +294,13 @@ class Workbench:
         report.near = self.screen.near(report.added, self.index)
         return report
 
+    @measured("add")
     def seed(self, progress: Callable[[int], None] | None = None, caller: Caller | None = None) -> IngestReport:
         """Add the bundled sample photos and Shapes images (safe to run again; the teacher only)."""
         self.policy.admit(caller, "seed")
         return self.add(sample_files(), progress=progress)
 
+    @measured("page")
     def page(self, page: int | float | None = 1, size: int = PAGE_SIZE, caller: Caller | None = None) -> Page:
         """Page `page` (1-based, clamped) of the library, newest entry first, as `caller` may see it:
         a student never sees an image waiting for review; the teacher sees it, its id in `held`."""
@@ -337,7 +349,7 @@ class Workbench:
         wb = build_workbench(model, library_dir, device=str(self.runtime.device), offline=self.offline,
                              fallback=False, captioner=self.captioner_name, translator=self.translator_name,
                              background=self._flusher is not None, runtime=self.runtime.engine, access=self.access,
-                             safety=self.safety.config)
+                             safety=self.safety.config, monitor=self.monitor)
         if seed and not len(wb):
             wb.seed()
         return wb
@@ -404,12 +416,12 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
                     offline: bool = False, fallback: bool = True, cache: Path | None = None,
                     captioner: str | None = None, translator: str | None = None, index: str = "auto",
                     background: bool = False, runtime: str | None = None, access: Access | None = None,
-                    safety: SafetyConfig | None = None) -> Workbench:
+                    safety: SafetyConfig | None = None, monitor: Monitor | None = None) -> Workbench:
     """Load the encoder (with the bundled mini model as fallback), open the library, wire the services.
     runtime: "torch" (default) | "onnx" | "onnx-int8" | "auto" (see core.settings.pick_runtime); with
     onnx-int8 the quantised encoder is checked against fp32 on this library first (refused below par).
     access: the app's accounts, roles and quotas (None: open, default limits). safety: the class's
-    safety policy (core/safety: mode, concept list, classifier head; None: off)."""
+    safety policy (core/safety: mode, concept list, classifier head; None: off); monitor: see Workbench."""
     rt = pick_runtime(device, runtime)
     name = model or DEFAULT_MODEL
     if fallback:
@@ -423,7 +435,7 @@ def build_workbench(model: str | None = None, library_dir: str | Path | None = N
     notice = join(notes)   # one notice, each part still in both languages
     wb = Workbench(rt, encoder, library, notice=notice, offline=offline, captioner=captioner,
                    translator=translator, index=index, background=background, fallback=fallback_used, access=access,
-                   safety=safety)
+                   safety=safety, monitor=monitor)
     if captioner:
         wb.captioner   # noqa: B018  an unknown name fails here, at start, not inside the first request
     if translator:

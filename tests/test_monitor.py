@@ -166,7 +166,7 @@ def test_prometheus_text_reads_back_with_the_real_parser():
     m.record("search", "api", 0.05, QuotaError("full"))
     m.record("add", "page", 1.5, OSError("disk"))
     wb = fake_workbench(m)
-    snap = Health(lambda: wb, budget_mb=10, queue=lambda: (4, 2)).snapshot()
+    snap = Health(lambda: wb, budget_mb=10).snapshot(queue=(4, 2))
     families = {f.name: f for f in text_string_to_metric_families(prometheus_text(snap))}
     requests = {(s.labels["action"], s.labels["surface"], s.labels["outcome"]): s.value
                 for s in families["clipwb_requests"].samples}

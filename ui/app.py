@@ -22,11 +22,13 @@ from core.access import Access
 from core.errors import ModelMismatchError, ModelUnavailableError
 from core.images import MAX_BYTES
 from core.messages import localize, without_paths
-from core import Holder, Workbench
+from core import Health, Holder, Workbench
 
 from .callbacks import Callbacks
 from .guard import LoginLimiter, blocked_paths, served_paths
+from .health import health_tab
 from .http_api import build_api
+from .http_health import build_health_routes
 from .i18n import AUTH_MESSAGE, DEFAULT_LANG, pick_lang, t
 from .language import Localizer, header, language_events, language_radio
 from .learn import learn_tab
@@ -83,12 +85,14 @@ def build_app(wb: Workbench | Holder, lang: str | None = None, access: Access | 
         with loc(gr.Tab, label="tab.learn") as learn:   # the fifth tab (ui/learn.py)
             pickers = learn_tab(cb, loc, lang_state, demo)
         learn.select(**pickers)
+        show_health = health_tab(cb, loc, lang_state, Health(lambda: cb.wb, cb.access.limits.budget_mb), demo)
         language_events(demo, radio, lang_state, loc, follow_browser=lang is None, then=[refresh, waiting])
         demo.load(**refresh)
         demo.load(**review_shown).then(**waiting)
         demo.load(lambda: True, None, [on_page], api_visibility="private", show_progress="hidden", queue=False)
         demo.load(cb.teacher_controls, None, teacher_only, api_visibility="private", show_progress="hidden",
                   concurrency_limit=None)
+        demo.load(**show_health)   # the health panel: the teacher's only (ui/health.py)
     return demo.queue(default_concurrency_limit=heavy, max_size=QueueConfig.max_size)
 
 
@@ -140,7 +144,7 @@ def launch_options(wb: Workbench | Holder | None = None, access: Access | None =
                                  Middleware(LocaleScript, forced=pick_lang(lang) if lang else None)]}
     if wb is not None:
         heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
-        app_kwargs["routes"] = build_api(holder, heavy=heavy).routes
+        app_kwargs["routes"] = build_api(holder, heavy=heavy).routes + build_health_routes(lambda: holder.wb, access).routes
     return {**options, "app_kwargs": app_kwargs}
 
 

@@ -409,3 +409,37 @@ _S.update({
     "review.copy": ("重复", "copy"),
     "review.mark": ("待审核", "waiting for review"),
 })
+
+
+# the health panel (ui/health.py): the teacher's view of the class and the server
+_S.update({
+    "tab.health": ("运行状态", "Health"),
+    "health.title": ("### 🩺 课堂与服务器状态", "### 🩺 How the class and the server are doing"),
+    "health.summary": ("**模型：** `{model}` · **运行于：** {runtime} · **已运行：** {uptime} · 每 {every} 秒刷新",
+                       "**Model:** `{model}` · **Runs on:** {runtime} · **Up:** {uptime} · refreshes every {every} s"),
+    "health.no_requests": ("最近 {minutes} 分钟还没有请求。", "No requests in the last {minutes} minutes yet."),
+    "health.table_head": ("| 操作 | 每分钟请求（{short} 分钟） | p50 / p95（{short} 分钟） | 每分钟请求（{long} 分钟） | "
+                          "p50 / p95（{long} 分钟） | 拒绝 / 失败 | 来源 |\n|---|--:|--:|--:|--:|--:|---|",
+                          "| Action | Requests/min ({short} min) | p50 / p95 ({short} min) | Requests/min ({long} min) | "
+                          "p50 / p95 ({long} min) | Refused / failed | From |\n|---|--:|--:|--:|--:|--:|---|"),
+    "health.row": ("| {action} | {rate_short} | {lat_short} | {rate_long} | {lat_long} | {refused} / {failed} | {surfaces} |",
+                   "| {action} | {rate_short} | {lat_short} | {rate_long} | {lat_long} | {refused} / {failed} | {surfaces} |"),
+    "health.action.search": ("搜索", "search"), "health.action.classify": ("分类", "classify"),
+    "health.action.caption": ("描述", "caption"), "health.action.add": ("上传", "add"),
+    "health.action.page": ("图库翻页", "library page"), "health.action.train": ("训练", "train"),
+    "health.surface.page": ("网页", "page"), "health.surface.api": ("JSON API", "JSON API"),
+    "health.surface.mcp": ("MCP 工具", "MCP tool"), "health.surface.cli": ("命令行", "command line"),
+    "health.surface.python": ("Python", "Python"),
+    "health.queue": ("**队列：** {waiting} 个等待，{running} 个运行中", "**Queue:** {waiting} waiting, {running} running"),
+    "health.queue_none": ("**队列：** 未启动", "**Queue:** not started"),
+    "health.memory": ("**内存（RSS）：** {rss}", "**Memory (RSS):** {rss}"),
+    "health.disk": ("**图库：** {n} 张图片 · 图片占用 {used} / 预算 {budget}{share} · 向量 {features} · 磁盘剩余 {free}",
+                    "**Library:** {n} images · images use {used} of the {budget} budget{share} · features {features} "
+                    "· disk free {free}"),
+    "health.errors_none": ("✅ 最近 {minutes} 分钟没有错误。", "✅ No errors in the last {minutes} minutes."),
+    "health.errors": ("**最近 {minutes} 分钟的错误（按类型）：** {kinds}", "**Errors in the last {minutes} minutes, by kind:** {kinds}"),
+    "health.last": ("**最近几条：**", "**The last few:**"),
+    "health.problem": ("- {time} · {action} · {surface} · {outcome} `{kind}`：{message}",
+                       "- {time} · {action} · {surface} · {outcome} `{kind}`: {message}"),
+    "health.outcome.refused": ("拒绝", "refused"), "health.outcome.failed": ("失败", "failed"),
+})
