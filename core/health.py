@@ -99,6 +99,7 @@ class Snapshot:
     queue: tuple[int, int] | None  # (waiting, running) in the app's queue; None outside the app
     rss_bytes: int | None
     library: Library
+    by_surface: dict[int, dict[str, dict[str, Window]]] = field(default_factory=dict)   # minutes -> surface -> action
     series: dict[tuple[str, str], Series] = field(default_factory=dict)       # since start (for /metrics)
     kinds: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
@@ -106,6 +107,8 @@ class Snapshot:
         """The snapshot as JSON (English texts, times in ms): GET /api/health's body."""
         return {"uptime_s": round(self.uptime_s, 1), "model": self.model, "runtime": str(self.runtime),
                 "windows": {str(m): {a: _window_json(w) for a, w in ws.items()} for m, ws in self.windows.items()},
+                "by_surface": {str(m): {s: {a: _window_json(w) for a, w in ws.items() if w.requests}
+                                        for s, ws in per.items()} for m, per in self.by_surface.items()},
                 "errors": self.errors,
                 "problems": [{"at": round(p.at, 3), "action": p.action, "surface": p.surface, "outcome": p.outcome,
                               "kind": p.kind, "message": str(p.message)} for p in self.problems],
@@ -132,9 +135,11 @@ class Health:
         wb = self._workbench()
         monitor: Monitor = wb.monitor
         series, kinds = monitor.series()
+        surfaces = sorted({s for _, s in series})
         return Snapshot(monitor.uptime_s, wb.encoder.model_id, wb.encoder.runtime.describe(),
                         {m: monitor.window(m) for m in WINDOWS_MIN}, monitor.errors(max(WINDOWS_MIN)),
-                        monitor.problems(last_problems), queue, rss_bytes(), self._library(wb), series, kinds)
+                        monitor.problems(last_problems), queue, rss_bytes(), self._library(wb),
+                        {m: {s: monitor.window(m, s) for s in surfaces} for m in WINDOWS_MIN}, series, kinds)
 
     def _library(self, wb) -> Library:
         stats = self._stats.get() or {}

@@ -3,13 +3,13 @@
     monitor = Monitor()
     with monitor.measure("search", "page"):        # or @measured("search") on a Workbench method
         ...                                        # ok; a WorkbenchError: refused (its kind); else failed
-    monitor.window(5)["search"].p95_s              # the last 5 minutes, per action
+    monitor.window(5)["search"].p95_s              # the last 5 minutes, per action (surface="api": from there only)
     monitor.errors(60), monitor.problems()         # errors by kind, the last few with their messages
     monitor.series()                               # since start, per (action, surface): for GET /metrics
 
 Actions are the front door's (ACTIONS); surfaces say where a call came from (the page, the JSON
-API, an MCP tool, the command line, Python). Memory is bounded whatever the traffic: per action
-one slot per minute for the last WINDOW_MINUTES (a request count, errors by kind, and a latency
+API, an MCP tool, the command line, Python). Memory is bounded whatever the traffic: per action and
+surface one slot per minute for the last WINDOW_MINUTES (a request count, errors by kind, and a latency
 histogram of fixed log-spaced bins, 16 per doubling, so a percentile read from it is within
 FINE_ERROR of the exact one), plus cumulative counters and Prometheus buckets per (action,
 surface), plus the last PROBLEMS error messages. Recording is O(1) under one short lock.
@@ -79,13 +79,12 @@ class Series:
 
 
 class _Minute:
-    """One minute of one action."""
-    __slots__ = ("minute", "count", "refused", "failed", "kinds", "surfaces", "fine")
+    """One minute of one action from one surface."""
+    __slots__ = ("minute", "count", "refused", "failed", "kinds", "fine")
 
     def __init__(self, minute: int):
         self.minute, self.count, self.refused, self.failed = minute, 0, 0, 0
         self.kinds: dict[str, int] = {}
-        self.surfaces: dict[str, int] = {}
         self.fine: dict[int, int] = {}   # latency bin -> requests
 
 
@@ -118,7 +117,7 @@ class Monitor:
         self.started = clock()
         self.started_wall = wall()
         self._lock = threading.Lock()
-        self._minutes: dict[str, list[_Minute | None]] = {}      # action -> ring of WINDOW_MINUTES slots
+        self._minutes: dict[tuple[str, str], list[_Minute | None]] = {}   # (action, surface) -> ring of slots
         self._series: dict[tuple[str, str], Series] = {}
         self._kinds: dict[tuple[str, str, str], int] = {}       # (action, outcome, kind) -> since start
         self._problems: deque[Problem] = deque(maxlen=PROBLEMS)
@@ -146,10 +145,9 @@ class Monitor:
         problem = None if error is None else Problem(self._wall(), action, surface, outcome, kind, error_message(error))
         minute, fine, le = int(self._clock() // 60), _bin(seconds), _le(seconds)
         with self._lock:
-            slot = self._slot(action, minute)
+            slot = self._slot((action, surface), minute)
             slot.count += 1
             slot.fine[fine] = slot.fine.get(fine, 0) + 1
-            slot.surfaces[surface] = slot.surfaces.get(surface, 0) + 1
             series = self._series.get((action, surface))
             if series is None:
                 series = self._series[(action, surface)] = Series()
@@ -164,10 +162,10 @@ class Monitor:
                 self._kinds[(action, outcome, kind)] = self._kinds.get((action, outcome, kind), 0) + 1
                 self._problems.append(problem)
 
-    def _slot(self, action: str, minute: int) -> _Minute:
-        ring = self._minutes.get(action)
+    def _slot(self, key: tuple[str, str], minute: int) -> _Minute:
+        ring = self._minutes.get(key)
         if ring is None:
-            ring = self._minutes[action] = [None] * WINDOW_MINUTES
+            ring = self._minutes[key] = [None] * WINDOW_MINUTES
         slot = ring[minute % WINDOW_MINUTES]
         if slot is None or slot.minute != minute:   # an hour old (or never used): start it again
             slot = ring[minute % WINDOW_MINUTES] = _Minute(minute)
@@ -175,29 +173,31 @@ class Monitor:
 
     # ------------------------------------------------------------ reading
 
-    def window(self, minutes: int) -> dict[str, Window]:
-        """Per action (those seen since start, ACTIONS first): the last `minutes` (at most WINDOW_MINUTES)."""
+    def window(self, minutes: int, surface: str | None = None) -> dict[str, Window]:
+        """Per action (those seen since start, ACTIONS first): the last `minutes` (at most WINDOW_MINUTES),
+        from every surface or only from `surface`."""
         minutes = max(1, min(int(minutes), WINDOW_MINUTES))
         now = self._clock()
-        slots = self._recent(int(now // 60), minutes)
+        recent = self._recent(int(now // 60), minutes)
         span = max(1.0, min(now - self.started, (minutes - 1) * 60 + now % 60) / 60)   # minutes covered
         out = {}
-        for action in self._order(slots):
+        for action in self._order({a for a, _ in recent}):
+            mine = {s: slots for (a, s), slots in recent.items() if a == action and surface in (None, s)}
+            slots = [slot for per_surface in mine.values() for slot in per_surface]
             fine: dict[int, int] = {}
-            surfaces: dict[str, int] = {}
-            for s in slots[action]:
-                _add(fine, s.fine)
-                _add(surfaces, s.surfaces)
-            count = sum(s.count for s in slots[action])
+            for slot in slots:
+                _add(fine, slot.fine)
+            count = sum(slot.count for slot in slots)
             out[action] = Window(action, minutes, count, count / span, _percentile(fine, 0.5), _percentile(fine, 0.95),
-                                 sum(s.refused for s in slots[action]), sum(s.failed for s in slots[action]), surfaces)
+                                 sum(slot.refused for slot in slots), sum(slot.failed for slot in slots),
+                                 {s: n for s, per_surface in sorted(mine.items()) if (n := sum(x.count for x in per_surface))})
         return out
 
     def errors(self, minutes: int = WINDOW_MINUTES) -> dict[str, int]:
         """Refused and failed actions by error kind over the last `minutes`, most frequent first."""
         kinds: dict[str, int] = {}
-        for per_action in self._recent(int(self._clock() // 60), max(1, min(int(minutes), WINDOW_MINUTES))).values():
-            for s in per_action:
+        for slots in self._recent(int(self._clock() // 60), max(1, min(int(minutes), WINDOW_MINUTES))).values():
+            for s in slots:
                 _add(kinds, s.kinds)
         return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -212,22 +212,22 @@ class Monitor:
             series = {k: Series(dict(s.outcomes), list(s.buckets), s.count, s.seconds) for k, s in self._series.items()}
             return series, dict(self._kinds)
 
-    def _recent(self, minute: int, minutes: int) -> dict[str, list[_Minute]]:
-        """Copies of each action's slots of the last `minutes` minutes (the current one included)."""
+    def _recent(self, minute: int, minutes: int) -> dict[tuple[str, str], list[_Minute]]:
+        """Copies of each (action, surface)'s slots of the last `minutes` minutes (the current one included)."""
         first = minute - minutes + 1
         with self._lock:
-            return {action: [_copy(s) for s in ring if s is not None and first <= s.minute <= minute]
-                    for action, ring in self._minutes.items()}
+            return {key: [_copy(s) for s in ring if s is not None and first <= s.minute <= minute]
+                    for key, ring in self._minutes.items()}
 
     @staticmethod
-    def _order(slots: dict) -> list[str]:
-        return [a for a in ACTIONS if a in slots] + sorted(a for a in slots if a not in ACTIONS)
+    def _order(actions: set[str]) -> list[str]:
+        return [a for a in ACTIONS if a in actions] + sorted(a for a in actions if a not in ACTIONS)
 
 
 def _copy(s: _Minute) -> _Minute:
     c = _Minute(s.minute)
     c.count, c.refused, c.failed = s.count, s.refused, s.failed
-    c.kinds, c.surfaces, c.fine = dict(s.kinds), dict(s.surfaces), dict(s.fine)
+    c.kinds, c.fine = dict(s.kinds), dict(s.fine)
     return c
 
 

@@ -57,6 +57,8 @@ def test_windows_roll_with_the_clock_and_rates_divide_by_the_time_up():
     assert hour.per_minute == pytest.approx(9 / 9.5)   # up 9.5 minutes
     assert five.surfaces == {"page": 3} and hour.surfaces == {"api": 6, "page": 3}
     assert five.p50_s == pytest.approx(0.4, rel=FINE_ERROR)
+    api = m.window(60, surface="api")["classify"]   # one surface's own requests and times
+    assert (api.requests, api.surfaces) == (6, {"api": 6}) and api.p95_s == pytest.approx(0.2, rel=FINE_ERROR)
     clock.now += WINDOW_MINUTES * 60       # an hour later every minute has rolled out
     assert m.window(60)["classify"].requests == 0 and m.window(60)["classify"].p50_s is None
     series, _ = m.series()                 # ... but the counters since start keep them
@@ -226,3 +228,4 @@ def test_a_snapshot_as_json_has_the_panels_numbers():
     assert w["requests"] == 4 and w["per_minute"] == pytest.approx(2.0)
     assert w["p50_ms"] == pytest.approx(200, rel=FINE_ERROR) and w["p95_ms"] == pytest.approx(400, rel=FINE_ERROR)
     assert body["library"]["images"] == 7 and body["queue"] is None and body["runtime"] == "CPU (2 threads)"
+    assert body["by_surface"]["5"] == {"page": {"classify": w}}   # the same, from the one surface it came from
