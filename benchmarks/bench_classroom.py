@@ -13,7 +13,13 @@ acknowledged upload must be in the library exactly once and `library verify` mus
 
 Prints per-endpoint p50 / p95 (ms), errors, the generator's CPU seconds next to the app's
 (from /proc), and with --json a final line {"students", "errors", "lost", "duplicated",
-"p50_ms", "p95_ms", "generator_cpu_s", "app_cpu_s", ...}.
+"p50_ms", "p95_ms", "generator_cpu_s", "app_cpu_s", "panel", ...}.
+
+The latencies the teacher's health panel shows are read back from the app (GET /api/health, the
+panel's numbers: core/health.py) and set beside the generator's own: per action, the panel must
+count every request the generator made, and its p50 / p95 (the time inside the front door) must
+lie within the generator's (which adds the queue wait and the HTTP round trips), up to the
+panel's bin width (core.monitor.FINE_ERROR). Both are nearest-rank percentiles here.
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 SEARCHES = ["a photo of a cat", "一只猫", "a red circle", "蓝色的正方形", "a clock on the wall", "星空"]
 LABELS = "cat, dog, circle, square, 猫, 汽车"
 TIMEOUT = 120.0     # seconds one request may take before it counts as an error
+ACTIONS = {"add_to_library": "add", "search": "search", "classify": "classify", "library_page": "page"}   # -> front door
+SURFACE = "page"    # Gradio's queue API is the page's surface (the app's own seeding at start is "python")
 
 
 def free_port() -> int:
@@ -183,6 +191,40 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
+def nearest_rank(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0-100) as the panel defines it: the ceil(q/100 * n)-th smallest value."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, int(-(-len(ordered) * q // 100))) - 1]
+
+
+def panel_agreement(panel: dict, times: dict[str, list[float]], errors: dict[str, list[str]]) -> dict:
+    """Per endpoint: the generator's count and nearest-rank p50 / p95 beside the panel's (its last 60
+    minutes from SURFACE), and whether they agree: the same count, the panel's times within the
+    generator's (which hold them, plus queue wait and HTTP), up to the panel's bin width."""
+    from core.monitor import FINE_ERROR
+    rows = {}
+    for endpoint, action in ACTIONS.items():
+        mine = times.get(endpoint, [])
+        theirs = panel.get(action) or {"requests": 0, "p50_ms": None, "p95_ms": None}
+        row = {"requests": len(mine) + len(errors.get(endpoint, [])), "panel_requests": theirs["requests"],
+               "p50_ms": nearest_rank(mine, 50), "p95_ms": nearest_rank(mine, 95),
+               "panel_p50_ms": theirs["p50_ms"], "panel_p95_ms": theirs["p95_ms"]}
+        within = all(row[f"panel_{p}"] is not None and row[p] is not None and row[f"panel_{p}"] <= row[p] * (1 + FINE_ERROR)
+                     for p in ("p50_ms", "p95_ms")) if mine else theirs["requests"] == 0
+        row["agree"] = row["requests"] == row["panel_requests"] and within
+        rows[endpoint] = row
+    return rows
+
+
+def read_panel(url: str) -> dict:
+    """The health panel's numbers from the app: {action: {"requests", "p50_ms", "p95_ms", ...}} over its
+    last 60 minutes, from SURFACE only."""
+    body = httpx.get(url + "/api/health", timeout=30).json()
+    return body["by_surface"]["60"].get(SURFACE, {})
+
+
 def check_library(library: Path, acked: list[str]) -> tuple[int, int, bool]:
     """(lost, duplicated, verify healthy) for the acknowledged sha256s, the library read from disk."""
     out = subprocess.run([sys.executable, "-m", "core", "library", "verify", "--library", str(library)],
@@ -246,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         times, errors, acked, wall = asyncio.run(drive(url, args.students, args.think, args.seed))
         gen1, app_cpu1 = resource.getrusage(resource.RUSAGE_SELF), cpu_seconds(proc.pid)
         load_after = os.getloadavg()
+        panel = panel_agreement(read_panel(url), times, errors)
     finally:
         proc.terminate()
         try:
@@ -266,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "p95_ms": {k: pct(v, 95) for k, v in sorted(times.items())},
         "generator_cpu_s": round(generator_cpu, 1), "app_cpu_s": round(app_cpu1 - app_cpu0, 1),
         "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
-        "cpus": os.cpu_count(),
+        "cpus": os.cpu_count(), "panel": panel, "panel_agrees": all(r["agree"] for r in panel.values()),
     }
     print(f"{args.students} students, model {args.model}, {wall:.1f} s wall; load average before "
           f"{load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} CPUs")
@@ -274,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in sorted(set(times) | set(errors)):
         print(f"{k:<16}{len(times.get(k, [])):>5}{pct(times.get(k, []), 50) or 0:>10.0f}"
               f"{pct(times.get(k, []), 95) or 0:>10.0f}{len(errors.get(k, [])):>8}")
+    print("the health panel (time inside the front door) beside the generator (nearest-rank, ms):")
+    print(f"{'endpoint':<16}{'n':>5}{'panel n':>9}{'p50':>8}{'panel':>8}{'p95':>8}{'panel':>8}  agree")
+    for k, r in panel.items():
+        print(f"{k:<16}{r['requests']:>5}{r['panel_requests']:>9}{r['p50_ms'] or 0:>8.0f}{r['panel_p50_ms'] or 0:>8.0f}"
+              f"{r['p95_ms'] or 0:>8.0f}{r['panel_p95_ms'] or 0:>8.0f}  {'yes' if r['agree'] else 'NO'}")
     print(f"acknowledged {len(acked)} images: lost {lost}, duplicated {duplicated}; library verify "
           f"{'ok' if healthy else 'FAILED'}")
     print(f"CPU seconds: app {result['app_cpu_s']}, generator {result['generator_cpu_s']}")
@@ -281,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  error:", e)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
-    return 0 if not result["errors"] and not lost and not duplicated and healthy else 1
+    return 0 if not result["errors"] and not lost and not duplicated and healthy and result["panel_agrees"] else 1
 
 
 if __name__ == "__main__":
