@@ -145,7 +145,9 @@ def _ms(seconds: float) -> str:
 def _size(n: int | None) -> str:
     if n is None:
         return "–"
-    return f"{n / _MB / 1024:.1f} GiB" if n >= 1024 * _MB else f"{n / _MB:.1f} MiB"
+    if n >= 1024 * _MB:
+        return f"{n / _MB / 1024:.1f} GiB"
+    return f"{n / _MB:.1f} MiB" if n >= _MB else f"{n / 1024:.0f} KiB"
 
 
 def _duration(seconds: float) -> str:

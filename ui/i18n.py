@@ -414,7 +414,7 @@ _S.update({
 # the health panel (ui/health.py): the teacher's view of the class and the server
 _S.update({
     "tab.health": ("运行状态", "Health"),
-    "health.title": ("### 🩺 课堂与服务器状态", "### 🩺 How the class and the server are doing"),
+    "health.title": ("### 课堂与服务器状态", "### How the class and the server are doing"),
     "health.summary": ("**模型：** `{model}` · **运行于：** {runtime} · **已运行：** {uptime} · 每 {every} 秒刷新",
                        "**Model:** `{model}` · **Runs on:** {runtime} · **Up:** {uptime} · refreshes every {every} s"),
     "health.no_requests": ("最近 {minutes} 分钟还没有请求。", "No requests in the last {minutes} minutes yet."),
