@@ -88,7 +88,7 @@ def _table(snap: Snapshot, lang: str) -> str:
                       lat_short=_latency(recent), rate_long=_rate(hour), lat_long=_latency(hour),
                       refused=hour.refused, failed=hour.failed,
                       surfaces=", ".join(f"{_surface(s, lang)} {n}" for s, n in sorted(hour.surfaces.items()))))
-    return "\n".join(rows)
+    return "\n".join(rows) + "\n\n" + t("health.note", lang)
 
 
 def _resources(snap: Snapshot, lang: str) -> str:

@@ -424,6 +424,9 @@ _S.update({
                           "p50 / p95 ({long} min) | Refused / failed | From |\n|---|--:|--:|--:|--:|--:|---|"),
     "health.row": ("| {action} | {rate_short} | {lat_short} | {rate_long} | {lat_long} | {refused} / {failed} | {surfaces} |",
                    "| {action} | {rate_short} | {lat_short} | {rate_long} | {lat_long} | {refused} / {failed} | {surfaces} |"),
+    "health.note": ("时间从操作开始执行算起，不含在队列中的等待（见下方的队列）。",
+                    "Times count from the moment an action starts to run; waiting in the queue is not included "
+                    "(see the queue below)."),
     "health.action.search": ("搜索", "search"), "health.action.classify": ("分类", "classify"),
     "health.action.caption": ("描述", "caption"), "health.action.add": ("上传", "add"),
     "health.action.page": ("图库翻页", "library page"), "health.action.train": ("训练", "train"),
