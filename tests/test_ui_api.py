@@ -60,7 +60,7 @@ def test_every_event_has_its_api_name(client):
 
 MESSAGE_SLOTS = {"zs-status", "search-info", "caption-status", "lib-summary", "lib-stats", "lib-report",
                  "lib-page-info", "lib-confirm-text", "learn-status", "learn-map-note", "learn-sim-out",
-                 "learn-probe-out", "review-status", "review-report"}
+                 "learn-probe-out", "review-status", "review-report", "health-panel"}
 
 
 def test_every_message_slot_is_written_with_its_memory(app):
