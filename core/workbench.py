@@ -45,6 +45,7 @@ from .library.search import Hit, Planned, Searcher, SearchQuery, SearchResult, c
 from .library.store import Entry, Library
 from .library.thumbs import thumb_for
 from .lab.learn import Learn
+from .lab.live import LiveConfig, LiveTrainer
 from .models import Encoder, load_encoder, load_encoder_with_fallback
 from .policy import Policy
 from .safety import Held, SafetyConfig, SafetyPolicy
@@ -340,6 +341,12 @@ class Workbench:
     def learn(self) -> Learn:
         """Embedding map, similarity matrix, zero-shot vs linear probe over this encoder and library."""
         return self._get("learn", lambda: Learn(self))
+
+    @measured("train")
+    def train(self, trainer: LiveTrainer, config: LiveConfig, caller=None) -> bool:
+        """Start a live mini-CLIP training with `trainer` (core/lab/live.py); False when one is running
+        already. `caller`: who asks, from where (the monitor counts its surface)."""
+        return trainer.start(config)
 
     def with_model(self, model: str, library_dir: str | Path, seed: bool = True) -> "Workbench":
         """A new Workbench over another model (e.g. a checkpoint just trained) with its OWN library

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -145,3 +146,5 @@ def test_a_model_switch_keeps_the_servers_history(tiny_clip_path, tmp_path):
     new = wb.with_model(str(tiny_clip_path), tmp_path / "b", seed=False)
     new.search(SearchQuery(text="a dog", k=1))
     assert new.monitor is wb.monitor and new.monitor.window(5)["search"].requests == 2
+    busy = SimpleNamespace(start=lambda config: False)   # a training already runs: asked, answered, counted
+    assert new.train(busy, None) is False and new.monitor.window(5)["train"].requests == 1
