@@ -22,7 +22,7 @@ from core import Health, Snapshot
 from core.messages import localize
 
 from .callbacks import Callbacks, who
-from .i18n import has_key, t
+from .i18n import t
 from .language import Say
 
 __all__ = ["health_tab", "render", "queue_counts", "REFRESH_S"]
@@ -30,6 +30,11 @@ __all__ = ["health_tab", "render", "queue_counts", "REFRESH_S"]
 REFRESH_S = 5.0      # seconds between refreshes of an open panel
 _MB = 2 ** 20
 _QUICK = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+ACTIONS = {"search": "health.action.search", "classify": "health.action.classify", "caption": "health.action.caption",
+           "add": "health.action.add", "page": "health.action.page", "train": "health.action.train"}
+SURFACES = {"page": "health.surface.page", "api": "health.surface.api", "mcp": "health.surface.mcp",
+            "cli": "health.surface.cli", "python": "health.surface.python"}
+OUTCOMES = {"refused": "health.outcome.refused", "failed": "health.outcome.failed"}
 
 
 def queue_counts(blocks: gr.Blocks | None) -> tuple[int, int] | None:
@@ -84,10 +89,10 @@ def _table(snap: Snapshot, lang: str) -> str:
     rows = [t("health.table_head", lang, short=first, long=last)]
     for action, hour in long.items():
         recent = short.get(action)
-        rows.append(t("health.row", lang, action=_action(action, lang), rate_short=_rate(recent),
-                      lat_short=_latency(recent), rate_long=_rate(hour), lat_long=_latency(hour),
-                      refused=hour.refused, failed=hour.failed,
-                      surfaces=", ".join(f"{_surface(s, lang)} {n}" for s, n in sorted(hour.surfaces.items()))))
+        surfaces = ", ".join(f"{_surface(s, lang)} {n}" for s, n in sorted(hour.surfaces.items()))
+        cells = (_action(action, lang), _rate(recent), _latency(recent), _rate(hour), _latency(hour),
+                 f"{hour.refused} / {hour.failed}", surfaces)
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n\n" + t("health.note", lang)
 
 
@@ -111,20 +116,18 @@ def _errors(snap: Snapshot, lang: str) -> str:
         message = html.escape(" ".join(localize(p.message, lang).split()))
         lines.append(t("health.problem", lang, time=time.strftime("%H:%M:%S", time.localtime(p.at)),
                        action=_action(p.action, lang), surface=_surface(p.surface, lang), kind=p.kind,
-                       outcome=t(f"health.outcome.{p.outcome}", lang),
+                       outcome=t(OUTCOMES[p.outcome], lang) if p.outcome in OUTCOMES else p.outcome,
                        message=message[:300] + ("…" if len(message) > 300 else "")))
     return "\n\n".join([t("health.errors", lang, minutes=max(snap.windows), kinds=kinds), t("health.last", lang),
                         "\n".join(lines)])
 
 
 def _action(action: str, lang: str) -> str:
-    key = f"health.action.{action}"
-    return t(key, lang) if has_key(key) else action
+    return t(ACTIONS[action], lang) if action in ACTIONS else action
 
 
 def _surface(surface: str, lang: str) -> str:
-    key = f"health.surface.{surface}"
-    return t(key, lang) if has_key(key) else surface
+    return t(SURFACES[surface], lang) if surface in SURFACES else surface
 
 
 def _rate(w) -> str:
