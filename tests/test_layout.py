@@ -128,10 +128,10 @@ def test_load_encoder_is_the_documented_entry_point(tiny_clip_path):
 # Floors of core, lowest first: a module may import its own floor and the ones below, never one above.
 # The front door (core.workbench) is the top of the engine; the package root re-exports it lazily.
 FLOORS = [
-    {"core.errors", "core.messages", "core.lru", "core.lazy", "core.settings"},    # words, limits, the device
+    {"core.errors", "core.messages", "core.lru", "core.lazy", "core.settings", "core.monitor"},   # words, limits, the device, the counters
     {"core.images", "core.models", "core.batching"},                               # decoding, the encoders
     {"core.language", "core.zeroshot", "core.starters", "core.library"},           # what the encoders serve
-    {"core.lab", "core.scale", "core.hosting", "core.access", "core.policy", "core.safety"},   # beside the library, the rules
+    {"core.lab", "core.scale", "core.hosting", "core.access", "core.policy", "core.safety", "core.health"},   # beside the library, the rules
     {"core.workbench"},                                                            # the front door
     {"core.holder", "core", "core.__main__", "core.train", "core.evaluate"},       # one per server, the package
 ]

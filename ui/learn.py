@@ -64,7 +64,7 @@ class LearnCallbacks:
             raise fail("learn.bad_data", lang)
         config = LiveConfig(data=data, epochs=int(epochs), batch_size=int(batch), text_encoder=text_encoder,
                             hard_negatives=bool(hard), shapes_train=int(images))
-        if not self.wb.train(self.trainer, config, caller=who(self.access, request)):   # counted as "train"
+        if not self.wb.train(self.trainer, config, caller=who(self.cb.access, request)):   # counted as "train"
             raise fail("learn.busy", lang)
         yield from self.train_watch(lang, request)
 
