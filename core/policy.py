@@ -9,7 +9,8 @@
 
 core/workbench.py calls these on each action and nothing else decides them: who may do what
 (roles), how much a caller may upload (quota, disk budget), what is new (dedupe by content
-hash), and what counts as a match (the weak-hit rule). The adapters (page, JSON API, command
+hash), whose query may read an image file on the server's disk, and what counts as a match
+(the weak-hit rule). The adapters (page, JSON API, command
 line, MCP tools) only say who is calling and from where, and render what comes back.
 """
 from __future__ import annotations
@@ -20,11 +21,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .access import LOCAL, Access, Caller
-from .errors import ImageError
+from .errors import ImageError, QueryError
 from .images import iter_image_files
 from .library.ingest import IngestReport, Upload, read_source
 from .library.search import SearchResult, count_strong
 from .library.store import Library
+from .messages import Msg
 
 __all__ = ["Policy", "Intake"]
 
@@ -114,6 +116,16 @@ class Policy:
                 return upload
             intake.stored.add(sha)
         return Upload(upload.name, b"", sha)
+
+    @staticmethod
+    def read_file(caller: Caller | None, name: str) -> None:
+        """An image file named in a query (core/library/terms.py) is read only for the machine's own user
+        (the command line, a script): a user of the shared app would be reading the server's disk, so
+        QueryError tells them to upload the image or name a library image by its id instead."""
+        if caller is not None and caller.shared:
+            raise QueryError(Msg("“{name}”是服务器上的文件路径：请上传这张图片，或用图库图片的 ID",
+                                 "'{name}' names a file on the server: upload the image instead, or use a "
+                                 "library image's id", name=name))
 
     @staticmethod
     def judge(result: SearchResult) -> SearchResult:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from .access import Access, Caller
 from .batching import BatchingEncoder
-from .errors import LibraryError, ModelMismatchError, ModelUnavailableError, UnknownModelError
+from .errors import LibraryError, ModelMismatchError, ModelUnavailableError, QueryError, UnknownModelError
 from .images import load_image
 from .messages import Msg, join
 from .monitor import Monitor, measured
@@ -41,7 +41,7 @@ from .library.flusher import Flusher
 from .library.index import ServedIndex
 from .library.int8check import check_int8
 from .library.ingest import IngestReport, ingest, open_library, reindex, repair, sample_files
-from .library.search import Hit, Planned, Searcher, SearchQuery, SearchResult, check_query
+from .library.search import Hit, Planned, Searcher, SearchQuery, SearchResult, Term, check_query
 from .library.store import Entry, Library
 from .library.thumbs import thumb_for
 from .lab.learn import Learn
@@ -214,20 +214,59 @@ class Workbench:
 
     @measured("search")
     def search(self, query: SearchQuery, caller: Caller | None = None) -> SearchResult:
-        """Text / image / combined / negative search (see core.library.search): the query checked, its
-        texts planned for the encoder (a Chinese query translated for an English-only model, with a
-        note), then its hits, best first, of which `result.strong` are strong (core/policy.py). The
-        caller's query is left as it was."""
+        """Text / image / combined / negative / weighted-terms search (see core.library.search and
+        core.library.terms): the query checked, its terms resolved (a library image id as the caller may
+        see it, an image file named in the query only for the machine's own user), its texts planned for
+        the encoder (Chinese translated for an English-only model, with a note), then its hits, best first,
+        of which `result.strong` are strong (core/policy.py). The caller's query is left as it was."""
         self.policy.admit(caller, "search")
         query = check_query(query)
         if query.image is not None and not isinstance(query.image, Image.Image):
             query = replace(query, image=as_image(query.image))
-        text, note = self.plan_query(query.text) if query.text else ("", None)
-        self.safety.check_query(query.text, text, self.searcher.embed_text)   # QueryRefused, neutral
-        plan = Planned(text, tuple(self.plan_query(m)[0] for m in query.minus), note)
+        terms = [self._resolved(t, caller) for t in query.all_terms()]
+        planned, note = self._plan_terms(terms)
+        for typed, term in zip(terms, planned):
+            if term.text is not None and term.weight > 0:
+                self.safety.check_query(typed.text, term.text, self.searcher.embed_text)   # QueryRefused, neutral
+        plan = Planned(planned[0].text if query.text else "", tuple(planned), note)   # the text comes first
         hidden = self.screen.hidden(caller)
         result = self.searcher.search(replace(query, k=self.screen.widen(query.k, hidden)), plan)
         return self.policy.judge(replace(result, hits=self.screen.hits(result.hits, hidden)[:query.k]))
+
+    def _resolved(self, term: Term, caller: Caller | None) -> Term:
+        """A query term ready for the encoder: a library image id found as the caller may see it (an image
+        waiting for review is unknown to a student), an image file named in the query read through the safe
+        loader, only for the machine's own user (the shared app's users upload instead), bytes decoded."""
+        if term.image_id is not None:
+            entry = self.screen.entry(term.image_id, caller)
+            return replace(term, image_id=entry.sha256, name=entry.name)
+        if term.path is not None:
+            self.policy.read_file(caller, term.name or term.path)
+            path = Path(term.path).expanduser()
+            if not path.is_file():
+                raise QueryError(Msg("没有图片文件 {path}：查询中以 /、./ 开头或以 .jpg、.png 等结尾的项会当作图片文件读取",
+                                     "No image file {path}: a term starting with / or ./, or ending in .jpg, .png "
+                                     "and the like, is read as an image file", path=term.path))
+            return replace(term, image=load_image(path), path=None)
+        if term.image is not None and not isinstance(term.image, Image.Image):
+            return replace(term, image=as_image(term.image, term.name or None))
+        return term
+
+    def _plan_terms(self, terms: list[Term]) -> tuple[list[Term], str | None]:
+        """Each text term as the encoder reads it (translated for an English-only model: `asked` keeps what
+        was typed), and the note: a lone text's as ever; with several terms the plan shows the translations,
+        so only the warnings (untranslated, not Chinese) are said."""
+        planned, notes = [], []
+        lone = sum(t.text is not None for t in terms) == 1
+        for term in terms:
+            if term.text is None:
+                planned.append(term)
+                continue
+            p = prepare_query(term.text, self.encoder, self.translator)
+            planned.append(replace(term, text=p.text, asked=term.text) if p.translated else term)
+            if p.note and (lone or p.warning) and p.note not in notes:
+                notes.append(p.note)
+        return planned, join(notes)
 
     @measured("search")
     def search_vector(self, vector: Sequence[float] | torch.Tensor, k: int = 10,

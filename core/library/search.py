@@ -34,13 +34,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import QueryError
+from ..images import load_image
 from ..lru import LRU
 from ..messages import Msg
 from .index import ExactIndex
 from .store import Entry, Library
+from .terms import MAX_TERMS, Term, check_terms, describe_terms, format_terms, parse_terms
 
-__all__ = ["Searcher", "SearchQuery", "SearchResult", "Planned", "Hit", "check_query", "split_terms", "count_strong",
-           "MAX_QUERY_CHARS", "MAX_K", "WEAK_RATIO"]
+__all__ = ["Searcher", "SearchQuery", "SearchResult", "Planned", "Hit", "Term", "check_query", "parse_terms",
+           "split_terms", "count_strong", "MAX_QUERY_CHARS", "MAX_K", "MAX_TERMS", "WEAK_RATIO"]
 
 MAX_QUERY_CHARS = 1000   # longer is a paste accident; CLIP reads at most 77 tokens (the rest is truncated)
 MAX_K = 1000             # results per query
@@ -67,6 +69,16 @@ class SearchQuery:
     k: int = 10
     threshold: float | None = None                         # drop hits with a lower cosine score
     use_captions: bool = True                              # also match the text against stored captions
+    terms: list[Term] = field(default_factory=list)        # more weighted terms (texts, library image ids, images),
+    #                                                        added to the above: parse_terms('"2:cat" + ID - dog')
+
+    def all_terms(self) -> list[Term]:
+        """Every term of the query, in order: the text (text_weight), the image (image_weight), each
+        negative text (-minus_weight), then `terms`."""
+        out = [Term(self.text_weight, text=self.text)] if (self.text or "").strip() else []
+        out += [Term(self.image_weight, image=self.image)] if self.image is not None else []
+        out += [Term(-self.minus_weight, text=m) for m in split_terms(self.minus)]
+        return out + list(self.terms)
 
 
 @dataclass(frozen=True)
@@ -83,10 +95,14 @@ class Hit:
 @dataclass
 class SearchResult:
     hits: list[Hit]            # best first, at most k
-    text_used: str = ""        # the text actually sent to the encoder (after translation)
+    text_used: str = ""        # the text actually sent to the encoder (after translation); a query of several
+    #                            terms written back in the query syntax ('"2:golden retriever" - fruit')
     note: str | None = None    # e.g. "translated from Chinese" or "translator unavailable"
     strong: int | None = None  # hits[:strong] are strong, the rest weak (WEAK_RATIO; the front door judges);
                                # None: not judged, every hit counts as strong
+
+    plan: str | None = None    # a query of several (or weighted) terms: each term with its weight and, for a
+    #                            translated text, what the encoder read (a Msg: describe_terms); None otherwise
 
     def __post_init__(self) -> None:
         if self.strong is None:
@@ -100,10 +116,11 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class Planned:
-    """The texts the encoder gets for a checked query: its text and negative terms as they are, or
-    translated for an English-only model (with a note that says so)."""
+    """What the encoder gets for a checked query: its terms with their texts as they are, or translated
+    for an English-only model (a translated term keeps the typed text in `asked`; the note says so);
+    image terms as PIL images or library image ids. `text` is the query's own text as planned."""
     text: str
-    minus: tuple[str, ...] = ()
+    terms: tuple[Term, ...] = ()
     note: str | None = None
 
 
@@ -120,17 +137,24 @@ _QUERY, _NEGATIVE = Msg("查询", "Query"), Msg("排除词", "Negative term")
 
 
 def check_query(q: SearchQuery) -> SearchQuery:
-    """The query with its text stripped and its negative terms split on commas, or QueryError: empty,
-    too long, k out of 1..MAX_K, a threshold that is not a number. The one place these are decided."""
+    """The query with its text stripped, its negative terms split on commas and its terms checked
+    (core/library/terms.py: one kind each, finite weights, at most MAX_TERMS, something positive), or
+    QueryError: empty, too long, k out of 1..MAX_K, a threshold that is not a number. The one place
+    these are decided."""
     text = _check_text(q.text)
     minus = [_check_text(m, _NEGATIVE) for m in split_terms(q.minus)]
-    if not text and q.image is None:
+    terms = [replace(t, text=_check_text(t.text)) if t.text is not None else t for t in q.terms]
+    if not text and q.image is None and not terms:
         raise QueryError(Msg("查询为空：请输入一些词（例如“沙发上的猫”或“a cat”），或给一张图片",
                              "Empty query: type some words (e.g. 'a cat on a sofa' or '一只猫') or give an image"))
+    checked = replace(q, text=text, minus=minus, terms=terms)
+    if any(t.text == "" for t in terms):
+        raise QueryError(Msg("查询中有一个空的文字项", "A text term of the query is empty"))
+    check_terms(checked.all_terms())
     _check_k(q.k)
     if q.threshold is not None and not math.isfinite(q.threshold):
         raise QueryError(Msg("相似度阈值必须是 -1 到 1 之间的数", "threshold must be a number between -1 and 1"))
-    return replace(q, text=text, minus=minus)
+    return checked
 
 
 def _check_k(k: int) -> None:
@@ -146,6 +170,17 @@ def _check_text(text: str, what: Msg = _QUERY) -> str:
                              "{what} is {n} characters long; at most {limit} are accepted "
                              "(CLIP reads only the first 77 tokens anyway)", what=what, n=len(text), limit=MAX_QUERY_CHARS))
     return text
+
+
+def _compound(terms: Sequence[Term]) -> bool:
+    """More than one term, or one with a weight other than 1: a query whose plan is worth showing."""
+    return len(terms) > 1 or any(t.weight != 1 for t in terms)
+
+
+def _used(q: SearchQuery, plan: Planned) -> str:
+    """What the encoder read, for the user: the query's own text as planned (as it always was), or, for a
+    query of weighted terms, all of them written back in the query syntax."""
+    return format_terms(plan.terms) if q.terms else plan.text
 
 
 def _caption_terms(text: str) -> list[str]:
@@ -211,39 +246,54 @@ class Searcher:
         if plan is not None:
             return q, plan
         q = check_query(q)
-        return q, Planned(q.text, tuple(q.minus))
+        return q, Planned(q.text, tuple(q.all_terms()))
+
+    def term_vectors(self, terms: Sequence[Term]) -> torch.Tensor:
+        """[T, D] the L2-normalised embedding of each term: a text's (cached), an image's (all images in
+        one encoder pass; a path or bytes through core's safe loader), a library image's stored one."""
+        images = [t.image if isinstance(t.image, Image.Image) else load_image(t.image if t.path is None else t.path,
+                                                                              t.name or None)
+                  for t in terms if t.image is not None or t.path is not None]
+        encoded = iter(self.encoder.encode_images(images)) if images else iter(())
+        rows = []
+        for t in terms:
+            if t.text is not None:
+                rows.append(self.embed_text(t.text))
+            elif t.image_id is not None:
+                rows.append(self.library.vector(t.image_id))
+            else:
+                rows.append(next(encoded))
+        return torch.stack([r.float().cpu() for r in rows])
 
     def query_vector(self, q: SearchQuery, plan: Planned | None = None) -> tuple[torch.Tensor, str, str | None]:
-        """The combined, normalised query embedding [D], the text the encoder read and the plan's note."""
+        """The combined, normalised query embedding [D]: the weighted sum of its terms' unit embeddings (a
+        negative weight subtracts), normalised again; the text the encoder read and the plan's note."""
         q, plan = self._checked(q, plan)
-        parts = []
-        if plan.text:
-            parts.append(q.text_weight * self.embed_text(plan.text))
-        if q.image is not None:
-            parts.append(q.image_weight * self.encoder.encode_images([q.image])[0])
-        for m in plan.minus:
-            parts.append(-q.minus_weight * self.embed_text(m))
-        vec = torch.stack(parts).sum(dim=0)
+        weights = torch.tensor([t.weight for t in plan.terms], dtype=torch.float32)
+        vec = (weights[:, None] * self.term_vectors(plan.terms)).sum(dim=0)
         if vec.norm() < 1e-6:
             raise QueryError(Msg("正向词和排除词相互抵消了；请调整权重或换些词",
                                  "The positive and negative terms cancel out; change the weights or the terms"))
-        return F.normalize(vec, dim=-1), plan.text, plan.note
+        return F.normalize(vec, dim=-1), _used(q, plan), plan.note
 
     def search(self, q: SearchQuery, plan: Planned | None = None) -> SearchResult:
-        """Hits for a query, best first (see _checked for `plan`)."""
+        """Hits for a query, best first (see _checked for `plan`); a query of several or weighted terms
+        also says its plan (SearchResult.plan)."""
         q, plan = self._checked(q, plan)
         vec, used, note = self.query_vector(q, plan)
-        words = _caption_terms(q.text) if q.use_captions and not q.minus and self._captions.any() else []
+        typed = [t.asked or t.text for t in plan.terms if t.text is not None and t.weight > 0]
+        subtracts = any(t.weight < 0 for t in plan.terms)
+        words = _caption_terms(" ".join(typed)) if q.use_captions and not subtracts and self._captions.any() else []
         pool = self.nearest(vec, max(q.k, _RERANK_POOL) if words else q.k, None if words else q.threshold)
+        described = describe_terms(plan.terms) if _compound(plan.terms) else None
         if not words or not any("caption_en" in h.meta for h in pool):
             kept = [h for h in pool if q.threshold is None or h.score >= q.threshold]
-            return SearchResult(kept[:q.k], used, note)
+            return SearchResult(kept[:q.k], used, note, plan=described)
         scored = sorted(((h.score + CAPTION_WEIGHT * _caption_match(h.meta, words), h) for h in pool),
                         key=lambda t: -t[0])
         hits = [Hit(h.rowid, h.id, h.sha256, h.path, h.name, s, h.meta) for s, h in scored
                 if q.threshold is None or s >= q.threshold][:q.k]
-        return SearchResult(hits, used, note)
-
+        return SearchResult(hits, used, note, plan=described)
 
     def nearest(self, vec: torch.Tensor, k: int, threshold: float | None = None) -> list[Hit]:
         """Top-k library entries for a normalised query vector [D]."""
