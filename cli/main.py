@@ -4,6 +4,7 @@
     python -m core search "a cat on a sofa" -k 5
     python -m core search "beach" --minus people
     python -m core search --image query.jpg
+    python -m core search '"2:golden retriever" + photo.jpg - fruit'   # weighted terms, rclip's syntax
     python -m core classify photo.jpg --labels "cat,dog,小鸟" --templates ensemble80
     python -m core library stats|list|seed|remove ID|compact|verify|repair|reindex|build-index
     python -m core library near-duplicates [--threshold 0.94]     # one group per line, oldest id first
@@ -86,16 +87,38 @@ def cmd_index(args) -> int:
     return 1 if missing else 0
 
 
+def _query_text(words: list[str]) -> str:
+    """The query as one string: one argument as it is ('"2:red circle" - blue'); several, as rclip takes
+    them (`"2:golden retriever" + ./pool.jpg - fruit`: the shell took the quotes), each quoted again
+    where it holds a space, so a weighted phrase stays one term; plain words join into one phrase."""
+    if len(words) <= 1:
+        return words[0] if words else ""
+    out, phrase = [], []
+    for word in words + ["+"]:
+        if word in ("+", "-"):
+            if phrase:
+                out.append(" ".join(phrase) if len(phrase) > 1 or " " not in phrase[0] else f'"{phrase[0]}"')
+            out.append(word)
+            phrase = []
+        else:
+            phrase.append(word)
+    return " ".join(out[:-1])
+
+
 def cmd_search(args) -> int:
     wb = _workbench(args)
-    from core.library.search import SearchQuery
+    from core.library.search import SearchQuery, parse_terms
     image = load_image(args.image) if args.image else None
-    q = SearchQuery(text=args.query or "", image=image, minus=args.minus, k=args.k,
-                    text_weight=args.text_weight, image_weight=args.image_weight, threshold=args.threshold)
+    q = SearchQuery(terms=parse_terms(_query_text(args.query)), image=image, minus=args.minus, k=args.k,
+                    image_weight=args.image_weight, threshold=args.threshold)
+    if args.text_weight != 1:
+        q.terms = [replace(t, weight=t.weight * args.text_weight) if t.text is not None else t for t in q.terms]
     result = wb.search(q, USER)
     if result.note:
         print(f"note: {result.note}")
-    if result.text_used and result.text_used != q.text.strip():
+    if result.plan:
+        print(f"plan: {result.plan}")
+    if result.text_used and result.text_used != _query_text(args.query).strip():
         print(f"query used: {result.text_used!r}")
     if not result.hits:
         print("no results" + (" (the library is empty: add images with `python -m core index PATH`)" if not len(wb) else ""))
@@ -234,12 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scale(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="text→image / image→image search")
-    p.add_argument("query", nargs="?", default="")
+    p = sub.add_parser("search", help="text→image / image→image search; weighted terms as rclip takes them",
+                       epilog='query syntax: terms joined by " + " or " - ", each a text, a library image id '
+                              '(12+ hex digits) or an image file; "W:term" weighs it, e.g. '
+                              '\'"2:golden retriever" + photo.jpg - fruit\'')
+    p.add_argument("query", nargs="*", default=[],
+                   help='text, or weighted terms: \'"2:red circle" - blue\' (one argument, or rclip-style several)')
     p.add_argument("--image", help="query image (combined with the text when both are given)")
     p.add_argument("--minus", action="append", default=[], help="negative term(s), comma separated; repeatable")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--text-weight", type=float, default=1.0)
+    p.add_argument("--text-weight", type=float, default=1.0, help="multiplies the weight of every text term")
     p.add_argument("--image-weight", type=float, default=1.0)
     p.add_argument("--threshold", type=float, default=None, help="minimum cosine score")
     p.set_defaults(func=cmd_search)

@@ -21,7 +21,7 @@ import gradio as gr
 from core import Holder, IngestReport, SearchQuery, SearchResult, Workbench
 from core.access import Access, Caller
 from core.errors import ModelUnavailableError, UnknownModelError
-from core.library.search import WEAK_RATIO
+from core.library.search import WEAK_RATIO, parse_terms
 from core.messages import localize
 
 from .errors import KEEP, SLOT, fail, in_place, user_errors
@@ -163,16 +163,29 @@ class Callbacks:
 
     @in_place(KEEP, KEEP, SLOT)
     def search(self, text: str, image: str | None, minus: str, k: float, threshold: float, all_k: bool = False,
-               lang: str = "en", page: bool = False, request: gr.Request = None):
-        """-> (gallery items, hit ids, info markdown). The weak hits core marks (result.strong on) are
-        left out unless `all_k`, then marked ◌; /api/search returns the same hits with "weak" flags."""
-        with user_errors(lang):   # an empty query, k and the threshold are core's to check (check_query)
-            query = SearchQuery(text=text or "", image=self._picture(image, lang) if image else None,
-                                minus=[minus or ""], k=int(k), threshold=float(threshold) or None)
+               image_weight: float = 1.0, lang: str = "en", page: bool = False, request: gr.Request = None):
+        """-> (gallery items, hit ids, info markdown). The text box takes weighted terms ('"2:cat" + ID - dog':
+        core's parse_terms), the uploaded image is one more term (`image_weight`). The weak hits core marks
+        (result.strong on) are left out unless `all_k`, then marked ◌; /api/search returns the same hits with
+        "weak" flags."""
+        with user_errors(lang):   # the syntax, an empty query, k and the threshold are core's to check
+            query = SearchQuery(terms=parse_terms(text or ""), image=self._picture(image, lang) if image else None,
+                                image_weight=float(image_weight), minus=[minus or ""], k=int(k),
+                                threshold=float(threshold) or None)
             result = self.wb.search(query, self._who(request))
         hits = result.hits if all_k else result.hits[:result.strong]
-        info = self._search_info(result, query.text, weak=result.weak, shown_all=all_k)
+        asked = " ".join(t.asked or t.text for t in result.terms if t.text is not None)
+        info = self._search_info(result, asked, weak=result.weak, shown_all=all_k)
         return self._gallery(hits, result.strong), [h.id for h in hits], Say(info, lang)
+
+    @staticmethod
+    def add_term(text: str, image_id: str, lang: str) -> str:
+        """The selected result's id added to the query text as one more term ("beach" -> "beach + 3f2a9c0e11d4")."""
+        image_id = (image_id or "").strip()
+        if not image_id:
+            raise fail("search.no_selection", lang)
+        text = (text or "").strip()
+        return f"{text} + {image_id}" if text else image_id
 
     @in_place(KEEP, KEEP, SLOT)
     def search_similar(self, image_id: str, k: float, lang: str, page: bool = False, request: gr.Request = None):
@@ -205,14 +218,16 @@ class Callbacks:
         """lang -> the search's info markdown (read from the library now, said in any language later).
         It keeps the note, the text used and the count, never the result: it lives in the session's State."""
         unknown, empty = self._unknown(asked), not len(self.wb)
-        note, used, n = result.note, result.text_used, len(result.hits)
+        note, used, n, plan = result.note, result.text_used, len(result.hits), result.plan
         asked = asked.strip()
 
         def info(lang: str) -> str:
             lines = [w for w in (unknown(lang),) if w]
+            if plan:   # several or weighted terms: each with its weight, a translated one with what was read
+                lines.append(t("search.plan", lang, plan=localize(plan, lang)))
             if note:   # core's note is a Msg: English, and Chinese for a Chinese page
                 lines.append(t("search.note", lang, note=localize(note, lang)))
-            elif used and used != asked:
+            elif used and used != asked and not plan:
                 lines.append(t("search.used", lang, text=used))
             if not n:
                 lines.append(t("search.empty_lib" if empty else "search.none", lang))

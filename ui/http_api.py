@@ -1,6 +1,7 @@
 """A JSON HTTP API over a Workbench, served by the same server as the Gradio app.
 
-    GET  /api/search?q=a+cat&k=10[&minus=dog,people][&threshold=0.2]   text -> images
+    GET  /api/search?q=a+cat&k=10[&minus=dog,people][&threshold=0.2]   text -> images ('"2:cat" + ID - dog' too)
+    POST /api/search   JSON {"terms": [{"text"|"image_id"|"image": ..., "weight": w}], "k": 10}   weighted terms
     GET  /api/stats                                                   image count, model id, dimension
     POST /api/search/image?k=10      multipart `image`                image -> images
     POST /api/search/vector          JSON {"vector": [...], "k": 10}  embedding -> images
@@ -25,6 +26,8 @@ the thread pool. docs/API.md#json-http-api.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import mimetypes
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from gradio.route_utils import get_root_url
 from pydantic import BaseModel
 
 from core import Entry, Hit, Holder, SearchQuery, SearchResult, Upload, Workbench
+from core.library.search import Term, parse_terms
 from core.access import Access, Caller
 from core.errors import ImageError, NotFoundError, PermissionDenied, QueryError, QuotaError, WorkbenchError
 from core.images import MAX_BYTES
@@ -169,6 +173,21 @@ class IdList(BaseModel):
     ids: list[str]        # image ids as /api/library shows them
 
 
+class TermIn(BaseModel):
+    text: str | None = None       # a text (Chinese or English)
+    image_id: str | None = None   # a library image id, as /api/library shows it
+    image: str | None = None      # an image file's bytes in base64 (a data: URL is fine too)
+    name: str | None = None       # how the image is named in messages and the plan
+    weight: float = 1.0           # a negative weight subtracts the term
+
+
+class TermsQuery(BaseModel):
+    q: str = ""                   # typed terms in the query syntax ('"2:cat" + 3f2a9c0e11d4 - dog'), added to `terms`
+    terms: list[TermIn] = []
+    k: int = 10
+    threshold: float | None = None
+
+
 class VectorQuery(BaseModel):
     vector: list[float]   # [D] an embedding of this library's model (normalised by the server)
     k: int = 10
@@ -245,9 +264,32 @@ class _Api:
                      threshold: float | None = None) -> dict:
         if not q.strip():   # this route's own parameter (the rest of the query is core's to check)
             raise QueryError("Missing query: add ?q=some words, e.g. /api/search?q=a%20cat or ?q=一只猫")
-        query = SearchQuery(text=q, minus=[minus], k=k, threshold=threshold)
+        query = SearchQuery(terms=parse_terms(q), minus=[minus], k=k, threshold=threshold)   # q may weigh terms
         result = await self._model(self.wb.search, query, request.state.caller)
-        return {"results": self._hits(request, result), "query_used": result.text_used, "note": result.note}
+        return {"results": self._hits(request, result), "query_used": result.text_used, "note": result.note,
+                "plan": result.plan}
+
+    async def search_terms(self, request: Request, body: TermsQuery) -> dict:
+        """Weighted terms: the query syntax in `q` and/or explicit terms; base64 images decoded here, checked
+        (size, format, pixels) by core's safe loader like any upload."""
+        terms = parse_terms(body.q) + [await run_in_threadpool(self._term, t, i) for i, t in enumerate(body.terms)]
+        query = SearchQuery(terms=terms, k=body.k, threshold=body.threshold)
+        result = await self._model(self.wb.search, query, request.state.caller)
+        return {"results": self._hits(request, result), "query_used": result.text_used, "note": result.note,
+                "plan": result.plan, "terms": [_term_out(t) for t in result.terms]}
+
+    def _term(self, t: TermIn, i: int) -> Term:
+        if t.image is None:
+            return Term(t.weight, text=t.text, image_id=t.image_id)
+        name = t.name or f"image {i + 1}"
+        data = t.image.split(",", 1)[1] if t.image.startswith("data:") else t.image
+        if len(data) > self.max_bytes * 4 // 3 + 4:
+            raise ImageError(name, f"image is over the {self.max_bytes:,}-byte limit")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError(name, "the image is not valid base64") from None
+        return Term(t.weight, text=t.text, image_id=t.image_id, image=raw, name=name)
 
     async def search_image(self, request: Request, image: UploadFile = File(...), k: int = 10) -> dict:
         query = SearchQuery(image=await self._picture(image), k=k)
@@ -322,6 +364,15 @@ class _Api:
         return {"groups": [[self._entry(request, e) for e in group] for group in groups]}
 
 
+def _term_out(t: Term) -> dict:
+    """One term of a query's plan: what the encoder read (a text as translated, "asked" as typed), its weight."""
+    if t.text is not None:
+        return {"text": t.text, "weight": t.weight, **({"asked": t.asked} if t.asked is not None else {})}
+    if t.image_id is not None:
+        return {"image_id": t.image_id[:12], "name": t.name, "weight": t.weight}
+    return {"image": t.name or "image", "weight": t.weight}
+
+
 def _file(path: Path) -> FileResponse:
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media, headers={"Cache-Control": _CACHE, "X-Content-Type-Options": "nosniff"})
@@ -340,6 +391,7 @@ def build_api(holder: Holder | Workbench, access: Access | None = None, heavy: i
                        tags=["workbench"])
     one_file, many = max_bytes + _FORM_SLACK, MAX_FILES * (max_bytes + _FORM_SLACK)
     table = [("GET", "/search", api.search, None), ("GET", "/stats", api.stats, None),
+             ("POST", "/search", api.search_terms, 2 * (max_bytes * 4 // 3) + 2 ** 20),   # two full-size base64 images
              ("POST", "/search/image", api.search_image, one_file),
              ("POST", "/search/vector", api.search_vector, 4 * 2 ** 20),
              ("GET", "/similar/{image_id}", api.similar, None),

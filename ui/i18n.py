@@ -94,9 +94,13 @@ _S: dict[str, tuple[str, str]] = {
     "zs.added": ("已加入图库：{summary}", "Added to the library: {summary}"),
 
     # search
-    "search.text": ("搜索文字（中文或英文）", "Search text (Chinese or English)"),
-    "search.text_ph": ("一只猫 / a cat on a sofa", "a cat on a sofa / 一只猫"),
+    "search.text": ("搜索文字（中文或英文；可加权组合：\"2:金毛犬\" + 图片ID - 水果）",
+                    "Search text (Chinese or English; weighted terms: \"2:golden retriever\" + IMAGE-ID - fruit)"),
+    "search.text_ph": ("一只猫 / a cat on a sofa / \"2:红色圆形\" - 蓝色", "a cat on a sofa / 一只猫 / \"2:red circle\" - blue"),
     "search.image": ("查询图片（可选，以图搜图）", "Query image (optional, image→image)"),
+    "search.image_weight": ("查询图片的权重（负数表示减去）", "Weight of the query image (negative subtracts it)"),
+    "search.add_term": ("加入查询（+ 此图）", "Add to the query (+ this image)"),
+    "search.plan": ("查询计划：{plan}", "Query plan: {plan}"),
     "search.minus": ("排除词（逗号分隔，可选）", "Negative terms (comma separated, optional)"),
     "search.minus_ph": ("人, 文字", "people, text"),
     "search.k": ("返回数量 Top-K", "Results (top-K)"),

@@ -72,6 +72,8 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State,
             text = loc(gr.Textbox, label="search.text", placeholder="search.text_ph", value=query)
             image = loc(SafeImage, **_IMAGE_INPUT, label="search.image",
                         height=200, elem_id="search-image")
+            image_weight = loc(gr.Slider, label="search.image_weight", minimum=-2.0, maximum=3.0, value=1.0, step=0.1,
+                               elem_id="search-image-weight")
             minus = loc(gr.Textbox, label="search.minus", placeholder="search.minus_ph")
             k = loc(gr.Slider, label="search.k", minimum=SEARCH_K[0], maximum=SEARCH_K[1], value=SEARCH_K[2], step=1)
             threshold = loc(gr.Slider, label="search.threshold", minimum=0.0, maximum=1.0, value=0.0, step=0.01)
@@ -84,15 +86,21 @@ def search_tab(cb: Callbacks, loc: Localizer, lang: gr.State, on_page: gr.State,
             with gr.Row():
                 selected = loc(gr.Textbox, label="search.selected", scale=2)
                 similar = loc(gr.Button, value="search.similar", scale=1)
+                add_term = loc(gr.Button, value="search.add_term", scale=1, elem_id="search-add-term")
     # the checkbox reaches the callback through a State, so the documented /search keeps its five inputs
     # (API callers get the default: weak matches left out, as on the page)
-    show_all = gr.State(False)
+    show_all, weight = gr.State(False), gr.State(1.0)   # so does the image's weight (API callers: 1)
     all_k.change(lambda v: bool(v), [all_k], [show_all], **_PRIVATE, concurrency_limit=CHEAP, show_progress="hidden")
-    run = loc.wire(cb.search, [text, image, minus, k, threshold, show_all, lang, on_page], [gallery, ids, info], **MODEL)
+    image_weight.change(lambda v: float(v), [image_weight], [weight], **_PRIVATE, concurrency_limit=CHEAP,
+                        show_progress="hidden")
+    run = loc.wire(cb.search, [text, image, minus, k, threshold, show_all, weight, lang, on_page], [gallery, ids, info],
+                   **MODEL)
     button.click(**run, api_name="search")
     text.submit(**run, **_PRIVATE)
     similar.click(**loc.wire(cb.search_similar, [selected, k, lang, on_page], [gallery, ids, info], concurrency_limit=CHEAP),
                   api_name="search_similar")
+    # the selected result as one more term of the query text ("beach + 3f2a9c0e11d4"); the user may weigh it
+    add_term.click(cb.add_term, [text, selected, lang], [text], **_PRIVATE, concurrency_limit=CHEAP, show_progress="hidden")
     # a click only selects (the preview keeps the clicked image); "similar" searches with it on demand
     gallery.select(cb.pick, [ids], [selected], **_PRIVATE, concurrency_limit=CHEAP)
 

@@ -103,6 +103,7 @@ class SearchResult:
 
     plan: str | None = None    # a query of several (or weighted) terms: each term with its weight and, for a
     #                            translated text, what the encoder read (a Msg: describe_terms); None otherwise
+    terms: tuple[Term, ...] = ()   # the query's terms as the encoder read them (Planned.terms)
 
     def __post_init__(self) -> None:
         if self.strong is None:
@@ -288,12 +289,12 @@ class Searcher:
         described = describe_terms(plan.terms) if _compound(plan.terms) else None
         if not words or not any("caption_en" in h.meta for h in pool):
             kept = [h for h in pool if q.threshold is None or h.score >= q.threshold]
-            return SearchResult(kept[:q.k], used, note, plan=described)
+            return SearchResult(kept[:q.k], used, note, plan=described, terms=plan.terms)
         scored = sorted(((h.score + CAPTION_WEIGHT * _caption_match(h.meta, words), h) for h in pool),
                         key=lambda t: -t[0])
         hits = [Hit(h.rowid, h.id, h.sha256, h.path, h.name, s, h.meta) for s, h in scored
                 if q.threshold is None or s >= q.threshold][:q.k]
-        return SearchResult(hits, used, note, plan=described)
+        return SearchResult(hits, used, note, plan=described, terms=plan.terms)
 
     def nearest(self, vec: torch.Tensor, k: int, threshold: float | None = None) -> list[Hit]:
         """Top-k library entries for a normalised query vector [D]."""
