@@ -212,10 +212,11 @@ def format_terms(terms: Sequence[Term]) -> str:
         return terms[0].text
     out = []
     for i, term in enumerate(terms):
-        body = term.text if term.text is not None else (term.image_id or term.path or f"[{term.name or 'image'}]")
+        body = term.text if term.text is not None else ((term.image_id or "")[:12] or term.path
+                                                        or f"[{term.name or 'image'}]")
         weight = abs(term.weight)
+        quote = term.text is not None and (" " in term.text or ":" in term.text)
         body = f"{weight:g}:{body}" if weight != 1 else body
-        if term.text is not None and (" " in body or ":" in body):
-            body = f'"{body}"'
+        body = f'"{body}"' if quote else body
         out.append(("- " if term.weight < 0 else "+ " if i else "") + body)
     return " ".join(out)
