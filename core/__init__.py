@@ -27,6 +27,7 @@ from .lazy import lazy_attributes  # noqa: E402
 # The public names below are imported on first use (core/lazy.py).
 _LAZY = {"IngestReport": ".library.ingest", "Upload": ".library.ingest", "open_library": ".library.ingest",
          "Hit": ".library.search", "SearchQuery": ".library.search", "SearchResult": ".library.search",
+         "Term": ".library.search", "parse_terms": ".library.search",
          "Entry": ".library.store", "Library": ".library.store",
          "Encoder": ".models", "available_models": ".models", "load_encoder": ".models",
          "Page": ".workbench", "Workbench": ".workbench", "build_workbench": ".workbench", "Holder": ".holder",
@@ -37,7 +38,8 @@ _LAZY = {"IngestReport": ".library.ingest", "Upload": ".library.ingest", "open_l
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["load_encoder", "available_models", "open_library", "Workbench", "build_workbench", "Holder", "Encoder", "Library",
-           "Entry", "Page", "SearchQuery", "SearchResult", "Hit", "Upload", "IngestReport", "WorkbenchError",
+           "Entry", "Page", "SearchQuery", "SearchResult", "Hit", "Term", "parse_terms", "Upload", "IngestReport",
+           "WorkbenchError",
            "ModelUnavailableError", "UnknownModelError", "ImageError", "LibraryError", "ModelMismatchError",
            "QueryError", "LabelError", "LiveConfig", "LiveTrainer", "Storage", "storage", "Monitor", "Health",
            "Snapshot", "prometheus_text"]
