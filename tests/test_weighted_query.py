@@ -224,3 +224,18 @@ def test_the_json_api_takes_weighted_terms(app):
     assert [(e.status_code, e.json()["kind"]) for e in errors] == [
         (400, "ValidationError"), (400, "QueryError"), (400, "QueryError"), (400, "ImageError"), (400, "QueryError")]
     assert "names a file on the server" in errors[2].json()["error"] and str(SAMPLES[1].parent) not in errors[2].text
+
+
+def test_the_page_takes_the_same_syntax_and_shows_the_plan(app):
+    """The search box reads weighted terms (a library image id among them); its results are /api/search's
+    strong ones, and the info says the plan; "Add to the query" appends the selected result's id."""
+    from gradio_client import Client
+    from ui.callbacks import Callbacks
+    coffee = next(e.id for e in app.wb.entries() if e.name == "coffee.jpg")
+    typed = f'"2:red circle" + {coffee} - 0.5:blue'
+    gallery, info = Client(app.url, verbose=False).predict(typed, None, "", len(SAMPLES), 0, api_name="/search")
+    hits = httpx.get(app.url + "api/search", params={"q": typed, "k": len(SAMPLES)}, timeout=60).json()["results"]
+    names = [item["caption"].split(" · ", 1)[1] for item in gallery]
+    assert names == [h["name"] for h in hits if not h["weak"]]
+    assert f"Query plan: 2 × “red circle” + library image {coffee} (coffee.jpg) − 0.5 × “blue”" in info
+    assert Callbacks.add_term("red circle", coffee, "en") == f"red circle + {coffee}"
