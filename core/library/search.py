@@ -11,7 +11,9 @@ plan down, then marks the weak hits (`count_strong`) on the `SearchResult` every
 
 A query is a weighted sum of L2-normalised embeddings: each positive text and image
 adds its embedding times its weight, each negative text subtracts its own; the sum is
-normalised again (rclip's combined queries). Scores are cosine similarities; when images
+normalised again (rclip's combined queries). Its `terms` (core/library/terms.py: texts, library
+image ids, images, each with a weight; `parse_terms('"2:cat" + 3f2a9c0e11d4 - dog')` reads them
+as rclip does) join the text, image and negative terms in the same sum. Scores are cosine similarities; when images
 carry stored captions (core.lang.caption_metadata at ingest), a text query's best embedding
 candidates are re-ranked with a small bonus for captions containing the query's words.
 
