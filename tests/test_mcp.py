@@ -150,6 +150,14 @@ def test_bad_images_get_a_clear_message(app):
     assert "No image with id" in refusal(call(app, "caption_image", {"image": "abcdef123456"}))
 
 
+def test_an_app_without_logins_is_open_to_every_client(tiny_clip_path, tmp_path):
+    """As its page is: no login, and each client is the one local user (who may add)."""
+    with serve(tiny_clip_path, tmp_path / "library", mcp=True) as served:
+        report = answer(call(served, "add_image", {"image": data_uri(png((90, 10, 160)), "image/png")}, auth=None))
+        assert report["images"] == len(served.wb) == 1
+        assert answer(call(served, "library_stats", auth=None))["images"] == 1
+
+
 def test_mcp_flag_and_a_failed_start_said_at_start(tiny_clip_path, tmp_path, monkeypatch):
     assert demo_py.parse_args(["--mcp"]).mcp and not demo_py.parse_args([]).mcp
     monkeypatch.setenv("CLIP_WB_MCP", "1")

@@ -45,7 +45,7 @@ __all__ = ["TOOLS", "MCP_PATH", "McpTools", "mcp_lifespan", "mcp_problem", "Tool
 
 TOOLS = ("search_library", "classify_image", "caption_image", "library_stats", "add_image")
 MCP_PATH = "/gradio_api/mcp/"          # Gradio's streamable HTTP endpoint
-_ENDPOINT = "mcp_"                      # the tools' Gradio api_names: mcp_search_library, ... (the page has /library_stats)
+_ENDPOINT = "mcp_"                      # their Gradio api_names: mcp_search_library, ... (the page has /library_stats)
 _LIBRARY_URL = re.compile(API_PREFIX + r"/images/([0-9a-f]{6,64})(?:/thumb)?/?$")
 _IMAGE_ID = re.compile(r"[0-9a-f]{6,64}")
 _DATA_URI = re.compile(r"data:([\w.+/-]*)(?:;[\w=.+-]+)*?;base64,", re.I)
@@ -84,14 +84,19 @@ class McpTools:
         for name in TOOLS:
             gr.api(getattr(self, name), api_name=_ENDPOINT + name, queue=False)
 
-    # ------------------------------------------------------------ the tools (docstrings are their MCP descriptions)
+    # ------------------------------------------------------------ the tools
+    # Their docstrings are their MCP descriptions: Gradio joins the lines before "Args:", and reads each
+    # argument's description from its one line after it.
 
     def search_library(self, query: str, k: int = 10, request: gr.Request = None) -> str:
-        """Search the image library by text, in English or Chinese (以文搜图：用中文或英文描述想找的图片). Returns JSON: results, best first, each {id, score, name, image_url, thumb_url, weak}; weak hits are poor matches the app's page hides. image_url is served by this app (with the same login).
+        """Search the image library by text, in English or Chinese.
+        以文搜图：用中文或英文描述想找的图片。
+        Returns JSON: results, best first, each {id, score, name, image_url, thumb_url, weak}; weak hits are
+        poor matches the app's page hides. image_url is served by this app (with the same login).
 
         Args:
             query: what to look for, e.g. "a cat on a sofa" or "沙发上的猫"
-            k: how many images at most (1 to 100)
+            k: how many images at most (default 10)
         """
         with self._refusals():
             caller = self._caller(request)
@@ -100,10 +105,13 @@ class McpTools:
             return _json({"results": hits, "query_used": result.text_used, "note": _said(result.note)})
 
     def classify_image(self, image: str, labels: list[str], request: gr.Request = None) -> str:
-        """Zero-shot classification of one image among the labels you give (零样本分类：给出候选标签，判断图片属于哪一类；标签可用中文或英文). Returns JSON: labels, most likely first, each {label, probability}, and a note when the model cannot judge some labels.
+        """Zero-shot classification of one image among the labels you give.
+        零样本分类：给出候选标签（中文或英文），判断图片属于哪一类。
+        Returns JSON: labels, most likely first, each {label, probability}, and a note when the model
+        cannot judge some labels.
 
         Args:
-            image: the image, as base64 data ("data:image/png;base64,...") or the image_url / id of a library image from search_library
+            image: base64 data ("data:image/png;base64,...") or the image_url or id of a library image
             labels: two or more candidate labels, e.g. ["cat", "dog", "bird"] or ["猫", "狗"]
         """
         with self._refusals():
@@ -116,10 +124,12 @@ class McpTools:
                           "note": _said(note)})
 
     def caption_image(self, image: str, request: gr.Request = None) -> str:
-        """Describe one image in a sentence, in English and Chinese (看图说话：为图片生成中英文描述). Returns JSON {caption_en, caption_zh}.
+        """Describe one image in a sentence, in English and Chinese.
+        看图说话：为图片生成中英文描述。
+        Returns JSON {caption_en, caption_zh}.
 
         Args:
-            image: the image, as base64 data ("data:image/png;base64,...") or the image_url / id of a library image from search_library
+            image: base64 data ("data:image/png;base64,...") or the image_url or id of a library image
         """
         with self._refusals():
             caller = self._caller(request)
@@ -127,7 +137,9 @@ class McpTools:
             return _json(self._model(self.wb.caption, [picture], caller=caller)[0])
 
     def library_stats(self, request: gr.Request = None) -> str:
-        """How big the image library is and which model serves it (图库统计：图片数量、模型、占用空间). Returns JSON: images, model_id, dim, image_bytes, features_bytes, safety, max_k, max_bytes."""
+        """How big the image library is and which model serves it.
+        图库统计：图片数量、模型、占用空间。
+        Returns JSON: images, model_id, dim, image_bytes, features_bytes, safety, max_k, max_bytes."""
         with self._refusals():
             caller = self._caller(request)
             stats = {k: v for k, v in self.wb.stats().items() if k != "path"}   # no server paths to clients
@@ -135,7 +147,11 @@ class McpTools:
             return _json({**stats, "notice": _said(notice), "max_k": MAX_K, "max_bytes": self.max_bytes})
 
     def add_image(self, image: str, request: gr.Request = None) -> str:
-        """Add one image to the shared library, where everyone can then search it (向共享图库添加一张图片；需要教师登录). Only a teacher's login may add through an assistant; quotas and the class's safety rules apply. Returns JSON: added (new ids), duplicates, held (waiting for the teacher's review), images (library size), image_url.
+        """Add one image to the shared library, where everyone can then search it.
+        向共享图库添加一张图片（需要教师登录）。
+        Only a teacher's login may add through an assistant; quotas and the class's safety rules apply.
+        Returns JSON: added (new ids), duplicates, held (waiting for the teacher's review), images (library
+        size), id, image_url.
 
         Args:
             image: the image as base64 data, e.g. "data:image/jpeg;base64,/9j/4AAQ..."
