@@ -150,6 +150,17 @@ def test_bad_images_get_a_clear_message(app):
     assert "No image with id" in refusal(call(app, "caption_image", {"image": "abcdef123456"}))
 
 
+def test_the_docs_client_snippet_runs(app, capsys):
+    """docs/API.md's MCP client (a ```py block: the gradio_client snippets' runner skips it) as written."""
+    import re
+    from core.settings import PROJECT_ROOT
+    doc = (PROJECT_ROOT / "docs" / "API.md").read_text(encoding="utf-8")
+    code = re.search(r"```py\n(.*?)```", doc, flags=re.S).group(1).replace('"http://127.0.0.1:7860/"', repr(app.url))
+    exec(compile(code, "docs/API.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert all(name in out for name in TOOLS) and '"results"' in out
+
+
 def test_an_app_without_logins_is_open_to_every_client(tiny_clip_path, tmp_path):
     """As its page is: no login, and each client is the one local user (who may add)."""
     with serve(tiny_clip_path, tmp_path / "library", mcp=True) as served:
