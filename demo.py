@@ -9,6 +9,8 @@ are read by Gradio itself). If the model or the library cannot be opened, the ap
 starts and explains what is wrong and how to fix it. For a class on one link: students log in
 with --auth (repeatable), the teacher with --admin; on a Space, put the logins in the secrets
 CLIP_WB_AUTH / CLIP_WB_ADMIN ("user:pass,user:pass") or a file named by CLIP_WB_AUTH_FILE.
+With --mcp (CLIP_WB_MCP=1 on a Space) AI assistants use the library through MCP tools at
+/gradio_api/mcp/ (ui/mcp.py), under the same logins and rules.
 Others reaching the app turn the safety policy on (--safety standard: flagged uploads wait for the
 teacher's review; CLIP_WB_SAFETY on a Space).
 On a Space with a persistent disk the library and the model cache live in /data; without one,
@@ -79,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: only a private one; $CLIP_WB_SYNC_PUBLIC=1)")
     p.add_argument("--sync-every", type=float, default=float(os.environ.get("CLIP_WB_SYNC_EVERY") or 5),
                    metavar="MINUTES", help="minutes between pushes with --sync-to-hub (default 5; $CLIP_WB_SYNC_EVERY)")
+    p.add_argument("--mcp", action="store_true", default=os.environ.get("CLIP_WB_MCP") == "1",
+                   help="also serve MCP tools for AI assistants at /gradio_api/mcp/ (search_library, classify_image, "
+                        "caption_image, library_stats, add_image), with the same logins (HTTP Basic) and rules as the "
+                        "page; needs gradio[mcp] (default $CLIP_WB_MCP=1)")
     p.add_argument("--safety", choices=MODES, default=None,
                    help="off | standard (flagged uploads wait for the teacher's review, unsafe queries are refused) | "
                         "strict (every student upload waits for the teacher); default $CLIP_WB_SAFETY, else standard "
@@ -124,7 +130,8 @@ def build(args: argparse.Namespace):
         log.warning("%s", warning)
     # An English-only CLIP translates Chinese queries: load the translator while the page opens.
     threading.Thread(target=wb.preload_translator, name="preload-translator", daemon=True).start()
-    return build_app(wb, lang=args.lang, access=args.access), launch_options(wb, args.access, args.lang)
+    return (build_app(wb, lang=args.lang, access=args.access, mcp=args.mcp),
+            launch_options(wb, args.access, args.lang, mcp=args.mcp))
 
 
 def open_workbench(args: argparse.Namespace):
@@ -214,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.launch(server_name=args.host, server_port=args.port, share=args.share or None, quiet=True,
                 prevent_thread_lock=True, **options)
     print(console_hint(demo.local_url, demo.share_url), flush=True)
+    if args.mcp:   # Gradio only records a failed MCP start: say it where the teacher looks
+        from ui.mcp import mcp_problem
+        if (problem := mcp_problem(demo)) is not None:
+            log.warning("%s", problem)
     try:
         demo.block_thread()   # returns on Ctrl-C / close; a SIGTERM's SystemExit passes through
     finally:

@@ -27,8 +27,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 from .errors import PermissionDenied, QuotaError
 from .messages import Msg
 
-__all__ = ["Access", "Accounts", "Caller", "Limits", "LoginThrottle", "ADMIN_ACTIONS", "SURFACES", "LOCAL",
-           "parse_logins"]
+__all__ = ["Access", "Accounts", "Caller", "Limits", "LoginThrottle", "ADMIN_ACTIONS", "SURFACE_ADMIN_ACTIONS",
+           "SURFACES", "LOCAL", "parse_logins"]
 
 _MB = 2 ** 20
 SURFACES = ("page", "api", "mcp", "cli", "python")   # where a call comes from
@@ -41,6 +41,10 @@ ADMIN_ACTIONS = {"remove": Msg("删除图片", "delete images"), "compact": Msg(
                  "switch_model": Msg("切换应用使用的模型", "switch the app's model"),
                  "build_index": Msg("重建搜索索引", "rebuild the search index"),
                  "review": Msg("审核上传的图片", "review uploaded images")}
+# What only the teacher may do from a surface: an AI assistant (MCP) adds unattended, possibly in a loop, to
+# the library every student's screen shows, so there adding is the teacher's; a student adds on the page
+SURFACE_ADMIN_ACTIONS = {"mcp": {"add": Msg("通过 AI 助手（MCP）向图库添加图片",
+                                            "add images to the library through an AI assistant (MCP)")}}
 
 
 @dataclass(frozen=True)
@@ -189,10 +193,12 @@ class Access:
         return "admin" if caller.admin else "student"
 
     def admit(self, caller: Caller, action: str) -> None:
-        """PermissionDenied when `action` is one only the teacher may do (ADMIN_ACTIONS) and the caller
-        is a student; every other action is open to every caller."""
-        if action in ADMIN_ACTIONS:
-            self.require_admin(caller, ADMIN_ACTIONS[action])
+        """PermissionDenied when `action` is one only the teacher may do (ADMIN_ACTIONS, or from the
+        caller's surface: SURFACE_ADMIN_ACTIONS) and the caller is a student; every other action is
+        open to every caller."""
+        refused = ADMIN_ACTIONS.get(action) or SURFACE_ADMIN_ACTIONS.get(caller.surface, {}).get(action)
+        if refused is not None:
+            self.require_admin(caller, refused)
 
     def require_admin(self, caller: Caller, action: str | Msg) -> None:
         """PermissionDenied for a student; `action` says what was refused (a Msg, e.g.

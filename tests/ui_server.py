@@ -45,13 +45,15 @@ def free_port() -> int:
 def serve(model_path: Path | str, library_dir: Path, lang: str | None = None,
           auth: tuple[str, str] | list[tuple[str, str]] | None = None,
           admin: tuple[str, str] | None = None, limits: Limits | None = None,
-          fallback_cache: Path | None = None, safety: SafetyConfig | None = None) -> Iterator[Served]:
+          fallback_cache: Path | None = None, safety: SafetyConfig | None = None,
+          mcp: bool = False) -> Iterator[Served]:
     """The app (and its JSON API at /api/...) on 127.0.0.1 in a background thread; closed on exit.
     `auth` (user, password) or a list of them: student logins, as demo.py's --auth USER:PASS;
     `admin`: the teacher's login (--admin); `limits`: quotas (default: Limits()).
     `fallback_cache`: start as demo.py does offline with this (empty) model cache, so a named model
     such as "ViT-B/32" is missing and the bundled mini model stands in (the offline first start).
-    `safety`: the class's safety policy, as demo.py's --safety flags make it (None: off)."""
+    `safety`: the class's safety policy, as demo.py's --safety flags make it (None: off).
+    `mcp`: also the MCP tools at /gradio_api/mcp/, as demo.py's --mcp (ui/mcp.py)."""
     students = [auth] if isinstance(auth, tuple) else list(auth or [])
     accounts = Accounts.parse([f"{u}:{p}" for u, p in students], [f"{u}:{p}" for u, p in ([admin] if admin else [])],
                               env={})
@@ -60,9 +62,9 @@ def serve(model_path: Path | str, library_dir: Path, lang: str | None = None,
                          fallback=fallback_cache is not None, cache=fallback_cache,
                          background=True, access=access,   # as demo.py: features_library.pth is rewritten after writes
                          safety=safety)
-    demo = build_app(wb, lang=lang, access=access)
+    demo = build_app(wb, lang=lang, access=access, mcp=mcp)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                **launch_options(wb, access, lang))
+                **launch_options(wb, access, lang, mcp=mcp))
     try:
         yield Served(demo.local_url, wb, demo, access)
     finally:

@@ -32,6 +32,7 @@ from .http_health import build_health_routes
 from .i18n import AUTH_MESSAGE, DEFAULT_LANG, pick_lang, t
 from .language import Localizer, header, language_events, language_radio
 from .learn import learn_tab
+from .mcp import McpTools, mcp_lifespan
 from .locale import TOAST_CSS, LocaleScript
 from .tabs import caption_tab, classify_tab, library_tab, search_tab
 
@@ -58,10 +59,13 @@ class QueueConfig:
     max_size = 200        # waiting requests before new ones are refused ("queue full")
 
 
-def build_app(wb: Workbench | Holder, lang: str | None = None, access: Access | None = None) -> gr.Blocks:
+def build_app(wb: Workbench | Holder, lang: str | None = None, access: Access | None = None,
+              mcp: bool = False) -> gr.Blocks:
     """The app for one Workbench. `lang` ("zh" | "en") fixes the start language; None follows the browser.
     `access`: None, or the workbench's own policy (build_workbench(access=...): roles and quotas).
-    The page and the JSON API (launch_options) share the server's Holder: a model switch reaches both."""
+    `mcp`: also the five MCP tools (ui/mcp.py; serve them with launch_options(..., mcp=True)).
+    The page, the JSON API (launch_options) and the MCP tools share the server's Holder: a model
+    switch reaches them all."""
     start = pick_lang(lang) if lang else DEFAULT_LANG
     cb, loc = Callbacks(wb, access), Localizer(start)
     wb = cb.wb   # the workbench the server starts with (layout, starters, banner)
@@ -93,6 +97,8 @@ def build_app(wb: Workbench | Holder, lang: str | None = None, access: Access | 
         demo.load(cb.teacher_controls, None, teacher_only, api_visibility="private", show_progress="hidden",
                   concurrency_limit=None)
         demo.load(**show_health)   # the health panel: the teacher's only (ui/health.py)
+        if mcp:   # tools for AI assistants, over the same holder and policy (ui/mcp.py)
+            McpTools(cb.holder, heavy=heavy).register()
     return demo.queue(default_concurrency_limit=heavy, max_size=QueueConfig.max_size)
 
 
@@ -118,12 +124,15 @@ def build_error_app(problem: Exception, lang: str | None = None, model: str = "M
     return demo.queue()
 
 
-def launch_options(wb: Workbench | Holder | None = None, access: Access | None = None, lang: str | None = None) -> dict:
+def launch_options(wb: Workbench | Holder | None = None, access: Access | None = None, lang: str | None = None,
+                   mcp: bool = False) -> dict:
     """Keyword arguments for demo.launch() besides the address: the login (the workbench's accounts, or
     `access`'s for the page without one; none = open), only stored images, thumbnails and bundled samples served (ui/guard.py), failed
     logins throttled per client and, with a workbench, the JSON API at /api/... (docs/API.md#json-http-api)
     first in Gradio's own FastAPI app, under the same roles and quotas as the UI. `lang`: demo.py's
-    --lang, so Gradio's own texts start in it too (ui/locale.py)."""
+    --lang, so Gradio's own texts start in it too (ui/locale.py). `mcp`: Gradio's MCP server at
+    /gradio_api/mcp/ with only the five tools of ui/mcp.py (build_app(..., mcp=True) adds them);
+    ui.mcp.mcp_problem(demo) says after launch whether it came up."""
     holder = Holder.of(wb) if wb is not None else None   # the page's own (build_app): one per server
     if holder is not None and access is not None and access is not holder.access:
         raise ValueError("launch_options: the access policy is the workbench's; build it with build_workbench(access=...)")
@@ -145,6 +154,10 @@ def launch_options(wb: Workbench | Holder | None = None, access: Access | None =
     if wb is not None:
         heavy = QueueConfig.heavy_gpu if wb.runtime.is_cuda else QueueConfig.heavy_cpu
         app_kwargs["routes"] = build_api(holder, heavy=heavy).routes + build_health_routes(lambda: holder.wb, access).routes
+        if mcp:
+            app_kwargs["lifespan"] = mcp_lifespan   # before the first request: only the five tools
+    # the flag decides, not Gradio's GRADIO_MCP_SERVER (which would offer every page endpoint as a tool)
+    options["mcp_server"] = bool(mcp and wb is not None)
     return {**options, "app_kwargs": app_kwargs}
 
 

@@ -46,12 +46,12 @@ from core.access import Access, Caller
 from core.errors import ImageError, NotFoundError, PermissionDenied, QueryError, QuotaError, WorkbenchError
 from core.images import MAX_BYTES
 from core.library.search import MAX_K
-from core.messages import without_paths
+from core.messages import Msg, without_paths
 
 from .csrf import foreign_origin
 from .guard import client_address
 
-__all__ = ["build_api", "Users", "API_PREFIX", "MAX_FILES"]
+__all__ = ["build_api", "Users", "ApiProblem", "basic_credentials", "API_PREFIX", "MAX_FILES"]
 
 API_PREFIX = "/api"
 MAX_FILES = 64               # files per POST /api/images (send a bigger folder in several requests)
@@ -128,35 +128,55 @@ class Users:
     """The dependency that resolves who is calling, as a core `Caller` (roles and quotas are core's
     `Access`): without accounts, an anonymous client (the address stands for the session); else
     the user from HTTP Basic auth or from the Gradio login cookie; 401 otherwise, 429 after too
-    many failed attempts from one address."""
+    many failed attempts from one address. `surface`: where the calls come from ("api"; the MCP
+    tools of ui/mcp.py resolve their callers with the same logins as "mcp")."""
 
-    def __init__(self, access: Access):
-        self.access = access
+    def __init__(self, access: Access, surface: str = "api"):
+        self.access, self.surface = access, surface
 
     def __call__(self, request: Request,
                  basic: HTTPBasicCredentials | None = Depends(HTTPBasic(auto_error=False))) -> Caller:
-        request.state.caller = caller = self._resolve(request, basic)   # endpoints read it from there
+        request.state.caller = caller = self.resolve(request, basic)   # endpoints read it from there
         return caller
 
-    def _resolve(self, request: Request, basic: HTTPBasicCredentials | None) -> Caller:
+    def resolve(self, request: Request, basic: HTTPBasicCredentials | None) -> Caller:
+        """The caller of `request` (ApiProblem 401 / 429 as above); `basic`: its HTTP Basic credentials."""
         client = client_address(request.scope)
         if self.access.open:
-            return self.access.caller(None, f"api:{client}", "api")
+            return self.access.caller(None, f"{self.surface}:{client}", self.surface)
         name = basic.username if basic is not None else None
         wait = self.access.throttle.retry_after(client, name)
         if wait > 0:
-            raise ApiProblem(429, f"Too many failed logins; try again in {int(wait) + 1} s", "TooManyLogins",
-                             {"Retry-After": str(int(wait) + 1)})
+            raise ApiProblem(429, Msg("登录失败次数过多，请 {s} 秒后再试", "Too many failed logins; try again in {s} s",
+                                      s=int(wait) + 1), "TooManyLogins", {"Retry-After": str(int(wait) + 1)})
         if basic is not None:
             if self.access.accounts.check(basic.username, basic.password):
                 self.access.throttle.succeeded(client, name)
-                return self.access.caller(basic.username, surface="api")
+                return self.access.caller(basic.username, surface=self.surface)
             self.access.throttle.failed(client, name)
         user = _gradio_session_user(request)
         if user:
-            return self.access.caller(user, surface="api")
-        raise ApiProblem(401, "Log in: send HTTP Basic credentials (the app's --auth user:password)",
+            return self.access.caller(user, surface=self.surface)
+        raise ApiProblem(401, Msg("请登录：发送 HTTP Basic 用户名和密码（应用的 --auth 用户名:密码）",
+                                  "Log in: send HTTP Basic credentials (the app's --auth user:password)"),
                          "Unauthorized", {"WWW-Authenticate": 'Basic realm="CLIP Workbench"'})
+
+
+def basic_credentials(authorization: str | None) -> HTTPBasicCredentials | None:
+    """The HTTP Basic credentials of an Authorization header (None without one, or with another
+    scheme); ApiProblem 401 when it is malformed. For callers outside FastAPI's dependencies."""
+    scheme, _, param = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(param.strip(), validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):   # binascii.Error is a ValueError
+        user, sep, password = "", "", ""
+    if not sep:
+        raise ApiProblem(401, Msg("HTTP Basic 凭据格式不对：应为 base64 编码的“用户名:密码”",
+                                  "Malformed HTTP Basic credentials: expected base64 of user:password"),
+                         "Unauthorized", {"WWW-Authenticate": 'Basic realm="CLIP Workbench"'})
+    return HTTPBasicCredentials(username=user, password=password)
 
 
 def _gradio_session_user(request: Request) -> str | None:
