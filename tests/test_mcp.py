@@ -14,6 +14,7 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 import demo as demo_py
+from core import SearchQuery, parse_terms
 from core.language.caption import Captioner
 from core.settings import ASSETS_DIR, pick_runtime
 from tests.hf_tiny_text import make_tiny_vit_gpt2_dir
@@ -101,6 +102,15 @@ def test_search_returns_stored_images_served_by_the_app(app):
     image = httpx.get(hits[0]["image_url"], auth=STUDENT)   # the same login reads it from the JSON API
     assert image.status_code == 200 and image.content == stored[hits[0]["id"]].path.read_bytes()
     assert ("search", "mcp") in app.wb.monitor.series()[0]   # counted as an MCP call by the front door
+
+
+def test_search_reads_weighted_terms_like_the_page(app):
+    """The same rclip syntax as the page and POST /api/search: weights, a minus term, the plan said."""
+    query = '"2:a photo of a cat" - dog'
+    found = answer(call(app, "search_library", {"query": query, "k": 3}))
+    assert found["plan"] and "cat" in found["plan"] and "dog" in found["plan"]
+    direct = app.wb.search(SearchQuery(terms=parse_terms(query), k=3))
+    assert [h["id"] for h in found["results"]] == [h.id for h in direct.hits]
 
 
 def test_classify_from_base64_or_a_library_url(app):

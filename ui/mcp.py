@@ -30,7 +30,7 @@ import gradio as gr
 import httpx
 from gradio.route_utils import get_root_url
 
-from core import Holder, SearchQuery, Upload, Workbench
+from core import Holder, SearchQuery, Upload, Workbench, parse_terms
 from core.access import Caller
 from core.errors import ImageError, WorkbenchError
 from core.images import MAX_BYTES
@@ -89,8 +89,9 @@ class McpTools:
     # argument's description from its one line after it.
 
     def search_library(self, query: str, k: int = 10, request: gr.Request = None) -> str:
-        """Search the image library by text, in English or Chinese.
-        以文搜图：用中文或英文描述想找的图片。
+        """Search the image library by text, in English or Chinese; weighted terms as in rclip:
+        "2:red car" - night, or a library image id as a term ("a1b2c3d4e5f6 + snow").
+        以文搜图：用中文或英文描述想找的图片；可加权、可减去词语，如 "2:红色汽车" - 夜晚。
         Returns JSON: results, best first, each {id, score, name, image_url, thumb_url, weak}; weak hits are
         poor matches the app's page hides. image_url is served by this app (with the same login).
 
@@ -100,9 +101,10 @@ class McpTools:
         """
         with self._refusals():
             caller = self._caller(request)
-            result = self._model(self.wb.search, SearchQuery(text=query, k=k), caller)
+            result = self._model(self.wb.search, SearchQuery(terms=parse_terms(query), k=k), caller)
             hits = [{**self._hit(request, h), "weak": i >= result.strong} for i, h in enumerate(result.hits)]
-            return _json({"results": hits, "query_used": result.text_used, "note": _said(result.note)})
+            return _json({"results": hits, "query_used": result.text_used, "plan": _said(result.plan),
+                          "note": _said(result.note)})
 
     def classify_image(self, image: str, labels: list[str], request: gr.Request = None) -> str:
         """Zero-shot classification of one image among the labels you give.
