@@ -72,7 +72,8 @@ NLIST_RANGE = (16, 65536)
 # (3.2 ms), 48 -> 0.95 (4.5 ms), 64 -> 0.96 (5.0 ms), 96 -> 0.98 (7.8 ms) on 2 CPU cores.
 DEFAULT_NPROBE = 64
 # ivfsq: up to 4096 cells (4000 at 1M rows); nprobe 96 scans 2.4% of the rows at 512 B each
-# (ivf's 64 of 1264 cells scan 5% at 2 KiB): recall@10 0.976 at 1M rows (bench_ann.py, RESULTS.md).
+# (ivf's 64 of 1264 cells scan 5% at 2 KiB): recall@10 0.976 at 1M rows (p50 2.3 ms) and at 10M rows
+# (p50 20 ms, p95 30 ms, 2 cores; bench_ann.py, RESULTS.md).
 IVFSQ_MAX_NLIST = 4096
 IVFSQ_NPROBE = 96
 # opts coarse="hnsw": an HNSW graph over the centroids finds a row's or a query's nearest cells
