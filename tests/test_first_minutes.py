@@ -134,7 +134,7 @@ def test_weak_matches_are_cut_unless_all_k_is_asked(app, client):
     assert len(gallery) == strong and "weaker matches hidden" in info
     assert not any(g["caption"].startswith("◌") for g in gallery)
     from ui.callbacks import Callbacks     # the page's checkbox reaches the same callback through a State
-    gallery, _, info = Callbacks(app.wb, app.access).search("blue star", None, "", 10, 0, True, "en")
+    gallery, _, info = Callbacks(app.wb, app.access).search("blue star", None, "", 10, 0, True, lang="en")
     assert len(gallery) == 10 and f"{10 - strong} results marked ◌" in info
     assert [caption.startswith("◌") for _, caption in gallery] == [i >= strong for i in range(10)]
 
