@@ -134,3 +134,31 @@ def test_cli_model_mismatch_is_explained(tmp_path, tiny_clip_path):
     other = make_tiny_clip_file(tmp_path / "other.pt", seed=3)
     out = run_cli("search", "cat", "--model", str(other), "--library", lib)
     assert out.returncode == 2 and "never mixed" in out.stderr and "reindex" in out.stderr
+
+
+def _bench_ingest(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "benchmarks" / "bench_ingest.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+
+
+def test_bench_ingest_prints_the_json_line_other_tools_read():
+    run = _bench_ingest("--device", "cpu", "--images", "12", "--json", "--model", "tiny", "--batch", "4",
+                        "--runtimes", "torch", "--workers", "1", "--naive", "0", "--size", "96x64")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["device"] == "cpu" and out["images"] == 12 and out["size"] == "96x64"
+    for key in ("encoder_alone_img_s", "dataloader_img_s", "project_img_s"):
+        assert out[key] > 0
+    assert out["ratio"] == pytest.approx(out["project_img_s"] / out["encoder_alone_img_s"], rel=0.01)
+    assert set(out["runtimes"]) == {"torch"} and "naive_img_s" not in out
+
+
+def test_bench_ingest_on_cuda_without_cuda_says_so():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the benchmark runs there")
+    run = _bench_ingest("--device", "cuda", "--images", "4", "--json", "--model", "tiny")
+    assert run.returncode == 2 and "CUDA is not available" in run.stderr and "Traceback" not in run.stderr
+    assert run.stdout == ""
