@@ -77,11 +77,17 @@ def cmd_index(args) -> int:
         return index_scaled(args)
     if not args.paths:
         raise LibraryError("Give the image files or folders to index")
+    from core.library.ingest import StageTimes
     wb = _workbench(args)
     files = list(iter_image_files(args.paths))
     missing = [p for p in args.paths if not Path(p).exists()]
+    stages = StageTimes()
     with tqdm(total=len(files), unit="img", desc="indexing", disable=args.quiet) as bar:
-        report = wb.add(files, progress=bar.update, caption=args.caption, batch_size=args.batch_size, caller=USER)
+        def step(n: int) -> None:   # the bar's rate is images/s; its postfix names the stage that bounds it
+            bar.set_postfix_str(stages.describe(), refresh=False)
+            bar.update(n)
+        report = wb.add(files, progress=step, caption=args.caption, batch_size=args.batch_size, caller=USER,
+                        workers=args.workers, stages=stages)
     wb.flush()   # features_library.pth now holds every image
     print("\n".join(report.lines(report.seconds, len(wb), missing)))
     return 1 if missing else 0
@@ -241,6 +247,13 @@ def _add_scale(p: argparse.ArgumentParser) -> None:
                    help="merge: keep each image where it is (path + SHA-256) instead of copying it into the library")
 
 
+def _positive(text: str) -> int:
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r} / 需要至少为 1 的整数")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="CLIP workbench 图文多模态工作台")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", help="image files and folders; with --engine ray also list files "
                                             "(.txt/.csv/.parquet of paths or URLs) and WebDataset .tar shards")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=_positive, default=None,
+                   help="decode workers (default: the CPU count, at most 8); the progress bar names the stage "
+                        "that bounds the rate (decode, encode or write)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--caption", action="store_true",
                    help="also caption each new image (English + Chinese) and keep the captions in the library")

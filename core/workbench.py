@@ -40,7 +40,7 @@ from .language.translate import DEFAULT_TRANSLATOR, Translator
 from .library.flusher import Flusher
 from .library.index import ServedIndex
 from .library.int8check import check_int8
-from .library.ingest import IngestReport, ingest, open_library, reindex, repair, sample_files
+from .library.ingest import IngestReport, StageTimes, ingest, open_library, reindex, repair, sample_files
 from .library.search import Hit, Planned, Searcher, SearchQuery, SearchResult, Term, check_query
 from .library.store import Entry, Library
 from .library.thumbs import thumb_for
@@ -310,8 +310,10 @@ class Workbench:
 
     @measured("add")
     def add(self, sources: Iterable, progress: Callable[[int], None] | None = None, caption: bool = False,
-            batch_size: int = 64, caller: Caller | None = None) -> IngestReport:
+            batch_size: int = 64, caller: Caller | None = None, workers: int | None = None,
+            stages: StageTimes | None = None) -> IngestReport:
         """Add files, folders or `Upload`s; `caption=True` also stores zh/en captions (searchable).
+        `workers`: decode workers (default: ingest's); `stages`: a StageTimes to watch while it runs.
         A user of the shared app adds within the quota and the disk budget (QuotaError before
         anything is stored); each file is read and hashed once, "is it stored?" asked once
         (core/policy.py). `report.total` is the library's size after."""
@@ -320,6 +322,7 @@ class Workbench:
         held: dict[str, Held] = {}
         run = lambda items, stored=None: ingest(self.library, self.encoder, items, batch_size=batch_size,  # noqa: E731
                                                 progress=progress, annotate=annotate, stored=stored,
+                                                workers=workers, stages=stages,
                                                 before_store=lambda shas, vectors: self.screen.hold(caller, shas, vectors, held))
         try:
             if not self.policy.reads_first(caller):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,23 @@ def test_cli_index_search_classify_library(tmp_path, tiny_clip_path):
     assert run_cli("library", "compact", *common).returncode == 0
     verify = run_cli("library", "verify", "--deep", *common)
     assert verify.returncode == 0 and json.loads(verify.stdout)["rows"] == 13
+
+
+def test_cli_index_progress_shows_the_rate_and_the_stage_that_bounds_it(tmp_path, tiny_clip_path):
+    common = ["--model", str(tiny_clip_path), "--library", str(tmp_path / "lib")]
+    out = run_cli("index", str(SAMPLES), *common, "--workers", "1", "--batch-size", "4")
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(r"added 14, already present 0, unreadable 0 in \d+\.\ds; library now holds 14 images",
+                        out.stdout.splitlines()[0])
+    final = out.stderr.replace("\r", "\n").strip().splitlines()[-1]   # the bar as it was left
+    assert re.search(r"14/14 .*\d+\.\d+img/s", final), final
+    assert re.search(r"bound by (decode|encode|write); busy: decode \d+% \(1 worker\), encode \d+%, write \d+%", final)
+    two = run_cli("index", str(SAMPLES / "coffee.jpg"), str(SAMPLES / "clock.jpg"), "--workers", "2",
+                  "--model", str(tiny_clip_path), "--library", str(tmp_path / "lib2"))
+    assert two.returncode == 0 and "(2 workers)" in two.stderr and "added 2," in two.stdout
+    for bad in ("0", "-3", "many"):
+        refused = run_cli("index", str(SAMPLES), *common, "--workers", bad)
+        assert refused.returncode == 2 and "at least 1" in refused.stderr and "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize("args,message", [

@@ -8,7 +8,8 @@ A three-stage pipeline, so the encoder never waits for files:
 
 One bad file never stops a batch: it is reported with its reason. Duplicates (same bytes,
 in the library or earlier in the same run) are recognised by hash before any decoding.
-`progress(n)` is called from the calling thread as each batch is stored.
+`progress(n)` is called from the calling thread as each batch is stored. Each stage's busy time
+is kept in a `StageTimes` (the busiest stage bounds the rate: the progress bar names it).
 """
 from __future__ import annotations
 
@@ -33,10 +34,10 @@ from .store import MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from .thumbs import THUMB_SIZE, write_thumbnail
 from ..settings import ASSETS_DIR
 
-__all__ = ["ingest", "IngestReport", "Upload", "read_source", "open_library", "peek_model", "reindex", "repair", "seed",
+__all__ = ["ingest", "IngestReport", "StageTimes", "Upload", "read_source", "open_library", "peek_model", "reindex", "repair", "seed",
            "sample_files", "SAMPLE_DIRS"]
 
-_WORKERS = min(8, os.cpu_count() or 1)
+_WORKERS = min(8, os.cpu_count() or 1)   # decode threads unless the caller says (`ingest(workers=...)`)
 _WORKER_NICE = 10   # decode/writer threads' niceness increment (0 = as urgent as the encoder, 19 = idle only)
 SAMPLE_DIRS = (ASSETS_DIR / "samples", ASSETS_DIR / "shapes")   # licensed photos + the mini model's Shapes
 
@@ -49,6 +50,53 @@ class Upload:
     sha256: str | None = None   # their content hash, when the caller computed it already (read_source)
 
 
+class StageTimes:
+    """Busy seconds of each stage of one ingest, updated as it runs (thread-safe): decode (read,
+    hash, decode, preprocess: summed over the decode workers, divided by their number), encode
+    (the calling thread) and write (the writer thread). The busiest stage bounds the rate."""
+    STAGES = ("decode", "encode", "write")
+
+    def __init__(self):
+        self.workers = 1                       # decode workers (set by ingest)
+        self._busy = dict.fromkeys(self.STAGES, 0.0)
+        self._start, self._lock = time.perf_counter(), threading.Lock()
+
+    def begin(self, workers: int) -> None:
+        """The ingest starts now, with this many decode workers."""
+        with self._lock:
+            self.workers, self._start = workers, time.perf_counter()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._busy[stage] += seconds
+
+    def busy(self, stage: str) -> float:
+        """Seconds the stage was busy (decode: per worker)."""
+        return self._busy[stage] / (self.workers if stage == "decode" else 1)
+
+    def bound(self) -> str:
+        """The stage that bounds the rate: the busiest one."""
+        return max(self.STAGES, key=self.busy)
+
+    def describe(self) -> str:
+        """e.g. "bound by encode; busy: decode 41% (8 workers), encode 97%, write 12%" (share of the
+        time since the ingest started)."""
+        wall = max(time.perf_counter() - self._start, 1e-9)
+        share = {s: f"{min(100 * self.busy(s) / wall, 100):.0f}%" for s in self.STAGES}
+        worker = "worker" if self.workers == 1 else "workers"
+        return (f"bound by {self.bound()}; busy: decode {share['decode']} ({self.workers} {worker}), "
+                f"encode {share['encode']}, write {share['write']}")
+
+
+def _timed(stages: StageTimes, stage: str, fn, *args):
+    """fn(*args), its duration added to `stage`."""
+    start = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        stages.add(stage, time.perf_counter() - start)
+
+
 @dataclass
 class IngestReport:
     added: list[str] = field(default_factory=list)         # ids of newly stored images
@@ -58,6 +106,7 @@ class IngestReport:
     total: int = 0                                         # images in the library after the run (Workbench.add)
     held: list[str] = field(default_factory=list)          # ids of new images waiting for the teacher's review
     near: list[tuple[str, str, float]] = field(default_factory=list)  # (new id, older id, cosine): near-duplicates
+    stages: StageTimes | None = None                       # each stage's busy time in this run
 
     def summary(self) -> str:
         return f"added {len(self.added)}, already present {len(self.duplicates)}, unreadable {len(self.errors)}"
@@ -148,33 +197,40 @@ def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
            progress: Callable[[int], None] | None = None,
            annotate: Callable[[list[Image.Image]], list[dict]] | None = None,
            stored: set[str] | None = None,
-           before_store: Callable[[list[str], torch.Tensor], None] | None = None) -> IngestReport:
+           before_store: Callable[[list[str], torch.Tensor], None] | None = None,
+           workers: int | None = None, stages: StageTimes | None = None) -> IngestReport:
     """Add image files, folders (recursively) or `Upload`s. `progress(n)` is called as n more
     files are done; `annotate(images)` may return extra metadata per image (e.g. captions).
     `stored`: the hashes of these sources already in the library, when the caller asked already
     (Workbench.add, with Uploads from read_source): then nothing is asked again or hashed again.
     `before_store(sha256s, vectors [B, D])` is called with each batch of new images before any of
-    it is stored (the safety policy holds flagged images durably first: core/safety/review.py)."""
+    it is stored (the safety policy holds flagged images durably first: core/safety/review.py).
+    `workers`: decode threads (default min(8, CPUs)); `stages`: a StageTimes to watch while it runs."""
     if encoder.model_id != library.model_id:
         raise ValueError(f"encoder {encoder.model_id} does not match library model {library.model_id}")
-    report, start = IngestReport(), time.perf_counter()
+    if workers is not None and workers < 1:
+        raise ValueError(Msg("解码线程数至少为 1，而不是 {n}", "workers must be at least 1, not {n}", n=workers))
+    report, start = IngestReport(stages=stages or StageTimes()), time.perf_counter()
+    stages = report.stages
+    stages.begin(workers or _WORKERS)
     sources = list(sources)   # may be a generator: it is read twice below
     sources = [s for s in sources if isinstance(s, Upload)] + list(iter_image_files(s for s in sources if not isinstance(s, Upload)))
     seen, draft = _Seen(), draft_size(getattr(encoder, "image_size", None), THUMB_SIZE)
     batches = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
-    with ThreadPoolExecutor(_WORKERS, initializer=_yield_to_encoder) as pool, \
+    with ThreadPoolExecutor(stages.workers, initializer=_yield_to_encoder) as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="ingest-writer", initializer=_yield_to_encoder) as writer:
-        submit = lambda chunk: [pool.submit(_prepare, s, library, encoder, seen, draft, stored) for s in chunk]  # noqa: E731
+        submit = lambda chunk: [pool.submit(_timed, stages, "decode", _prepare, s, library, encoder, seen, draft, stored)  # noqa: E731
+                                for s in chunk]
         ahead = submit(batches[0]) if batches else []
         writing = None                     # (future, files in it): the previous batch being stored
         for b in range(len(batches)):
             prepared = [f.result() for f in ahead]
             ahead = submit(batches[b + 1]) if b + 1 < len(batches) else []   # decoded while this one encodes
-            fresh, news = _encode_batch(encoder, prepared, report, annotate)
+            fresh, news = _timed(stages, "encode", _encode_batch, encoder, prepared, report, annotate)
             if before_store is not None and news:
                 before_store([n.sha256 for n in news], torch.stack([n.vector for n in news]))
             writing = _finish(writing, progress)
-            writing = (writer.submit(_write_batch, library, fresh, news, report), len(prepared))
+            writing = (writer.submit(_timed, stages, "write", _write_batch, library, fresh, news, report), len(prepared))
         _finish(writing, progress)
     report.seconds = time.perf_counter() - start
     return report
