@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.library import disk
+from core.library import disk, journal
 from core.library.journal import JournalFile
 from core.library.store import JOURNAL_NAME, MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from core.errors import LibraryError, ModelMismatchError
@@ -136,12 +136,55 @@ def test_crash_between_staging_and_journal_leaves_no_orphan(tmp_path, monkeypatc
 
 def test_crash_after_journal_before_move_completes_on_open(tmp_path, monkeypatch):
     lib = Library(tmp_path, "test-model", DIM)
-    monkeypatch.setattr(disk, "finish_move", lambda root, rel: None)   # die before the renames
+    monkeypatch.setattr(disk, "finish_move", lambda root, rel, sync=True: None)   # die before the renames
     lib.add([new_image(d) for d in distinct_pngs(3)])
     monkeypatch.undo()
     assert not any((tmp_path / "images").rglob("*.png"))
     reopened = Library(tmp_path, "test-model", DIM)
     assert len(reopened) == 3
+    assert_consistent(reopened)
+
+
+def _count_syncs(monkeypatch) -> dict:
+    """Count os.fsync and journal.syncfs calls from now on."""
+    calls = {"fsync": 0, "syncfs": 0}
+    for module, name in ((os, "fsync"), (journal, "syncfs")):
+        real = getattr(module, name)
+
+        def counted(*a, _name=name, _real=real):
+            calls[_name] += 1
+            return _real(*a)
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_a_batch_costs_one_sync_for_its_images_and_one_for_the_journal(tmp_path, monkeypatch, syncfs):
+    if syncfs and journal._SYNCFS is None:
+        pytest.skip("no syncfs(2) that reports errors here (Linux >= 5.8): each image is fsync'd")
+    if not syncfs:
+        monkeypatch.setattr(journal, "_SYNCFS", None)   # what other systems get
+    lib = Library(tmp_path, "test-model", DIM)
+    lib.add([new_image(distinct_pngs(1)[0])])
+    calls = _count_syncs(monkeypatch)
+    lib.add([new_image(d) for d in distinct_pngs(10, seed=1)])
+    expected = {"fsync": 1, "syncfs": 1} if syncfs else {"fsync": 10 + 1 + 1, "syncfs": 0}   # + staging/, + journal
+    assert calls == expected
+    monkeypatch.undo()
+    reopened = Library(tmp_path, "test-model", DIM)
+    assert len(reopened) == 11
+    assert_consistent(reopened)
+
+
+def test_a_rename_lost_after_the_acknowledgement_is_redone_on_open(tmp_path):
+    """The renames into images/ are not synced: a power cut may undo one, leaving the acknowledged
+    copy in staging/ (what this test puts back); the next open moves it again."""
+    lib = Library(tmp_path, "test-model", DIM)
+    lib.add([new_image(d) for d in distinct_pngs(3)])
+    lost = lib.entry(1).path
+    os.replace(lost, tmp_path / "staging" / lost.name)
+    reopened = Library(tmp_path, "test-model", DIM)
+    assert len(reopened) == 3 and lost.is_file() and not any((tmp_path / "staging").iterdir())
     assert_consistent(reopened)
 
 

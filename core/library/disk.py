@@ -42,8 +42,10 @@ Journal records are [u32 length][u32 crc32][payload], the payload a JSON header,
 then the float32 vector for adds. A torn or corrupt tail (a crash mid-write) fails its
 length or CRC check and is dropped: it was never acknowledged.
 
-Crash safety: an add writes the image into staging/ (fsync), appends its record to the
-journal (fsync: this is the acknowledgement), then renames the image into images/.
+Crash safety: an add writes the batch's images into staging/ and syncs them with one call
+(syncfs on Linux >= 5.8, else an fsync each), appends their records to the journal (one fsync:
+this is the acknowledgement), then renames the images into images/ without a sync each (a
+rename lost to a power cut leaves the acknowledged copy in staging/, moved on the next open).
 Recovery on open finishes those renames and deletes unacknowledged staging files, so no
 row lacks its image and no image lacks its row. Compaction writes the new generation's
 columns, then store.json (write-then-rename: the switch), then a new empty journal; a
@@ -72,7 +74,7 @@ import torch
 from ..errors import LibraryError, ModelMismatchError
 from ..messages import Msg
 from .columns import Columns, Row, remove_generation, write_columns
-from .journal import JOURNAL_HEADER, JOURNAL_MAGIC, JournalFile, encode_record, fsync_dir, write_atomic
+from .journal import JOURNAL_HEADER, JOURNAL_MAGIC, JournalFile, encode_record, fsync_dir, sync_files, write_atomic
 from .rows import Entry, NewImage, Rows, empty_columns
 from .thumbs import thumb_path
 
@@ -220,14 +222,13 @@ def journal_generation(data: bytes, path: Path) -> int:
 # ---------------------------------------------------------------- images: staged, then moved
 
 def stage(root: Path, img: NewImage) -> tuple[str, Path]:
-    """Write an image into staging/ (fsync'd); returns (its final path relative to root, the staged file)."""
+    """Write an image into staging/ (not yet synced: commit_adds syncs the batch at once); returns
+    (its final path relative to root, the staged file)."""
     rel = image_rel(img.sha256, img.ext)
     staged = root / "staging" / Path(rel).name
     try:
         with open(staged, "wb") as f:
             f.write(img.data)
-            f.flush()
-            os.fsync(f.fileno())
     except OSError:   # e.g. the disk is full: no partial file stays behind
         staged.unlink(missing_ok=True)
         raise
@@ -235,9 +236,10 @@ def stage(root: Path, img: NewImage) -> tuple[str, Path]:
 
 
 def commit_adds(root: Path, journal: JournalFile, images: list[NewImage], first_id: int) -> list[str]:
-    """Stage each image, then append one journal record per image (ids first_id, first_id + 1, ...)
-    with one fsync: the acknowledgement. Returns their final paths relative to root (the caller
-    moves them there). On failure nothing was acknowledged and no staged file stays: LibraryError."""
+    """Stage each image, make them all durable with one sync (journal.sync_files), then append one
+    journal record per image (ids first_id, first_id + 1, ...) with one fsync: the acknowledgement.
+    Returns their final paths relative to root (the caller moves them there, finish_move with
+    sync=False). On failure nothing was acknowledged and no staged file stays: LibraryError."""
     records, staged_files = [], []
     try:
         for i, img in enumerate(images):
@@ -245,7 +247,7 @@ def commit_adds(root: Path, journal: JournalFile, images: list[NewImage], first_
             staged_files.append(staged)
             records.append((rel, encode_record({"op": "add", "sha": img.sha256, "id": first_id + i, "file": rel,
                                                 "meta": img.meta}, img.vector)))
-        fsync_dir(root / "staging")
+        sync_files(root / "staging", staged_files)
         journal.append(b"".join(r[1] for r in records), len(records))
     except OSError as e:   # e.g. the disk is full
         for staged in staged_files:
@@ -255,14 +257,18 @@ def commit_adds(root: Path, journal: JournalFile, images: list[NewImage], first_
     return [rel for rel, _ in records]
 
 
-def finish_move(root: Path, rel: str) -> None:
-    """Move an acknowledged image from staging/ to `rel` (nothing to do when it is there already)."""
+def finish_move(root: Path, rel: str, sync: bool = True) -> None:
+    """Move an acknowledged image from staging/ to `rel` (nothing to do when it is there already).
+    sync=False (right after commit_adds) leaves the rename unsynced: the staged copy is durable and
+    acknowledged, so if a power cut loses the rename, the next open finds it in staging/ and moves
+    it again (clear_staging); a batch then costs no directory fsync per image."""
     target = root / rel
     staged = root / "staging" / target.name
     if staged.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, target)
-        fsync_dir(target.parent)
+        if sync:
+            fsync_dir(target.parent)
 
 
 def clear_staging(root: Path, acknowledged: Callable[[str], str | None]) -> None:

@@ -357,7 +357,7 @@ class Library:
         for i, (img, rel) in enumerate(zip(fresh, rels)):
             self._rows.add(img.sha256, rel, img.meta, img.vector, first + i)
             try:
-                disk.finish_move(self.root, rel)
+                disk.finish_move(self.root, rel, sync=False)   # the staged copy is durable: see disk.finish_move
             except OSError:   # acknowledged: the image waits in staging/ and the next open moves it
                 pass
 
