@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,25 @@ def test_rerunning_a_folder_adds_and_encodes_nothing(tmp_path, encoder, monkeypa
     monkeypatch.setattr(encoder, "encode_pixels", lambda *_: pytest.fail("re-encoded a known image"))
     report = ingest(lib, encoder, sorted(SAMPLES.glob("*.jpg")))
     assert report.added == [] and len(report.duplicates) == 14
+
+
+@pytest.mark.parametrize("slow", ["encode_pixels", "preprocess"])
+def test_the_report_names_the_stage_that_bounds_the_rate(tmp_path, encoder, monkeypatch, slow):
+    """A slow encoder bounds the rate at 'encode', slow decoding (one worker) at 'decode'."""
+    real = getattr(encoder, slow)
+
+    def slowed(*args):
+        time.sleep(0.15)
+        return real(*args)
+    monkeypatch.setattr(encoder, slow, slowed)
+    lib = open_library(tmp_path / "lib", encoder)
+    report = ingest(lib, encoder, [Upload(f"{i}.png", d) for i, d in enumerate(distinct_pngs(6))], batch_size=2,
+                    workers=1)
+    assert len(report.added) == 6
+    assert report.stages.bound() == {"encode_pixels": "encode", "preprocess": "decode"}[slow]
+    assert report.stages.busy(report.stages.bound()) >= 3 * 0.15 and "(1 worker)" in report.stages.describe()
+    with pytest.raises(ValueError, match="at least 1"):
+        ingest(lib, encoder, [], workers=0)
 
 
 def test_repair_readds_orphans_and_drops_rows_without_files(tmp_path, encoder):
