@@ -17,7 +17,7 @@ dataloader_img_s, project_img_s, ratio (= project / encoder alone) and device, f
 runtime; every runtime's numbers are under "runtimes".
 
     python benchmarks/bench_ingest.py [--device cpu|cuda] [--images 192] [--batch 64] [--runtimes torch,onnx]
-        [--workers N] [--model vit-b-32|vit-b-16|tiny] [--size 640x480] [--seed 0] [--naive 64] [--json]
+        [--workers N] [--model vit-b-32|vit-b-16|tiny] [--size 640x480] [--seed 0] [--naive 64] [--repeats 1] [--json]
 """
 from __future__ import annotations
 
@@ -135,10 +135,8 @@ def naive(enc, paths: list[Path], root: Path) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def build_encoders(args, tmp: Path) -> dict:
-    """One encoder per runtime, the same random weights. A runtime the device cannot run (CUDA
-    absent, ONNX on CUDA) raises pick_runtime's ValueError before anything is built."""
-    runtimes = {name: pick_runtime(args.device, name) for name in args.runtimes.split(",")}
+def build_encoders(args, runtimes: dict, tmp: Path) -> dict:
+    """One encoder per runtime (pick_runtime's choice of device and precision), the same random weights."""
     torch_enc = random_clip(args.model, pick_runtime(args.device, "torch"), args.seed)
     encs, meta = {}, None
     for name, runtime in runtimes.items():
@@ -153,10 +151,12 @@ def build_encoders(args, tmp: Path) -> dict:
 
 
 def measure(enc, paths: list[Path], args, tmp: Path, name: str, image_size: int) -> dict:
-    """One runtime's numbers, back to back: alone, DataLoader, project, naive."""
-    row = {"encoder_alone_img_s": model_alone(enc, paths, args.batch)}
-    row["dataloader_img_s"] = dataloader(enc, paths, args.batch, args.workers, image_size)
-    row["project_img_s"] = project(enc, paths, args.batch, tmp / f"lib-{name}")
+    """One runtime's numbers: alone, DataLoader and project back to back, --repeats times
+    (the median of each: on a shared machine the load moves between runs), then naive once."""
+    runs = [(model_alone(enc, paths, args.batch), dataloader(enc, paths, args.batch, args.workers, image_size),
+             project(enc, paths, args.batch, tmp / f"lib-{name}-{r}")) for r in range(args.repeats)]
+    alone, loader, ours = (float(np.median(column)) for column in zip(*runs))
+    row = {"encoder_alone_img_s": alone, "dataloader_img_s": loader, "project_img_s": ours}
     row["ratio"] = row["project_img_s"] / row["encoder_alone_img_s"]
     row["dataloader_ratio"] = row["dataloader_img_s"] / row["encoder_alone_img_s"]
     if args.naive:
@@ -176,6 +176,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--size", default="640x480", help="JPEG width x height")
     ap.add_argument("--seed", type=int, default=0, help="seed of the images and the weights")
     ap.add_argument("--naive", type=int, default=64, help="images for the (slow) naive loop; 0 skips it")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of alone / DataLoader / project (medians reported)")
     ap.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = ap.parse_args(argv)
     if args.runtimes is None:
@@ -189,15 +190,16 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         try:
-            encs, image_size = build_encoders(args, tmp)
+            runtimes = {name: pick_runtime(args.device, name) for name in args.runtimes.split(",")}
         except ValueError as e:   # e.g. --device cuda without CUDA: pick_runtime's message says what to do
             print(f"error: {e}", file=sys.stderr)
             return 2
-        paths = make_jpegs(tmp / "jpegs", args.images, args.size, args.seed)
+        paths = make_jpegs(tmp / "jpegs", args.images, args.size, args.seed)   # forked before CUDA starts
+        encs, image_size = build_encoders(args, runtimes, tmp)
         mean_kb = sum(p.stat().st_size for p in paths) / len(paths) / 1024
         head = {"device": torch.device(args.device).type, "device_name": str(next(iter(encs.values())).runtime.describe()),
                 "model": args.model, "images": args.images, "size": "x".join(map(str, args.size)),
-                "mean_kb": round(mean_kb, 1), "batch": args.batch, "workers": args.workers,
+                "mean_kb": round(mean_kb, 1), "batch": args.batch, "workers": args.workers, "repeats": args.repeats,
                 "load_average": [round(v, 2) for v in os.getloadavg()]}
         if not args.json:
             print(f"device: {head['device_name']}; {args.images} JPEGs {head['size']} (~{mean_kb:.0f} KB), batch "
