@@ -235,7 +235,9 @@ def _add_scale(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None,
                    help="with --engine ray: the cluster (HOST:6379 of `ray start --head`, or auto); "
                         "default: a local Ray instance sized to this machine")
-    p.add_argument("--actors", type=int, default=None, help="CPU encoder actors when the cluster has no GPU (default 1)")
+    p.add_argument("--actors", type=int, default=None,
+                   help="encoder actors on the CPU (default 1); on CUDA one per GPU. They build the encoder as "
+                        "--device and --runtime say (auto: CUDA when the cluster has GPUs)")
     p.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs per CPU encoder actor")
     p.add_argument("--part-size", type=int, default=1000, help="images per shard (the unit of resume)")
     p.add_argument("--shards", default=None, help="shard folder (default: LIBRARY/shards/job-<hash of the sources>)")
@@ -264,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=_positive, default=None,
                    help="decode workers (default: the CPU count, at most 8); the progress bar names the stage "
-                        "that bounds the rate (decode, encode or write)")
+                        "that bounds the rate (decode, encode or write); with --engine ray: decode tasks running "
+                        "at once (default: as many as the cluster's CPUs allow)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--caption", action="store_true",
                    help="also caption each new image (English + Chinese) and keep the captions in the library")

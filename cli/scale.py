@@ -61,7 +61,8 @@ def index_scaled(args) -> int:
 def _run_job(args, shard_dir: Path):
     from core.scale.ray_job import RayOptions, index_with_ray   # the one place Ray is imported
     options = RayOptions(address=args.ray_address, actors=args.actors, actor_cpus=args.actor_cpus,
-                         batch_size=args.batch_size, part_size=args.part_size)
+                         batch_size=args.batch_size, part_size=args.part_size, device=args.device,
+                         runtime=args.runtime, workers=args.workers)   # as on one machine: core.settings.pick_runtime
     with tqdm(unit="img", desc="encoding (ray)", disable=args.quiet) as bar:
         def total(n: int) -> None:
             bar.total = n

@@ -31,7 +31,7 @@ from .messages import Msg
 if TYPE_CHECKING:   # torch is imported where a Runtime is made: `python -m core --help` never pays for it
     import torch
 
-__all__ = ["Runtime", "pick_runtime", "on_zero_gpu", "ZERO_GPU_ENV", "Paths", "default_paths", "DEFAULT_MODEL", "DEFAULT_RUNTIME", "ENGINES",
+__all__ = ["Runtime", "pick_runtime", "no_cuda", "onnx_not_on_cuda", "on_zero_gpu", "ZERO_GPU_ENV", "Paths", "default_paths", "DEFAULT_MODEL", "DEFAULT_RUNTIME", "ENGINES",
            "RUNTIME_CHOICES", "PROJECT_ROOT", "ASSETS_DIR"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -92,13 +92,9 @@ def pick_runtime(device: str | None = None, runtime: str | None = None) -> Runti
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(Msg("请求了设备 {device!r}，但 CUDA 不可用；请改用 --device cpu 或 auto",
-                                 "Device {device!r} requested but CUDA is not available; use --device cpu or auto",
-                                 device=device))
+            raise ValueError(no_cuda(device))
         if engine.startswith("onnx"):
-            raise ValueError(Msg("--runtime {engine} 只在 CPU 上运行；在 CUDA 上请用 --runtime torch 或 auto（fp16）",
-                                 "--runtime {engine} runs on the CPU; on CUDA use --runtime torch or auto (fp16)",
-                                 engine=engine))
+            raise ValueError(onnx_not_on_cuda(engine))
         return Runtime(torch.device(device), torch.float16, zero_gpu=on_zero_gpu())
     if device != "cpu":
         raise ValueError(Msg("未知设备 {device!r}；可选 auto、cpu、cuda 或 cuda:N",
@@ -107,6 +103,17 @@ def pick_runtime(device: str | None = None, runtime: str | None = None) -> Runti
     if auto:
         engine = "onnx" if importlib.util.find_spec("onnxruntime") else "torch"
     return Runtime(torch.device("cpu"), torch.float32, engine, auto)
+
+
+def no_cuda(device: str) -> Msg:
+    """Why `device` cannot be had: CUDA is not there (here, or on a Ray cluster: core/scale/ray_job.py)."""
+    return Msg("请求了设备 {device!r}，但 CUDA 不可用；请改用 --device cpu 或 auto",
+               "Device {device!r} requested but CUDA is not available; use --device cpu or auto", device=device)
+
+
+def onnx_not_on_cuda(engine: str) -> Msg:
+    return Msg("--runtime {engine} 只在 CPU 上运行；在 CUDA 上请用 --runtime torch 或 auto（fp16）",
+               "--runtime {engine} runs on the CPU; on CUDA use --runtime torch or auto (fp16)", engine=engine)
 
 
 def on_zero_gpu() -> bool:

@@ -7,14 +7,22 @@ The only module of the workbench that imports Ray (the command line loads it for
 `--engine ray` alone). The pipeline, per batch of `batch_size` images:
 
     from_items(items of the parts still to do)
-      -> map_batches(_decode)          CPU tasks, anywhere in the cluster: read the bytes (file,
-                                       tar member at its offset, URL), SHA-256, safe decode,
-                                       the encoder's own preprocess -> pixels [B, 3, H, W]
-      -> map_batches(_EncodeActor)     an actor pool: one actor per GPU (num_gpus=1 each) when
-                                       the cluster has GPUs, else `actors` CPU actors;
+      -> map_batches(_decode)          CPU tasks, anywhere in the cluster (at most `workers` at
+                                       once when given): read the bytes (file, tar member at its
+                                       offset, URL), SHA-256, safe decode, the encoder's own
+                                       preprocess -> pixels [B, 3, H, W]
+      -> map_batches(_EncodeActor)     an actor pool: on CUDA one actor per GPU (num_gpus=1 each),
+                                       on the CPU `actors` actors (num_gpus=0);
                                        -> embedding [B, D] float32, L2-normalised
       -> the driver collects rows per part and writes part-NNNNN.parquet (core/scale/shards.py)
          atomically as soon as the part is complete: the shard folder lives on the driver's disk.
+
+Device and runtime: `device` and `runtime` mean what --device and --runtime mean on one machine
+(core.settings.pick_runtime builds every actor's encoder: fp16 torch on CUDA, float32 torch or
+ONNX Runtime on the CPU). `device` "auto" is CUDA when the cluster has GPUs. What is asked for but
+cannot be had is refused before any image is read: on a local instance before Ray starts, with the
+single-process path's own messages. Each shard records the runtime its actors used
+("encoder_runtime" in its metadata); resume does not depend on it (the same model's features).
 
 Resume: the input list is cut into numbered parts (core/scale/sources.py); a part whose shard
 is already written for the same items and model is not read again. A killed job (Ctrl-C, a
@@ -30,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +53,12 @@ from ..errors import ImageError, ModelMismatchError
 from ..images import decode_image, draft_size, upright_size   # the single-process path's decode choices, shared
 from ..library.thumbs import THUMB_SIZE
 from ..models import load_encoder, resolve
-from ..settings import pick_runtime
+from ..messages import Msg
+from ..settings import RUNTIME_CHOICES, no_cuda, onnx_not_on_cuda, pick_runtime
 from .shards import clean_temp, shard_info, shard_path, write_shard
 from .sources import Item, Part, display_name, expand_sources, partition, read_item
 
-__all__ = ["RayOptions", "JobReport", "index_with_ray", "connect", "DECODE_WORKER_BYTES"]
+__all__ = ["RayOptions", "JobReport", "index_with_ray", "connect", "plan_device", "DECODE_WORKER_BYTES"]
 
 CORE_DIR = Path(__file__).resolve().parents[1]
 DECODE_WORKER_BYTES = 640 * 2**20   # a decode worker's own footprint (Python, torch, PIL), measured ~0.5-0.6 GiB
@@ -58,10 +68,13 @@ DECODE_WORKER_BYTES = 640 * 2**20   # a decode worker's own footprint (Python, t
 class RayOptions:
     address: str | None = None   # "HOST:6379" of `ray start --head`, "auto", ray://...; None: a local instance
     num_cpus: int | None = None  # local instance only: CPUs to give it (None: all of this machine's)
-    actors: int | None = None    # encoder actors when the cluster has no GPU (None: 1); with GPUs: one per GPU
+    actors: int | None = None    # encoder actors on the CPU (None: 1); on CUDA: one per GPU of the cluster
     actor_cpus: float = 1.0      # CPUs reserved per CPU encoder actor (its torch threads)
     batch_size: int = 64         # images per decode task and per encoder call
     part_size: int = 1000        # images per shard: the unit of resume
+    device: str | None = None    # --device: auto (None; $CLIP_WB_DEVICE) | cpu | cuda: where the encoder actors run
+    runtime: str = "torch"       # --runtime: torch | onnx | onnx-int8 | auto, as core.settings.pick_runtime takes it
+    workers: int | None = None   # --workers: decode tasks running at once (None: as many as the cluster's CPUs allow)
 
 
 @dataclass
@@ -76,10 +89,43 @@ class JobReport:
     errors: list[tuple[str, str]] = field(default_factory=list)   # (name, reason), this run's parts
     missing: list[str] = field(default_factory=list)              # sources that do not exist
     seconds: float = 0.0
+    runtimes: list[dict] = field(default_factory=list)   # what this run's actors encoded with: engine, device, dtype
 
     def summary(self) -> str:
+        used = "; ".join(f"{r['engine']} on {r['device']} ({r['dtype']})" for r in self.runtimes)
         return (f"encoded {self.encoded} images into {self.parts_written} shard(s), {self.parts_skipped} of "
-                f"{self.parts} part(s) already done, unreadable {len(self.errors)}")
+                f"{self.parts} part(s) already done, unreadable {len(self.errors)}" + (f"; encoder: {used}" if used else ""))
+
+
+def plan_device(device: str | None, runtime: str | None, cluster_gpus: int | None) -> str:
+    """The device every encoder actor builds its encoder on, "cpu" or "cuda", from --device and
+    --runtime; raises ValueError with the single-process path's message for what cannot be had.
+    `cluster_gpus` None: Ray is not started yet and the cluster is this machine (checked as
+    pick_runtime checks it); else the GPUs the cluster has."""
+    name, engine = _names(device, runtime)
+    if cluster_gpus is None:
+        return "cuda" if pick_runtime(name, engine).is_cuda else "cpu"   # no CUDA here, onnx on CUDA: refused
+    if name == "auto":
+        name = "cuda" if cluster_gpus else "cpu"
+    if name == "cuda" and not cluster_gpus:
+        raise ValueError(no_cuda(name))
+    if name == "cuda" and engine.startswith("onnx"):
+        raise ValueError(onnx_not_on_cuda(engine))
+    return name
+
+
+def _names(device: str | None, runtime: str | None) -> tuple[str, str]:
+    """--device and --runtime, lower-cased and checked by name (not yet against any hardware)."""
+    name = (device or os.environ.get("CLIP_WB_DEVICE") or "auto").strip().lower()
+    engine = (runtime or "torch").strip().lower()
+    if name.startswith("cuda:"):
+        raise ValueError(Msg("在 Ray 上由 Ray 为每个编码 actor 分配一块 GPU，--device {device} 无法指定是哪一块；"
+                             "请用 --device cuda",
+                             "On Ray each encoder actor is given a GPU by Ray, so --device {device} cannot pick "
+                             "one; use --device cuda", device=name))
+    if name not in ("auto", "cpu", "cuda") or engine not in RUNTIME_CHOICES:
+        pick_runtime(name, engine)   # raises the single-process path's message for an unknown device or runtime
+    return name, engine
 
 
 def connect(options: RayOptions) -> bool:
@@ -105,6 +151,11 @@ def index_with_ray(sources: list[str], shard_dir: Path, model: str, options: Ray
     `on_total(n)` is told how many images this run will encode; `progress(k)` as k more are done."""
     options = options or RayOptions()
     start = time.perf_counter()
+    # what cannot be had is refused first: a local instance is this machine, so before Ray starts
+    if options.address is None and not ray.is_initialized():
+        plan_device(options.device, options.runtime, None)
+    else:   # a cluster's GPUs are known once connected (_run); the names are checked now
+        _names(options.device, options.runtime)
     encoder = load_encoder(model, pick_runtime("cpu"), cache=cache, offline=offline)   # fails fast on a bad --model
     report = JobReport(Path(shard_dir), encoder.model_id, encoder.dim)
     items, report.missing = expand_sources(sources)
@@ -138,18 +189,22 @@ def _run(pending: list[Part], encoder, model: str, options: RayOptions, cache, o
     rows = [{"part": p.number, "id": p.first + i, "source": it.source, "offset": it.offset, "size": it.size,
              "member": it.member} for p in pending for i, it in enumerate(p.items)]
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    pool = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": options.actor_cpus}
+    device = plan_device(options.device, options.runtime, gpus)   # before any image is read
+    pool = {"num_gpus": 1, "num_cpus": 1} if device == "cuda" else {"num_cpus": options.actor_cpus, "num_gpus": 0}
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // options.batch_size))
     pre = _Preprocess(encoder)
     # memory: what a decode worker holds (torch + PIL, its pixels twice). Differing resources
     # also keep Ray from fusing decoding into the encoder actors, which would serialise the stages.
     memory = DECODE_WORKER_BYTES + 2 * 4 * options.batch_size * int(np.prod(pre.shape))
     ds = ds.map_batches(_decode, fn_kwargs={"preprocess": pre, "draft": draft_size(getattr(encoder, "image_size", None), THUMB_SIZE)}, batch_size=options.batch_size,
-                        batch_format="numpy", num_cpus=1, memory=memory)
+                        batch_format="numpy", num_cpus=1, memory=memory,
+                        compute=ray.data.TaskPoolStrategy(size=options.workers))
     ds = ds.map_batches(_EncodeActor, fn_constructor_kwargs={"model": _portable(model), "cache": cache, "offline": offline,
-                                                              "expect": encoder.model_id},
+                                                              "expect": encoder.model_id, "device": device,
+                                                              "runtime": options.runtime},
                         batch_size=options.batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=gpus or options.actors or 1), **pool)
+                        compute=ray.data.ActorPoolStrategy(size=gpus if device == "cuda" else options.actors or 1),
+                        **pool)
     by_number = {p.number: p for p in pending}
     got: dict[int, list[dict]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -176,10 +231,12 @@ def _write_part(report: JobReport, part: Part, batches: list[dict]) -> None:
     cols = {k: v[order] for k, v in cols.items()}
     ok = cols["error"] == ""
     errors = [[str(n), str(e)] for n, e in zip(cols["name"][~ok], cols["error"][~ok])]
+    used = [dict(zip(("engine", "device", "dtype"), str(r).split("|"))) for r in sorted(set(cols["runtime"][ok]))]
     write_shard(report.shard_dir, part.number, {k: cols[k][ok] for k in ("id", "sha256", "path", "width", "height",
                                                                           "embedding")},
                 {"model_id": report.model_id, "dim": report.dim, "fingerprint": part.fingerprint,
-                 "items": len(part.items), "errors": errors})
+                 "items": len(part.items), "errors": errors, "encoder_runtime": used})
+    report.runtimes += [r for r in used if r not in report.runtimes]
     report.parts_written += 1
     report.encoded += int(ok.sum())
     report.errors += [tuple(e) for e in errors]
@@ -223,10 +280,13 @@ def _decode(batch: dict, preprocess: _Preprocess, draft: int | None) -> dict:
 
 
 class _EncodeActor:
-    """One encoder, loaded once per actor on its device (the GPU Ray gave it, else the CPU)."""
+    """One encoder, loaded once per actor as --device and --runtime say (on CUDA: the GPU Ray gave it)."""
 
-    def __init__(self, model: str, cache: Path | None, offline: bool, expect: str):
-        self.encoder = load_encoder(model, pick_runtime("auto"), cache=cache, offline=offline)
+    def __init__(self, model: str, cache: Path | None, offline: bool, expect: str, device: str = "cpu",
+                 runtime: str = "torch"):
+        self.encoder = load_encoder(model, pick_runtime(device, runtime), cache=cache, offline=offline)
+        rt = self.encoder.runtime   # what runs it (a backend without ONNX runs on torch): recorded in each shard
+        self.used = f"{rt.engine}|{rt.device}|{str(rt.dtype).replace('torch.', '')}"
         if self.encoder.model_id != expect:   # e.g. another file under the same path on this node
             raise ModelMismatchError(f"Model {model!r} loads as {self.encoder.model_id!r} on this node but as "
                                      f"{expect!r} on the driver; give every node the same weights")
@@ -236,5 +296,6 @@ class _EncodeActor:
         emb = np.zeros((len(ok), self.encoder.dim), dtype=np.float32)
         if ok.any():
             emb[ok] = self.encoder.encode_pixels(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))).numpy()
-        return {k: v for k, v in batch.items() if k != "pixels"} | {"embedding": emb}
+        return {k: v for k, v in batch.items() if k != "pixels"} | {"embedding": emb,
+                                                                     "runtime": np.full(len(ok), self.used, dtype=object)}
 
