@@ -203,13 +203,13 @@ def test_cuda_without_cuda_is_refused_before_ray_starts(inputs, tiny_clip_path, 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cli_cuda_without_cuda_says_what_one_machine_says(ray_address, inputs, tiny_clip_path, tmp_path):
-    """Against a running cluster without GPUs, and on a local instance: the single-process message, exit 2."""
+    """On a local instance and against a running cluster without GPUs: the single-process message, exit 2."""
     folder, _, _ = inputs
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     base = [sys.executable, "-m", "core", "index", str(folder), "--model", str(tiny_clip_path), "--library",
             str(tmp_path / "lib"), "--quiet", "--offline", "--device", "cuda"]
     runs = [subprocess.run(base + extra, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-            for extra in ([], ["--engine", "ray"], ["--engine", "ray", "--ray-address", ray_address])]
+            for extra in (["--engine", "ray"], ["--engine", "ray", "--ray-address", ray_address])]
     for run in runs:
         assert run.returncode == 2 and run.stderr.strip().splitlines()[-1] == (
             "error: Device 'cuda' requested but CUDA is not available; use --device cpu or auto"), run.stderr[-2000:]
