@@ -109,6 +109,7 @@ def decode_jpegs(files: Sequence[tuple[str, bytes]], recipe: PixelRecipe, prepro
 def _decode(files: Sequence[tuple[str, bytes]], ix: list[int], device: torch.device) -> dict[int, torch.Tensor]:
     """Index -> uint8 [3, H, W] on `device` for the files at `ix` the tensor decoder reads: one
     batched call; when it fails (it returns nothing then), file by file, skipping the failures."""
+    ix = [i for i in ix if files[i][1]]   # an empty file: PIL names it
     if not ix:
         return {}
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -117,13 +118,13 @@ def _decode(files: Sequence[tuple[str, bytes]], ix: list[int], device: torch.dev
         warnings.simplefilter("ignore")   # torchvision 0.29 calls its decoders deprecated (for TorchCodec)
         try:
             return dict(zip(ix, decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)))
-        except RuntimeError:
+        except (RuntimeError, ValueError):
             pass
         out = {}
         for i, data in zip(ix, raw):
             try:
                 out[i] = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-            except RuntimeError:
+            except (RuntimeError, ValueError):
                 pass   # the PIL path reads it, or names what is wrong with it
         return out
 
