@@ -180,7 +180,7 @@ def _thumbnails(images: list[torch.Tensor], limit: int) -> list[Image.Image]:
 
 
 def _to_device(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """CPU pixels -> `device`: pinned and non-blocking for CUDA (the copy overlaps the work queued before it)."""
-    if device.type != "cuda":
+    """CPU pixels -> `device`: pinned and non-blocking for a GPU (the copy overlaps the work queued before it)."""
+    if device.type == "cpu":
         return pixels
     return pixels.pin_memory().to(device, non_blocking=True)
