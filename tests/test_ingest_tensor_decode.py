@@ -98,6 +98,24 @@ def test_the_tensor_path_gives_the_pil_paths_features(encoder):
     assert cosine.min() >= 0.99
 
 
+@pytest.mark.parametrize("backend", ["open_clip", "mini"])
+def test_each_backends_recipe_is_its_preprocess(backend, tmp_path):
+    """OpenCLIP's "shortest" transform and the bundled (trained) mini model's own resize, as tensors."""
+    from core.models import load_encoder
+    if backend == "open_clip":
+        from tiny_openclip import ARCH, make_tiny_openclip_file
+        name = f"open_clip:{ARCH}/{make_tiny_openclip_file(tmp_path / 'tiny.pt')}"
+    else:
+        name = "mini"
+    encoder = load_encoder(name, pick_runtime("cpu"), cache=tmp_path)
+    files = [(p.name, p.read_bytes()) for p in SAMPLE_FILES] + list(SYNTHETIC.items())
+    batch = decode_jpegs(files, encoder.pixel_recipe, encoder.preprocess, "cpu")
+    reference = [decode_image(data, name) for name, data in files]
+    assert (batch.pixels - torch.stack([encoder.preprocess(im) for im in reference])).abs().mean() < 0.02
+    cosine = F.cosine_similarity(encoder.encode_pixels(batch.pixels), encoder.encode_images(reference))
+    assert cosine.min() >= 0.99
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied_as_pil_applies_it(orientation):
     data = _jpeg((90, 60), seed=orientation, orientation=orientation)
