@@ -6,6 +6,13 @@ A three-stage pipeline, so the encoder never waits for files:
     calling thread         encode (and annotate, e.g. captions)                          batch i
     writer thread          journal append (library.add), thumbnails                      batch i-1
 
+On CUDA (an encoder whose runtime keeps tensors on the GPU and whose preprocess has a tensor form,
+`pixel_recipe`) the decode pool only reads, hashes, dedupes and screens each file's header; one
+device thread decodes batch i+1's JPEGs with nvJPEG and resizes, crops and normalises them there
+(core/models/pixels.py), and makes their thumbnails from those pixels. What nvJPEG is not given or
+cannot read (PNG, WebP, CMYK or progressive JPEGs, corrupt files) the pool decodes with PIL as on
+the CPU, and its pixels reach the GPU pinned and non-blocking.
+
 One bad file never stops a batch: it is reported with its reason. Duplicates (same bytes,
 in the library or earlier in the same run) are recognised by hash before any decoding.
 `progress(n)` is called from the calling thread as each batch is stored. Each stage's busy time
@@ -30,6 +37,7 @@ from ..errors import ImageError, LibraryError
 from ..images import (check_size, decode_image, draft_size, iter_image_files, read_file, safe_display_name, stored_ext,
                       upright_size)
 from ..messages import Msg
+from ..models.pixels import decode_jpegs, tensor_orientation
 from .store import MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from .thumbs import THUMB_SIZE, write_thumbnail
 from ..settings import ASSETS_DIR
@@ -52,13 +60,14 @@ class Upload:
 
 class StageTimes:
     """Busy seconds of each stage of one ingest, updated as it runs (thread-safe): decode (read,
-    hash, decode, preprocess: summed over the decode workers, divided by their number), encode
-    (the calling thread) and write (the writer thread). The busiest stage bounds the rate."""
+    hash, decode, preprocess: summed over the decode workers, divided by their number; on CUDA
+    the device thread's JPEG decoding too, when it is busier), encode (the calling thread) and
+    write (the writer thread). The busiest stage bounds the rate."""
     STAGES = ("decode", "encode", "write")
 
     def __init__(self):
         self.workers = 1                       # decode workers (set by ingest)
-        self._busy = dict.fromkeys(self.STAGES, 0.0)
+        self._busy = dict.fromkeys(self.STAGES + ("device decode",), 0.0)   # the last: one thread, CUDA only
         self._start, self._lock = time.perf_counter(), threading.Lock()
 
     def begin(self, workers: int) -> None:
@@ -71,8 +80,10 @@ class StageTimes:
             self._busy[stage] += seconds
 
     def busy(self, stage: str) -> float:
-        """Seconds the stage was busy (decode: per worker)."""
-        return self._busy[stage] / (self.workers if stage == "decode" else 1)
+        """Seconds the stage was busy (decode: per worker, or the device thread's when it is busier)."""
+        if stage == "decode":
+            return max(self._busy[stage] / self.workers, self._busy["device decode"])
+        return self._busy[stage]
 
     def bound(self) -> str:
         """The stage that bounds the rate: the busiest one."""
@@ -131,6 +142,7 @@ class _Prepared:
     pixels: torch.Tensor | None = None
     ext: str = ".jpg"
     size: tuple[int, int] = (0, 0)       # full (width, height), upright, as stored in the metadata
+    orientation: int | None = None       # EXIF orientation of a JPEG left to the device's decoder (core/models/pixels.py)
 
 
 def open_library(root: str | os.PathLike, encoder) -> Library:
@@ -176,18 +188,22 @@ class _Seen:
 
 
 def _prepare(source, library: Library, encoder, seen: _Seen, draft: int | None,
-             stored: set[str] | None) -> _Prepared | tuple[str, str]:
-    """Read + hash; decode + preprocess only if new. Returns _Prepared or (name, error reason)."""
+             stored: set[str] | None, on_device: bool = False) -> _Prepared | tuple[str, str]:
+    """Read + hash; decode + preprocess only if new. Returns _Prepared or (name, error reason).
+    `on_device`: a JPEG the device decodes is only screened here (its `orientation` set)."""
     try:
         upload = read_source(source)
         item = _Prepared(upload.name, upload.data, upload.sha256)
         known = item.sha256 in stored if stored is not None else library.contains(item.sha256)
         if known or not seen.first(item.sha256):
             return item
-        item.image = decode_image(item.data, item.name, draft=draft)
+        item.orientation = tensor_orientation(item.data) if on_device else None
+        if item.orientation is None:
+            item.image = decode_image(item.data, item.name, draft=draft)
         fmt, item.size = upright_size(item.data)
         item.ext = stored_ext(fmt)
-        item.pixels = encoder.preprocess(item.image)
+        if item.orientation is None:
+            item.pixels = encoder.preprocess(item.image)
         return item
     except ImageError as e:
         return e.name, e.reason
@@ -216,16 +232,20 @@ def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
     sources = list(sources)   # may be a generator: it is read twice below
     sources = [s for s in sources if isinstance(s, Upload)] + list(iter_image_files(s for s in sources if not isinstance(s, Upload)))
     seen, draft = _Seen(), draft_size(getattr(encoder, "image_size", None), THUMB_SIZE)
+    device = _decode_device(encoder, annotate)
     batches = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
     with ThreadPoolExecutor(stages.workers, initializer=_yield_to_encoder) as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="ingest-device") as on_device, \
             ThreadPoolExecutor(1, thread_name_prefix="ingest-writer", initializer=_yield_to_encoder) as writer:
-        submit = lambda chunk: [pool.submit(_timed, stages, "decode", _prepare, s, library, encoder, seen, draft, stored)  # noqa: E731
-                                for s in chunk]
-        ahead = submit(batches[0]) if batches else []
+        def submit(chunk):   # a future of the batch's prepared items
+            files = [pool.submit(_timed, stages, "decode", _prepare, s, library, encoder, seen, draft, stored,
+                                 device is not None) for s in chunk]
+            return on_device.submit(_decode_on_device, files, encoder, device, draft, stages)
+        ahead = submit(batches[0]) if batches else None
         writing = None                     # (future, files in it): the previous batch being stored
         for b in range(len(batches)):
-            prepared = [f.result() for f in ahead]
-            ahead = submit(batches[b + 1]) if b + 1 < len(batches) else []   # decoded while this one encodes
+            prepared = ahead.result()
+            ahead = submit(batches[b + 1]) if b + 1 < len(batches) else None   # decoded while this one encodes
             fresh, news = _timed(stages, "encode", _encode_batch, encoder, prepared, report, annotate)
             if before_store is not None and news:
                 before_store([n.sha256 for n in news], torch.stack([n.vector for n in news]))
@@ -234,6 +254,41 @@ def ingest(library: Library, encoder, sources: Iterable, batch_size: int = 64,
         _finish(writing, progress)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _decode_device(encoder, annotate) -> torch.device | None:
+    """Where new JPEGs are decoded to pixels: the encoder's CUDA device when its tensors live there
+    (not ZeroGPU, where CUDA exists only inside model calls) and its preprocess has a tensor form;
+    None = the decode pool with PIL, as on the CPU (there PIL's draft decoding in threads keeps up
+    with the encoder). Captioning (`annotate`) reads full PIL images, so it keeps the PIL path."""
+    runtime = getattr(encoder, "runtime", None)
+    if annotate is None and runtime is not None and runtime.resident and getattr(encoder, "pixel_recipe", None):
+        return runtime.device
+    return None
+
+
+def _decode_on_device(files: list, encoder, device: torch.device | None, draft: int | None, stages: StageTimes) -> list:
+    """The batch's prepared items (each a _Prepared or (name, reason)) once the pool is done; with a
+    device, its screened JPEGs decoded there (those it cannot read through PIL, named as today) and
+    every new image's pixels on the device."""
+    prepared = [f.result() for f in files]
+    if device is None:
+        return prepared
+    start = time.perf_counter()
+    jpegs = [k for k, p in enumerate(prepared) if isinstance(p, _Prepared) and p.orientation is not None]
+    batch = decode_jpegs([(prepared[k].name, prepared[k].data) for k in jpegs], encoder.pixel_recipe, encoder.preprocess,
+                         device, THUMB_SIZE, [prepared[k].orientation for k in jpegs], draft)
+    for row, i in enumerate(batch.rows):
+        prepared[jpegs[i]].pixels, prepared[jpegs[i]].image = batch.pixels[row], batch.images[row]
+    for i, name, reason in batch.errors:
+        prepared[jpegs[i]] = (name, reason)
+    on_cpu = [p for p in prepared if isinstance(p, _Prepared) and p.pixels is not None and p.pixels.device.type == "cpu"]
+    if on_cpu and device.type != "cpu":   # decoded with PIL in the pool: one pinned, non-blocking copy for them all
+        moved = torch.stack([p.pixels for p in on_cpu]).pin_memory().to(device, non_blocking=True)
+        for p, pixels in zip(on_cpu, moved):
+            p.pixels = pixels
+    stages.add("device decode", time.perf_counter() - start)
+    return prepared
 
 
 def _yield_to_encoder() -> None:

@@ -3,6 +3,7 @@
     enc.encode_images([pil, ...])     # -> float32 [N, D], L2-normalised, on the CPU
     enc.encode_texts(["a cat", ...])  # -> float32 [N, D], L2-normalised, on the CPU
     enc.encode_pixels(pixels)         # preprocessed [B, 3, H, W] -> float32 [B, D]
+    enc.pixel_recipe                  # PixelRecipe: preprocess as tensor ops (core/models/pixels.py), or None
 
 `runtime.engine` says what runs the towers: eager torch, or ONNX Runtime (core/models/onnx_runtime.py)
 behind the same interface.
@@ -20,6 +21,7 @@ from PIL import Image
 
 from ..messages import error_message
 from ..settings import Runtime
+from .pixels import PixelRecipe
 
 __all__ = ["Encoder", "error_message"]   # error_message lives in core.messages; re-exported for the encoders
 
@@ -38,6 +40,7 @@ class Encoder(ABC):
     source_note: str | None = None   # where the weights came from when not the usual place (shown to the user)
     image_size: int | None = None    # square input side of the image tower, when known (JPEG draft decoding)
     domain: str | None = None        # what a narrow model was trained on ("shapes"); None = open-world
+    pixel_recipe: PixelRecipe | None = None  # `preprocess` as tensor ops, for decoding JPEGs on the device; None = PIL only
 
     def unknown_words(self, texts: Sequence[str]) -> list[str]:
         """Words in `texts` the text tower has no token for, in first-seen order ([] = none, or

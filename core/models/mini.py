@@ -36,6 +36,7 @@ from PIL import Image
 from torch import nn
 
 from .base import Encoder
+from .pixels import PixelRecipe
 from ..messages import Msg
 from ..settings import Runtime
 
@@ -294,6 +295,8 @@ class MiniEncoder(Encoder):
         self.config = model.config
         self.dim = model.config.embed_dim
         self.logit_scale = float(model.logit_scale.detach().float().clamp(max=math.log(100)).exp())
+        # image_to_uint8 rounds the long side and floors the crop offset: at most a pixel from the recipe's
+        self.pixel_recipe = PixelRecipe(self.config.image_size, tuple(self.config.pixel_mean), tuple(self.config.pixel_std))
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return normalize_pixels(image_to_uint8(image, self.config.image_size), self.config)

@@ -28,6 +28,7 @@ from ..settings import Runtime, default_paths
 from .base import Encoder, error_message
 from .fingerprint import file_fingerprint
 from .onnx_runtime import OnnxEncoder, OnnxTowers, export_folder, export_towers, read_meta
+from .pixels import PixelRecipe
 
 __all__ = ["ClipEncoder", "clip_encode_text_trimmed", "clip_tokens", "clip_onnx_towers", "clip_to_onnx",
            "load_clip_file", "load_clip_named", "clip_names"]
@@ -73,6 +74,8 @@ class ClipEncoder(Encoder):
         self.context_length = int(model.context_length)
         self.image_size = int(model.visual.input_resolution)
         self._transform = clip.clip._transform(self.image_size)
+        norm = self._transform.transforms[-1]   # Resize(S, bicubic), CenterCrop(S), RGB, ToTensor, Normalize
+        self.pixel_recipe = PixelRecipe(self.image_size, tuple(norm.mean), tuple(norm.std))
         self._tokenize = clip.tokenize
         mask = model.build_attention_mask()
         self._mask = mask.to(runtime.device, runtime.dtype)

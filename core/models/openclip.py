@@ -42,6 +42,7 @@ from .base import Encoder, error_message
 from .fingerprint import file_fingerprint
 from .hf import hub_kwargs, load_pretrained
 from .onnx_runtime import OnnxEncoder, OnnxTowers, export_folder, export_towers, read_meta
+from .pixels import PixelRecipe
 
 __all__ = ["OpenClipEncoder", "load_open_clip", "READS_CHINESE", "CHINESE_MODELS"]
 
@@ -281,6 +282,7 @@ class OpenClipEncoder(Encoder):
         self.preprocess_cfg = dict(model.visual.preprocess_cfg)
         self.image_size = _square(self.preprocess_cfg["size"])
         self._transform = image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=False)
+        self.pixel_recipe = _recipe(self.preprocess_cfg, self.image_size)
 
     def preprocess(self, image):
         return self._transform(image)
@@ -290,6 +292,15 @@ class OpenClipEncoder(Encoder):
 
     def _text_features(self, texts):
         return self.model.encode_text(self.plan.tokens(texts).to(self.runtime.device))
+
+
+def _recipe(cfg: dict, size: int | None) -> PixelRecipe | None:
+    """The tensor form of a "shortest side, bicubic, centre crop" preprocess; None for any other
+    (squash, longest side with padding, bilinear...): those images go through `preprocess` only."""
+    if size and cfg.get("resize_mode", "shortest") == "shortest" and cfg.get("interpolation") == "bicubic" \
+            and cfg.get("mode", "RGB") == "RGB":
+        return PixelRecipe(size, tuple(cfg["mean"]), tuple(cfg["std"]))
+    return None
 
 
 def _square(size) -> int | None:
