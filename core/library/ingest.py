@@ -37,7 +37,7 @@ from ..errors import ImageError, LibraryError
 from ..images import (check_size, decode_image, draft_size, iter_image_files, read_file, safe_display_name, stored_ext,
                       upright_size)
 from ..messages import Msg
-from ..models.pixels import decode_jpegs, tensor_orientation
+from ..models.pixels import decode_jpegs, tensor_orientation, to_device
 from .store import MANIFEST_NAME, SNAPSHOT_NAME, Library, NewImage
 from .thumbs import THUMB_SIZE, write_thumbnail
 from ..settings import ASSETS_DIR
@@ -284,7 +284,7 @@ def _decode_on_device(files: list, encoder, device: torch.device | None, draft: 
         prepared[jpegs[i]] = (name, reason)
     on_cpu = [p for p in prepared if isinstance(p, _Prepared) and p.pixels is not None and p.pixels.device.type == "cpu"]
     if on_cpu and device.type != "cpu":   # decoded with PIL in the pool: one pinned, non-blocking copy for them all
-        moved = torch.stack([p.pixels for p in on_cpu]).pin_memory().to(device, non_blocking=True)
+        moved = to_device(torch.stack([p.pixels for p in on_cpu]), device)
         for p, pixels in zip(on_cpu, moved):
             p.pixels = pixels
     stages.add("device decode", time.perf_counter() - start)

@@ -32,12 +32,17 @@ RECORD_HEADER = struct.Struct("<II")      # payload length, crc32(payload)
 MAX_RECORD = 1 << 24                      # a length beyond 16 MiB can only be a torn header
 
 
-def fsync_dir(path: Path) -> None:
+def _sync_path(path: Path, sync) -> None:
+    """sync(fd) on `path` opened read-only (os.fsync for a file or a folder, syncfs for its file system)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    _sync_path(path, os.fsync)
 
 
 def _load_syncfs():
@@ -68,17 +73,9 @@ def sync_files(folder: Path, files: list[Path]) -> None:
     A batch of images then costs one sync, not one per image (issue 21)."""
     if _SYNCFS is None:
         for path in files:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _sync_path(path, os.fsync)
         return fsync_dir(folder)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        syncfs(fd)
-    finally:
-        os.close(fd)
+    _sync_path(folder, syncfs)
 
 
 def write_atomic(path: Path, write) -> None:

@@ -42,6 +42,7 @@ _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")         # rclip's multipli
 _NUMBERISH = re.compile(r"[-+]?[\d.,eE+-]*\d[\d.,eE+-]*")      # meant as a weight but not a number we read
 _ID = re.compile(r"[0-9a-fA-F]{12,64}")
 _PATH_START = re.compile(r"(?:/|\./|\.\./|~/|file://|[A-Za-z]:[\\/])")
+_KINDS = ("text", "image_id", "image", "path")   # what a term may be: exactly one of them is set
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Term:
     @property
     def kind(self) -> str:
         """"text" | "image_id" | "image" | "path" (check_terms makes sure there is exactly one)."""
-        return next(k for k in ("text", "image_id", "image", "path") if getattr(self, k) is not None)
+        return next(k for k in _KINDS if getattr(self, k) is not None)
 
 
 def parse_terms(query: str) -> list[Term]:
@@ -166,7 +167,7 @@ def check_terms(terms: Sequence[Term]) -> list[Term]:
         raise _too_many(len(terms))
     out = []
     for term in terms:
-        kinds = [k for k in ("text", "image_id", "image", "path") if getattr(term, k) is not None]
+        kinds = [k for k in _KINDS if getattr(term, k) is not None]
         if len(kinds) != 1:
             raise QueryError(Msg("每个查询项只能是文字、图片 ID 或图片中的一种，这个项给了 {n} 种",
                                  "Each query term is one of a text, an image id or an image; this one gives {n}",

@@ -29,7 +29,7 @@ from ..errors import ImageError
 from ..images import MAX_PIXELS, decode_image
 from ..messages import Msg
 
-__all__ = ["PixelRecipe", "DecodedBatch", "tensor_orientation", "decode_jpegs"]
+__all__ = ["PixelRecipe", "DecodedBatch", "tensor_orientation", "decode_jpegs", "to_device"]
 
 _EOI = b"\xff\xd9"   # a complete JPEG ends with its End Of Image marker (a truncated one goes to PIL, which names it)
 
@@ -101,7 +101,7 @@ def decode_jpegs(files: Sequence[tuple[str, bytes]], recipe: PixelRecipe, prepro
         if i in pixels:
             out[k] = pixels[i]
     if cpu_pixels:
-        moved = _to_device(torch.stack([cpu_pixels[i] for i in rows if i in cpu_pixels]).float(), device)
+        moved = to_device(torch.stack([cpu_pixels[i] for i in rows if i in cpu_pixels]).float(), device)
         out[[k for k, i in enumerate(rows) if i in cpu_pixels]] = moved
     return DecodedBatch(out, rows, [images[i] for i in rows], errors)
 
@@ -179,7 +179,7 @@ def _thumbnails(images: list[torch.Tensor], limit: int) -> list[Image.Image]:
     return [Image.fromarray(np.ascontiguousarray(canvas[k, :t.shape[1], :t.shape[2]]), "RGB") for k, t in enumerate(small)]
 
 
-def _to_device(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
     """CPU pixels -> `device`: pinned and non-blocking for a GPU (the copy overlaps the work queued before it)."""
     if device.type == "cpu":
         return pixels
