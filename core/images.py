@@ -9,6 +9,8 @@ image extensions and zero-byte files.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import os
 import re
@@ -24,7 +26,7 @@ from .errors import ImageError
 from .messages import Msg
 
 __all__ = ["load_image", "decode_image", "read_file", "check_size", "iter_image_files", "require_regular_file", "safe_display_name", "stored_ext",
-           "upright_size", "draft_size", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES", "NOT_A_FILE"]
+           "upright_size", "draft_size", "from_base64", "IMAGE_EXTENSIONS", "MAX_PIXELS", "MAX_BYTES", "NOT_A_FILE"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 MAX_PIXELS = int(os.environ.get("CLIP_WB_MAX_PIXELS", 100_000_000))  # 100 MP: bigger is almost surely a bomb
@@ -117,12 +119,26 @@ def read_file(path: str | os.PathLike, name: str) -> bytes:
                                     error=str(e.strerror or e))) from None
 
 
-def check_size(size: int, name: str) -> None:
-    """ImageError when a file of `size` bytes is over MAX_BYTES."""
-    if size > MAX_BYTES:
+def check_size(size: int, name: str, limit: int = MAX_BYTES) -> None:
+    """ImageError when a file of `size` bytes is over `limit` (MAX_BYTES unless a server sets its own)."""
+    if size > limit:
         raise ImageError(name, Msg("文件大小 {size:.0f} MiB，超过 {limit:.0f} MiB 的上限",
                                     "file is {size:.0f} MiB, over the {limit:.0f} MiB limit",
-                                    size=size / 2**20, limit=MAX_BYTES / 2**20))
+                                    size=size / 2**20, limit=limit / 2**20))
+
+
+def from_base64(text: str, name: str, limit: int = MAX_BYTES) -> bytes:
+    """The bytes of an image sent as base64 text (bare, or a data: URL), its size checked before it is
+    decoded; ImageError naming `name` otherwise. The JSON API's and the MCP tools' images come so."""
+    text = (text or "").strip()
+    payload = re.sub(r"\s+", "", text.split(",", 1)[-1] if text[:5].lower() == "data:" else text)
+    check_size(len(payload) * 3 // 4, name, limit)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(name, Msg("不是有效的 base64 数据：请发送图片文件的 base64 编码，或 data:image/...;base64,... 形式的数据",
+                                    "not valid base64 data: send the image file's bytes as base64, or a "
+                                    "data:image/...;base64,... URL")) from None
 
 
 def require_regular_file(path: Path, name: str) -> None:

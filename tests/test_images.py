@@ -1,6 +1,7 @@
 """Safe image loading: every awkward input gives an upright RGB image or a clear ImageError."""
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from core.errors import ImageError
-from core.images import decode_image, iter_image_files, load_image
+from core.images import decode_image, from_base64, iter_image_files, load_image
 from core_fixtures import SAMPLES
 
 
@@ -106,3 +107,19 @@ def test_our_pixel_limit_is_the_one_that_counts():
     # 9500 x 9500 = 90.25 MP: over PIL's default guard (89.5 MP), under ours (100 MP)
     data = encode(Image.new("1", (9500, 9500)), "PNG")
     assert decode_image(data, "big.png").size == (9500, 9500)
+
+
+def test_base64_images_are_size_checked_before_decoding_and_refused_in_both_languages():
+    """The JSON API's and the MCP tools' images: bare base64 or a data: URL; too big by its text's length
+    (never decoded), or not base64, an ImageError naming the image in English and Chinese."""
+    from core.messages import localize
+    data = sorted(SAMPLES.glob("*.jpg"))[0].read_bytes()
+    text = base64.b64encode(data).decode()
+    assert from_base64(text, "a.jpg") == data
+    assert from_base64(f"data:image/jpeg;base64,{text[:40]}\n{text[40:]}", "a.jpg") == data
+    with pytest.raises(ImageError) as big:
+        from_base64(text, "a.jpg", limit=len(data) - 1)
+    with pytest.raises(ImageError) as bad:
+        from_base64("not base64!", "b.png")
+    assert big.value.name == "a.jpg" and "limit" in localize(big.value.reason, "en") and "上限" in localize(big.value.reason, "zh")
+    assert bad.value.name == "b.png" and "base64" in localize(bad.value.reason, "en") and "不是有效的" in localize(bad.value.reason, "zh")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import mimetypes
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from core import Entry, Hit, Holder, SearchQuery, SearchResult, Upload, Workbenc
 from core.library.search import Term, parse_terms
 from core.access import Access, Caller
 from core.errors import ImageError, NotFoundError, PermissionDenied, QueryError, QuotaError, WorkbenchError
-from core.images import MAX_BYTES
+from core.images import MAX_BYTES, from_base64
 from core.library.search import MAX_K
 from core.messages import Msg, without_paths
 
@@ -302,13 +301,7 @@ class _Api:
         if t.image is None:
             return Term(t.weight, text=t.text, image_id=t.image_id)
         name = t.name or f"image {i + 1}"
-        data = t.image.split(",", 1)[1] if t.image.startswith("data:") else t.image
-        if len(data) > self.max_bytes * 4 // 3 + 4:
-            raise ImageError(name, f"image is over the {self.max_bytes:,}-byte limit")
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise ImageError(name, "the image is not valid base64") from None
+        raw = from_base64(t.image, name, self.max_bytes)
         return Term(t.weight, text=t.text, image_id=t.image_id, image=raw, name=name)
 
     async def search_image(self, request: Request, image: UploadFile = File(...), k: int = 10) -> dict:

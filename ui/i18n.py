@@ -455,16 +455,11 @@ _S.update({
                   "使用老师提供的账号。",
                   "Log in: add an HTTP Basic header (Authorization: Basic base64(user:password)) with the login your "
                   "teacher gave you to the MCP client's configuration."),
-    "mcp.bad_image": ("无法读取图片：请以 base64 数据（data:image/png;base64,...）提供图片，或给出 search_library "
-                      "返回的图库图片的 image_url 或 id。",
-                      "Could not read the image: send it as base64 data (data:image/png;base64,...), or give the "
-                      "image_url or id of a library image that search_library returned."),
     "mcp.bad_url": ("本应用不会从其他网站下载图片：请以 base64 数据（data:image/png;base64,...）提供图片，或给出本应用"
                     "图库图片的 image_url（…/api/images/ID）。",
                     "This app does not fetch images from other sites: send the image as base64 data "
                     "(data:image/png;base64,...), or give the image_url of one of this app's library images "
                     "(…/api/images/ID)."),
-    "mcp.too_big": ("图片太大：上限为 {limit} 字节。", "The image is too big: the limit is {limit} bytes."),
     "mcp.down": ("⚠️ 已要求启用 MCP（--mcp），但 MCP 服务器没有启动，AI 助手无法连接：{reason}。"
                  "请用 pip install \"gradio[mcp]==6.31.0\" 安装（它要求 mcp<2；mcp 2.x 会让服务器静默失败），然后重启。",
                  "⚠️ MCP was asked for (--mcp) but the MCP server did not start, so AI assistants cannot connect: "

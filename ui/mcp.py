@@ -16,8 +16,6 @@ A refusal is an MCP tool error whose text says it in English, then in Chinese.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -33,7 +31,7 @@ from gradio.route_utils import get_root_url
 from core import Holder, SearchQuery, Upload, Workbench, parse_terms
 from core.access import Caller
 from core.errors import ImageError, WorkbenchError
-from core.images import MAX_BYTES
+from core.images import MAX_BYTES, from_base64
 from core.library.search import MAX_K
 from core.messages import localize, without_paths
 
@@ -189,14 +187,8 @@ class McpTools:
         text = (image or "").strip()
         match = _DATA_URI.match(text)
         kind = (match.group(1).split("/")[-1] if match else "") or "png"
-        payload = re.sub(r"\s+", "", text[match.end():] if match else text)
         name = f"assistant-upload.{kind.lower()}"
-        if len(payload) * 3 // 4 > self.max_bytes:
-            raise ToolRefused(_both(lambda l: t("mcp.too_big", l, limit=f"{self.max_bytes:,}")))
-        try:
-            return name, base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise ToolRefused(_both(lambda l: t("mcp.bad_image", l))) from None
+        return name, from_base64(text, name, self.max_bytes)
 
     def _picture(self, image: str, caller: Caller, request: gr.Request | None):
         """The image: a library image by URL or id (seen as the caller may see it), else base64 data
